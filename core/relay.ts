@@ -1,0 +1,76 @@
+/**
+ * Who may send to which recipient: the gate that keeps Portcullis from being an open relay.
+ * Outsiders reach only the domains we receive for (`relay.domains`); trusted networks and, when the
+ * policy allows it, authenticated clients reach anywhere.
+ */
+import { asciiDomain } from "./address.js";
+import type { Address } from "./api.js";
+import { type Reply, reply } from "./decision.js";
+import { NetworkList } from "./netaddr.js";
+
+export interface RelayConfig {
+  /** Exact names (any case, Unicode or punycode, trailing dot allowed) or `*.name` for all subdomains of name. */
+  domains: string[];
+  /** IPv4/IPv6 addresses or CIDR networks. */
+  networks: string[];
+  authenticatedUsersMayRelay: boolean;
+}
+
+export interface RelayAccess {
+  /**
+   * null = allowed; else the refusal reply (550 5.7.1 Relaying denied). `recipient` must come from
+   * `parseEnvelopeAddress`: an outsider is only let through for a domain already in canonical form,
+   * the very form delivery will route on.
+   */
+  check(recipient: Address, client: { ip: string; authUser: string | null }): Reply | null;
+  /** Whether `domain` (any case, Unicode or punycode) is one of `relay.domains`; address literals never are. */
+  isLocalDomain(domain: string): boolean;
+}
+
+const RELAYING_DENIED = reply(550, "5.7.1", "Relaying denied");
+
+/**
+ * `%` (percent hack), `!` (UUCP bang path) and `@` (in a quoted local part) make some MTAs behind us
+ * forward the mail elsewhere, so a local domain is no reason to accept such a local part from outsiders.
+ */
+const ROUTING_IN_LOCAL_PART = /[%!@]/;
+
+/** Throws on an entry that is neither a domain, a `*.domain`, nor (for networks) an address or CIDR. */
+export function compileRelayAccess(config: RelayConfig): RelayAccess {
+  const exact = new Set<string>();
+  const parents: string[] = [];
+  for (const entry of config.domains) {
+    const wildcard = entry.startsWith("*.");
+    const ascii = asciiDomain(wildcard ? entry.slice(2) : entry);
+    if (ascii === undefined) {
+      throw new Error(`relay.domains: "${entry}" is not a domain name (write "example.test" or "*.example.test")`);
+    }
+    if (wildcard) parents.push(`.${ascii}`);
+    else exact.add(ascii);
+  }
+  let networks: NetworkList;
+  try {
+    networks = new NetworkList(config.networks);
+  } catch (error) {
+    throw new Error(`relay.networks: ${(error as Error).message}`);
+  }
+
+  const isLocalAscii = (ascii: string): boolean =>
+    exact.has(ascii) || parents.some((parent) => ascii.endsWith(parent) && ascii.length > parent.length);
+
+  return {
+    isLocalDomain(domain) {
+      const ascii = asciiDomain(domain);
+      return ascii !== undefined && isLocalAscii(ascii);
+    },
+
+    check(recipient, client) {
+      if (networks.has(client.ip)) return null;
+      if (config.authenticatedUsersMayRelay && client.authUser !== null && client.authUser !== "") return null;
+      if (recipient.domain === "") return recipient.local.toLowerCase() === "postmaster" ? null : RELAYING_DENIED;
+      const canonical = asciiDomain(recipient.domain) === recipient.domain;
+      if (canonical && isLocalAscii(recipient.domain) && !ROUTING_IN_LOCAL_PART.test(recipient.local)) return null;
+      return RELAYING_DENIED;
+    },
+  };
+}
