@@ -169,7 +169,8 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, V extends str
   readonly options: S;
   /** The verdicts this plugin may return, with their defaults. Keys of `on:` are checked against these. */
   readonly verdicts?: Readonly<Record<V, VerdictDefault>>;
-  setup(options: z.output<S>, services: Services): PluginHooks<V> | Promise<PluginHooks<V>>;
+  /** Hooks may only return the verdicts declared above (`NoInfer`: the declaration is the source of truth). */
+  setup(options: z.output<S>, services: Services): PluginHooks<NoInfer<V>> | Promise<PluginHooks<NoInfer<V>>>;
 }
 
 /**

@@ -1,0 +1,326 @@
+/**
+ * The gateway: listeners (smtp-server) → sessions (phases) → next hop (forward). A connection keeps
+ * the runtime it started with, so a reload never changes the rules under a transaction in flight.
+ */
+import { once } from "node:events";
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { pipeline } from "node:stream/promises";
+import type { Logger } from "pino";
+import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
+import type { Clock, ConnectionContext } from "./api.js";
+import { formatReply, type RefusingDecision, type Reply } from "./decision.js";
+import { receivedHeader } from "./delivery/received.js";
+import { composeMessage, dataReply, forwardTransaction } from "./forward.js";
+import { createLogger } from "./log.js";
+import { MessageWriter } from "./message.js";
+import { formatHostPort, type HostPort, normalizeIp, parseHostPort } from "./netaddr.js";
+import type { LoadedPolicy } from "./policy/load.js";
+import type { PolicyConfig } from "./policy/schema.js";
+import { buildRuntime, type Runtime } from "./runtime.js";
+import { Session } from "./session.js";
+import { GatewaySMTPServer } from "./smtp-server.js";
+import { MemoryStore } from "./state.js";
+
+/** Bodies up to this size stay in memory; larger ones are spooled to a temporary file. */
+const SPILL_THRESHOLD = 256 * 1024;
+
+export interface GatewayOptions {
+  readonly log?: Logger;
+  readonly clock?: Clock;
+  /** Overrides the first listener (`--listen`). */
+  readonly listen?: string;
+  /** Overrides `dns.servers` (`--dns`). */
+  readonly dnsServers?: readonly string[];
+}
+
+/** An error that carries the SMTP reply smtp-server sends for a refused command. */
+class SmtpReply extends Error {
+  readonly responseCode: number;
+  constructor(reply: Reply) {
+    super(`${reply.enhanced} ${reply.text}`.trimEnd());
+    this.responseCode = reply.code;
+  }
+}
+
+const systemClock: Clock = { now: () => Date.now() };
+
+type Role = ConnectionContext["role"];
+
+export class Gateway {
+  readonly log: Logger;
+  readonly clock: Clock;
+  #runtime: Runtime;
+  #servers: Array<{ server: GatewaySMTPServer; address: HostPort; role: Role }> = [];
+  #sessions = new Map<string, Session>();
+  #perIp = new Map<string, number>();
+  #stopping = false;
+
+  private constructor(runtime: Runtime, log: Logger, clock: Clock) {
+    this.#runtime = runtime;
+    this.log = log;
+    this.clock = clock;
+  }
+
+  static async create(policy: LoadedPolicy, options: GatewayOptions = {}): Promise<Gateway> {
+    const config = applyOverrides(policy.config, options);
+    const log = options.log ?? createLogger(config.observability.log.level);
+    const clock = options.clock ?? systemClock;
+    const runtime = await buildRuntime({ ...policy, config }, { log, clock, state: new MemoryStore() });
+    return new Gateway(runtime, log, clock);
+  }
+
+  get runtime(): Runtime {
+    return this.#runtime;
+  }
+
+  /** Starts every listener of the policy; resolves with the bound addresses. */
+  async listen(): Promise<HostPort[]> {
+    const { config, policy } = this.#runtime;
+    const tls = config.server.tls
+      ? {
+          key: await readFile(resolve(policy.dir, config.server.tls.key)),
+          cert: await readFile(resolve(policy.dir, config.server.tls.cert)),
+        }
+      : undefined;
+    for (const listener of config.server.listen) {
+      const address = parseHostPort(listener.address)!;
+      const role: Role = listener.submission ? "submission" : "mx";
+      const server = this.#createServer(role, tls);
+      server.listen(address.port, address.host);
+      await once(server.server, "listening");
+      const bound = server.server.address();
+      const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
+      this.#servers.push({ server, address: actual, role });
+      this.log.info({ listen: formatHostPort(actual), role }, "listening");
+    }
+    return this.addresses();
+  }
+
+  addresses(): HostPort[] {
+    return this.#servers.map((s) => s.address);
+  }
+
+  /** Swaps in a new policy for new connections; connections in flight keep theirs. */
+  async reload(policy: LoadedPolicy): Promise<void> {
+    this.#runtime = await buildRuntime(policy, {
+      log: this.log,
+      clock: this.clock,
+      state: this.#runtime.services.state,
+    });
+    this.log.info({ policy: policy.file }, "policy reloaded");
+  }
+
+  /** Stops accepting, lets sessions in flight finish for up to graceMs, then closes them. */
+  async stop(graceMs = 10_000): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    await Promise.all(
+      this.#servers.map(
+        ({ server }) =>
+          new Promise<void>((done) => {
+            server.options.closeTimeout = graceMs;
+            server.close(() => done());
+          }),
+      ),
+    );
+    await this.#runtime.services.state.close();
+    this.log.info("stopped");
+  }
+
+  /** Open sessions and per-IP slots; both return to zero once every connection has ended. */
+  openSessions(): { sessions: number; ipSlots: number } {
+    return { sessions: this.#sessions.size, ipSlots: this.#perIp.size };
+  }
+
+  #createServer(role: Role, tls: { key: Buffer; cert: Buffer } | undefined): GatewaySMTPServer {
+    const { config } = this.#runtime;
+    const limits = config.server.limits;
+    const server = new GatewaySMTPServer({
+      name: config.server.hostname,
+      banner: "Portcullis",
+      logger: false,
+      disableReverseLookup: true,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
+      size: limits.maxMessageSize,
+      maxClients: limits.maxClients,
+      socketTimeout: limits.idleTimeout,
+      closeTimeout: 30_000,
+      disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
+      ...(tls ? { key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" as const } : {}),
+      greetingDelay: () => this.#runtime.config.server.greetingDelay,
+      onConnect: (session, callback) => {
+        this.#onConnect(session, role).then(() => callback(), callback);
+      },
+      onMailFrom: (address, session, callback) => {
+        this.#onMailFrom(address, session).then(() => callback(), callback);
+      },
+      onRcptTo: (address, session, callback) => {
+        this.#onRcptTo(address, session).then(() => callback(), callback);
+      },
+      onData: (stream, session, callback) => {
+        this.#onData(stream, session).then((text) => callback(null, text), callback);
+      },
+      onClose: (session) => this.#onClose(session),
+    });
+    server.on("error", (err: Error & { code?: string }) => {
+      // A client reset mid-transaction surfaces here; it must never take the process down.
+      this.log.debug({ err: err.message, code: err.code }, "connection error");
+    });
+    return server;
+  }
+
+  #session(session: SMTPServerSession): Session {
+    const state = this.#sessions.get(session.id);
+    if (!state) throw new Error(`no state for session ${session.id}`);
+    return state;
+  }
+
+  /** Turns a refusing decision into the reply; a `disconnect` also closes the connection. */
+  #refuse(decision: RefusingDecision | null, session: SMTPServerSession): void {
+    if (decision) this.#refuseNow(decision, session);
+  }
+
+  #refuseNow(decision: RefusingDecision, session: SMTPServerSession): never {
+    if (decision.kind === "disconnect") {
+      for (const { server } of this.#servers) server.closeSession(session.id);
+    }
+    throw new SmtpReply(decision.reply);
+  }
+
+  async #onConnect(smtp: SMTPServerSession, role: Role): Promise<void> {
+    const runtime = this.#runtime;
+    const ip = normalizeIp(smtp.remoteAddress);
+    const connection: ConnectionContext = {
+      id: smtp.id,
+      client: { ip, port: smtp.remotePort, family: ip.includes(":") ? 6 : 4 },
+      local: { ip: normalizeIp(smtp.localAddress), port: smtp.localPort },
+      role,
+      openedAt: this.clock.now(),
+      tls: null,
+      helo: null,
+      authUser: null,
+      verifiedName: null,
+      facts: {},
+      score: 0,
+    };
+    const session = new Session(runtime, connection, this.log.child({ cid: smtp.id }), this.clock);
+    this.#sessions.set(smtp.id, session);
+    const count = (this.#perIp.get(ip) ?? 0) + 1;
+    this.#perIp.set(ip, count);
+    session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
+    if (count > runtime.config.server.limits.maxConnectionsPerIp) {
+      throw new SmtpReply({ code: 421, enhanced: "4.7.0", text: "Too many connections from your address" });
+    }
+    const decision = await session.connect();
+    if (decision) throw new SmtpReply(decision.reply);
+  }
+
+  async #onMailFrom(address: SMTPServerAddress, smtp: SMTPServerSession): Promise<void> {
+    const session = this.#session(smtp);
+    session.connection.tls = smtp.secure && smtp.tlsOptions ? tlsInfo(smtp.tlsOptions) : null;
+    if (typeof smtp.hostNameAppearsAs === "string") await session.helo(smtp.hostNameAppearsAs);
+    this.#refuse(await session.mail(address.address, address.args || {}), smtp);
+  }
+
+  async #onRcptTo(address: SMTPServerAddress, smtp: SMTPServerSession): Promise<void> {
+    this.#refuse(await this.#session(smtp).rcpt(address.address, address.args || {}), smtp);
+  }
+
+  async #onData(stream: SMTPServerDataStream, smtp: SMTPServerSession): Promise<string> {
+    const session = this.#session(smtp);
+    const tx = session.transaction;
+    if (!tx) throw new SmtpReply({ code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
+    const { config, services, router } = session.runtime;
+    const limits = config.server.limits;
+    const writer = new MessageWriter(join(config.delivery.spool, "tmp"), tx.id, {
+      maxSize: limits.maxMessageSize,
+      spillThreshold: SPILL_THRESHOLD,
+      maxHeaderSize: limits.maxHeaderSize,
+    });
+    try {
+      await pipeline(stream, writer);
+    } catch (err) {
+      await writer.discard();
+      session.finish("aborted", null);
+      throw err;
+    }
+    const refuse = (decision: RefusingDecision): never => {
+      session.finish(decision.kind === "defer" ? "deferred" : "rejected", decision);
+      return this.#refuseNow(decision, smtp);
+    };
+    if (writer.oversized || stream.sizeExceeded) {
+      await writer.discard();
+      return refuse({
+        kind: "reject",
+        reply: { code: 552, enhanced: "5.3.4", text: "Message size exceeds fixed maximum message size" },
+        by: { source: "core", name: "limits" },
+      });
+    }
+    const message = await writer.finish();
+    try {
+      const decision = await session.data(message);
+      if (decision) return refuse(decision);
+      const { connection } = session;
+      const received = receivedHeader({
+        heloName: connection.helo,
+        clientIp: connection.client.ip,
+        verifiedName: connection.verifiedName,
+        byHost: config.server.hostname,
+        protocol: protocolName(smtp),
+        tls: connection.tls,
+        id: tx.id,
+        recipient: tx.recipients.length === 1 ? tx.recipients[0].address : undefined,
+        date: new Date(this.clock.now()),
+      });
+      const delivery = await forwardTransaction(tx, router, composeMessage(message, tx, received), {
+        hostname: config.server.hostname,
+        timeoutMs: config.delivery.timeout,
+        dns: services.dns,
+      });
+      const reply = dataReply(delivery.outcomes, tx.id);
+      session.finish(reply.code < 300 ? "accepted" : reply.code < 500 ? "deferred" : "rejected", null, {
+        size: message.size,
+        reply,
+        nextHops: delivery.nextHops,
+        recipients: delivery.outcomes.map((o) => ({ to: o.recipient, status: o.status, reply: formatReply(o.reply) })),
+      });
+      if (reply.code >= 300) throw new SmtpReply(reply);
+      return `${reply.enhanced} ${reply.text}`;
+    } finally {
+      await message.dispose();
+    }
+  }
+
+  #onClose(smtp: SMTPServerSession): void {
+    const session = this.#sessions.get(smtp.id);
+    // smtp-server also reports connections it refused before onConnect (maxClients): no state then.
+    if (!session) return;
+    this.#sessions.delete(smtp.id);
+    session.finish("aborted", null);
+    const ip = session.connection.client.ip;
+    const remaining = (this.#perIp.get(ip) ?? 1) - 1;
+    if (remaining <= 0) this.#perIp.delete(ip);
+    else this.#perIp.set(ip, remaining);
+    for (const { server } of this.#servers) server.byId.delete(smtp.id);
+    session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
+  }
+}
+
+function tlsInfo(cipher: { name: string; version?: string; standardName?: string }) {
+  return { protocol: cipher.version ?? "TLS", cipher: cipher.standardName ?? cipher.name };
+}
+
+function protocolName(session: SMTPServerSession): "SMTP" | "ESMTP" | "ESMTPS" | "ESMTPA" | "ESMTPSA" {
+  const type = session.transmissionType;
+  return type === "SMTP" || type === "ESMTPS" || type === "ESMTPA" || type === "ESMTPSA" ? type : "ESMTP";
+}
+
+function applyOverrides(config: PolicyConfig, options: GatewayOptions): PolicyConfig {
+  const listen = options.listen
+    ? [{ ...config.server.listen[0], address: options.listen }, ...config.server.listen.slice(1)]
+    : config.server.listen;
+  const dns = options.dnsServers ? { ...config.dns, servers: [...options.dnsServers] } : config.dns;
+  return { ...config, server: { ...config.server, listen }, dns };
+}

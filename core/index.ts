@@ -1,0 +1,26 @@
+/** The public API for plugin authors: `import { definePlugin, verdict, z } from "portcullis"`. */
+export { z } from "zod";
+export type {
+  Address,
+  Clock,
+  ConnectionContext,
+  Facts,
+  Hook,
+  HookContext,
+  HookResult,
+  Hooks,
+  Message,
+  Phase,
+  PluginDefinition,
+  PluginHooks,
+  Services,
+  TraceEntry,
+  TransactionContext,
+  Verdict,
+  VerdictDefault,
+} from "./api.js";
+export { definePlugin, PHASES, verdict } from "./api.js";
+export type { DecidedBy, Decision, Reply } from "./decision.js";
+export { parseReply } from "./decision.js";
+export type { DnsResolver, MxRecord } from "./dns.js";
+export type { StateStore } from "./state.js";

@@ -1,0 +1,71 @@
+import { BlockList, isIP, isIPv4 } from "node:net";
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** "127.0.0.1:2525", "[::1]:2525" or "mx.example.test:25" → { host, port }; undefined when malformed. */
+export function parseHostPort(text: string): HostPort | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  if (!match) return undefined;
+  const host = match[1] ?? match[2];
+  const port = Number(match[3]);
+  // Port 0 asks the OS for a free port (tests, and `--listen 127.0.0.1:0`).
+  if (port > 65535) return undefined;
+  if (match[1] !== undefined && isIP(host) !== 6) return undefined;
+  return { host, port };
+}
+
+export function formatHostPort({ host, port }: HostPort): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Strips the `::ffff:` prefix of IPv4-mapped IPv6 addresses, so one client has one form. */
+export function normalizeIp(ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  return mapped ? mapped[1] : ip.toLowerCase();
+}
+
+export interface Cidr {
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: 4 | 6;
+}
+
+/** "192.0.2.0/24", "2001:db8::/32" or a bare address (a /32 or /128); undefined when malformed. */
+export function parseCidr(text: string): Cidr | undefined {
+  const [address, prefixText, extra] = text.trim().split("/");
+  if (extra !== undefined) return undefined;
+  const family = isIP(address);
+  if (family === 0) return undefined;
+  const max = family === 4 ? 32 : 128;
+  if (prefixText !== undefined && !/^\d{1,3}$/.test(prefixText)) return undefined;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (prefix > max) return undefined;
+  return { address, prefix, family: family as 4 | 6 };
+}
+
+/** A set of networks; `has` answers for IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
+export class NetworkList {
+  readonly #blocks = new BlockList();
+  readonly size: number;
+
+  constructor(entries: Iterable<string | Cidr>) {
+    let size = 0;
+    for (const entry of entries) {
+      const cidr = typeof entry === "string" ? parseCidr(entry) : entry;
+      if (!cidr) throw new Error(`"${String(entry)}" is not an IP address or CIDR network`);
+      this.#blocks.addSubnet(cidr.address, cidr.prefix, cidr.family === 4 ? "ipv4" : "ipv6");
+      size++;
+    }
+    this.size = size;
+  }
+
+  has(ip: string): boolean {
+    const address = normalizeIp(ip);
+    const family = isIP(address);
+    if (family === 0) return false;
+    return this.#blocks.check(address, isIPv4(address) ? "ipv4" : "ipv6");
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * One client connection as a sequence of phases, with no socket in sight: the SMTP listener, the
+ * test kit and `portcullis try` all drive this same engine, so what a dry run shows is what the
+ * gateway does.
+ */
+import type { Logger } from "pino";
+import { parseEnvelopeAddress } from "./address.js";
+import type { Clock, ConnectionContext, Message, Phase, TraceEntry, TransactionContext } from "./api.js";
+import { type Decision, formatReply, type RefusingDecision, type Reply } from "./decision.js";
+import { runPhase } from "./pipeline.js";
+import type { Runtime } from "./runtime.js";
+
+export type TransactionOutcome = "accepted" | "rejected" | "deferred" | "refused" | "aborted";
+
+export interface DeliverySummary {
+  readonly size: number;
+  readonly reply: Reply;
+  readonly nextHops: readonly string[];
+  readonly recipients: ReadonlyArray<{ to: string; status: string; reply: string }>;
+}
+
+interface TransactionState {
+  readonly context: TransactionContext;
+  readonly startedAt: number;
+  readonly rejectedRecipients: Array<{ address: string; reply: Reply }>;
+}
+
+function refusing(decision: Decision): RefusingDecision | null {
+  return decision.kind === "reject" || decision.kind === "defer" || decision.kind === "disconnect" ? decision : null;
+}
+
+function core(name: string, kind: RefusingDecision["kind"], reply: Reply): RefusingDecision {
+  return { kind, reply, by: { source: "core", name } };
+}
+
+export class Session {
+  /** A connect-phase reject/defer, answered at every MAIL FROM (smtpd_delay_reject style). */
+  #connectDecision: RefusingDecision | null = null;
+  #heloChecked: string | null = null;
+  #heloDecision: RefusingDecision | null = null;
+  #transaction: TransactionState | null = null;
+  #transactions = 0;
+
+  constructor(
+    readonly runtime: Runtime,
+    readonly connection: ConnectionContext,
+    readonly log: Logger,
+    private readonly clock: Clock,
+  ) {}
+
+  get transaction(): TransactionContext | null {
+    return this.#transaction?.context ?? null;
+  }
+
+  get transactions(): number {
+    return this.#transactions;
+  }
+
+  async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
+    return runPhase(phase, this.runtime.plugins, input, this.runtime.services, trace);
+  }
+
+  /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
+  async connect(trace: TraceEntry[] = []): Promise<RefusingDecision | null> {
+    const decision = refusing(await this.#run("connect", { connection: this.connection }, trace));
+    if (decision?.kind === "disconnect") return decision;
+    this.#connectDecision = decision;
+    return null;
+  }
+
+  /** Runs the helo hooks once per distinct HELO name. */
+  async helo(name: string, trace: TraceEntry[] = []): Promise<void> {
+    if (name === this.#heloChecked) return;
+    this.#heloChecked = name;
+    this.connection.helo = name;
+    this.#heloDecision = refusing(await this.#run("helo", { connection: this.connection, helo: name }, trace));
+  }
+
+  async mail(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {
+    // A MAIL after RSET (which smtp-server handles itself) starts over; log what was abandoned.
+    this.finish("aborted", null);
+    if (this.#heloDecision) return this.#heloDecision;
+    if (this.#connectDecision) return this.#connectDecision;
+    const limits = this.runtime.config.server.limits;
+    if (this.#transactions >= limits.maxTransactionsPerConnection) {
+      return core("limits", "disconnect", { code: 421, enhanced: "4.7.0", text: "Too many transactions, reconnect" });
+    }
+    const sender = parseEnvelopeAddress(address, args, { nullAllowed: true });
+    if ("reply" in sender) return core("syntax", "reject", sender.reply);
+    this.#transactions++;
+    const context: TransactionContext = {
+      id: `${this.connection.id}.${this.#transactions}`,
+      connection: this.connection,
+      sender,
+      recipients: [],
+      facts: Object.create(this.connection.facts),
+      score: this.connection.score,
+      tags: new Set(),
+      headers: { prepend: [], remove: [] },
+      route: null,
+      trace: [],
+    };
+    this.#transaction = { context, startedAt: this.clock.now(), rejectedRecipients: [] };
+    const decision = refusing(
+      await this.#run("mail", { connection: this.connection, transaction: context }, context.trace),
+    );
+    if (decision) this.finish("refused", decision);
+    return decision;
+  }
+
+  async rcpt(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {
+    const tx = this.#transaction;
+    if (!tx) return core("sequence", "reject", { code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
+    const refuse = (decision: RefusingDecision): RefusingDecision => {
+      tx.rejectedRecipients.push({ address, reply: decision.reply });
+      return decision;
+    };
+    const recipient = parseEnvelopeAddress(address, args, { nullAllowed: false });
+    if ("reply" in recipient) return refuse(core("syntax", "reject", recipient.reply));
+    if (tx.context.recipients.length >= this.runtime.config.server.limits.maxRecipients) {
+      return refuse(core("limits", "defer", { code: 452, enhanced: "4.5.3", text: "Too many recipients" }));
+    }
+    const relayRefusal = this.runtime.relay.check(recipient, {
+      ip: this.connection.client.ip,
+      authUser: this.connection.authUser,
+    });
+    if (relayRefusal) return refuse(core("relay-access", "reject", relayRefusal));
+    const decision = refusing(
+      await this.#run("rcpt", { connection: this.connection, transaction: tx.context, recipient }, tx.context.trace),
+    );
+    if (decision) return refuse(decision);
+    tx.context.recipients.push(recipient);
+    return null;
+  }
+
+  /** Runs the data and queue hooks over the received message. */
+  async data(message: Message): Promise<RefusingDecision | null> {
+    const tx = this.#transaction;
+    if (!tx) return core("sequence", "reject", { code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
+    if (tx.context.recipients.length === 0) {
+      return core("sequence", "reject", { code: 554, enhanced: "5.5.1", text: "Error: no valid recipients" });
+    }
+    const input = { connection: this.connection, transaction: tx.context, message };
+    for (const phase of ["data", "queue"] as const) {
+      const decision = refusing(await this.#run(phase, input, tx.context.trace));
+      if (decision) return decision;
+    }
+    return null;
+  }
+
+  /** Writes the one summary line of the transaction and forgets it. */
+  finish(outcome: TransactionOutcome, decision: RefusingDecision | null, delivery?: DeliverySummary): void {
+    const tx = this.#transaction;
+    if (!tx) return;
+    this.#transaction = null;
+    const { context } = tx;
+    const reply = delivery?.reply ?? decision?.reply ?? null;
+    this.log.info(
+      {
+        event: "transaction",
+        tx: context.id,
+        client: { ip: this.connection.client.ip, name: this.connection.verifiedName },
+        helo: this.connection.helo,
+        tls: this.connection.tls?.protocol ?? null,
+        from: context.sender.address,
+        to: context.recipients.map((r) => r.address),
+        rejectedRecipients: tx.rejectedRecipients.map((r) => ({ to: r.address, reply: formatReply(r.reply) })),
+        size: delivery?.size ?? null,
+        outcome,
+        reply: reply ? formatReply(reply) : null,
+        decidedBy: decision ? `${decision.by.source}:${decision.by.name}` : null,
+        reason: decision?.reason,
+        nextHops: delivery?.nextHops ?? [],
+        delivery: delivery?.recipients ?? [],
+        score: context.score,
+        trace: context.trace,
+        ms: this.clock.now() - tx.startedAt,
+      },
+      "transaction",
+    );
+  }
+}
