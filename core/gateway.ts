@@ -14,7 +14,7 @@ import { receivedHeader } from "./delivery/received.js";
 import { composeMessage, dataReply, forwardTransaction } from "./forward.js";
 import { createLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
-import { formatHostPort, type HostPort, normalizeIp, parseHostPort } from "./netaddr.js";
+import { formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
@@ -150,6 +150,7 @@ export class Gateway {
       disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
       ...(tls ? { key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" as const } : {}),
       greetingDelay: () => this.#runtime.config.server.greetingDelay,
+      proxyTrusted: config.server.proxyProtocol === false ? undefined : new NetworkList(config.server.proxyProtocol),
       onConnect: (session, callback) => {
         this.#onConnect(session, role).then(() => callback(), callback);
       },

@@ -12,12 +12,15 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import type { NetworkList } from "./netaddr.js";
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
 export interface GatewayServerOptions extends SMTPServerOptions {
   /** Milliseconds to wait before the greeting for this client; a client that talks first is an early talker. */
   greetingDelay(remoteAddress: string): number;
+  /** Peers allowed to send a PROXY header (a load balancer); everyone else speaks SMTP directly. */
+  proxyTrusted?: NetworkList;
   /** Called when a client sends before the greeting; returns the reply to send before closing. */
   onEarlyTalker?(connection: GatewayConnection): { code: number; text: string };
 }
@@ -63,7 +66,12 @@ export class GatewaySMTPServer extends SMTPServer {
   readonly byId = new Map<string, GatewayConnection>();
 
   constructor(readonly gatewayOptions: GatewayServerOptions) {
-    super(gatewayOptions);
+    super({ ...gatewayOptions, useProxy: gatewayOptions.proxyTrusted !== undefined });
+  }
+
+  /** smtp-server only matches exact addresses; the policy trusts networks. */
+  override _expectsProxyHeader(socket: Socket): boolean {
+    return this.gatewayOptions.proxyTrusted?.has(socket.remoteAddress ?? "") ?? false;
   }
 
   override connect(socket: Socket | TLSSocket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {

@@ -306,3 +306,30 @@ describe("connection bookkeeping", () => {
     }
   });
 });
+
+describe("PROXY protocol from a trusted load balancer", () => {
+  test("the client address from the header drives relay access", async () => {
+    const gw = await startGateway(`
+version: 1
+server: { proxyProtocol: true }
+relay: { domains: [example.test], networks: [192.0.2.0/24] }
+routes: [{ to: discard }]
+`);
+    try {
+      const inside = await SmtpTestClient.connect(gw.port, { proxy: "PROXY TCP4 192.0.2.10 192.0.2.1 40000 25" });
+      await inside.command("EHLO client.test");
+      await inside.command("MAIL FROM:<a@sender.test>");
+      assert.equal((await inside.command("RCPT TO:<x@other.test>")).code, 250);
+      await inside.quit();
+      const outside = await SmtpTestClient.connect(gw.port, { proxy: "PROXY TCP4 198.51.100.7 192.0.2.1 40000 25" });
+      await outside.command("EHLO client.test");
+      await outside.command("MAIL FROM:<a@sender.test>");
+      assert.equal((await outside.command("RCPT TO:<x@other.test>")).raw, "550 5.7.1 Relaying denied");
+      await outside.quit();
+      const connects = gw.logs.filter((line) => line.event === "connect").map((line) => line.client);
+      assert.deepEqual(connects, ["192.0.2.10", "198.51.100.7"]);
+    } finally {
+      await gw.stop();
+    }
+  });
+});
