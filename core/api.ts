@@ -55,8 +55,10 @@ export interface ConnectionContext {
   /** HELO/EHLO argument, lower-cased; null before HELO. */
   helo: string | null;
   authUser: string | null;
-  /** The client's forward-confirmed DNS name, when a check established one (Received, iprev). */
+  /** The client's forward-confirmed DNS name, when a check established one (Received header). */
   verifiedName: string | null;
+  /** The reverse-DNS check of the client (RFC 8601 `iprev`), when a check made one. */
+  iprev: { readonly result: "pass" | "fail" | "temperror" | "permerror"; readonly name: string | null } | null;
   /** Findings made at connection level; transaction facts inherit them. */
   readonly facts: Partial<Facts>;
   score: number;

@@ -203,6 +203,8 @@ export class Gateway {
       helo: null,
       authUser: null,
       verifiedName: null,
+    iprev: null,
+      iprev: null,
       facts: {},
       score: 0,
     };

@@ -119,6 +119,7 @@ export async function simulate(runtime: Runtime, input: SimulatedTransaction): P
     helo: null,
     authUser: input.authUser ?? null,
     verifiedName: null,
+    iprev: null,
     facts: {},
     score: 0,
   };
