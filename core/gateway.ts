@@ -204,7 +204,6 @@ export class Gateway {
       authUser: null,
       verifiedName: null,
     iprev: null,
-      iprev: null,
       facts: {},
       score: 0,
     };
