@@ -203,7 +203,7 @@ export class Gateway {
       helo: null,
       authUser: null,
       verifiedName: null,
-    iprev: null,
+      iprev: null,
       facts: {},
       score: 0,
     };
