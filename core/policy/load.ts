@@ -1,0 +1,510 @@
+/**
+ * Reads a policy file into a validated `LoadedPolicy`, or fails with every problem it can find,
+ * each pointing at the line and column of the offending YAML node. Nothing is started here: the
+ * result is a value, so a reload can validate a new policy fully before anything switches to it.
+ */
+import { readFile, stat } from "node:fs/promises";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
+import { z } from "zod";
+import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
+import type { PluginDefinition, VerdictDefault } from "../api.js";
+import type { Action } from "./actions.js";
+import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
+
+export interface Problem {
+  readonly file: string;
+  /** 1-based. */
+  readonly line: number;
+  /** 1-based. */
+  readonly col: number;
+  /** Dotted key path, list indices as numbers (`pipeline.0.plugin`); "" for the file as a whole. */
+  readonly path: string;
+  readonly message: string;
+}
+
+export function formatProblem(problem: Problem): string {
+  const where = `${problem.file}:${problem.line}:${problem.col}`;
+  return problem.path === "" ? `${where} ${problem.message}` : `${where} ${problem.path}: ${problem.message}`;
+}
+
+/** An invalid policy. `message` lists every problem, one per line, as `file:line:col key.path: message`. */
+export class PolicyError extends Error {
+  readonly code = "PORTCULLIS_ERR_POLICY";
+  readonly problems: Problem[];
+
+  constructor(problems: Problem[]) {
+    super(problems.map(formatProblem).join("\n"));
+    this.name = "PolicyError";
+    this.problems = problems;
+  }
+}
+
+export interface PipelineEntry {
+  /** As written in `plugin:`. */
+  readonly name: string;
+  readonly definition: PluginDefinition;
+  /** Parsed by the plugin's options schema. */
+  readonly options: unknown;
+  readonly on: Readonly<Record<string, Action>>;
+  /** The entry's timeout, else hooks.timeout. */
+  readonly timeoutMs: number;
+  /** The entry's onError, else hooks.onError. */
+  readonly onError: Action;
+  readonly index: number;
+}
+
+export interface LoadedPolicy {
+  /** Absolute path of the policy file. */
+  readonly file: string;
+  /** Its folder, which relative paths in the policy are resolved from. */
+  readonly dir: string;
+  /** Relative paths (tls, spool, maildir routes, transaction log) are already absolute here. */
+  readonly config: PolicyConfig;
+  readonly pipeline: readonly PipelineEntry[];
+}
+
+/** Reads and validates a policy file; throws PolicyError listing every problem. */
+export async function loadPolicy(file: string): Promise<LoadedPolicy> {
+  let source: string;
+  try {
+    source = await readFile(file, "utf8");
+  } catch (error) {
+    throw new PolicyError([
+      { file, line: 1, col: 1, path: "", message: `cannot read the policy file: ${errorText(error)}` },
+    ]);
+  }
+  return parsePolicy(source, file);
+}
+
+/** Validates policy text; `file` names it in messages and anchors its relative paths. */
+export async function parsePolicy(source: string, file: string): Promise<LoadedPolicy> {
+  const absolute = resolve(file);
+  const dir = dirname(absolute);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(source, { lineCounter, prettyErrors: false });
+  const locate = (offset: number) => lineCounter.linePos(offset);
+
+  if (doc.errors.length > 0) {
+    // Past a syntax error the tree is a guess, so schema problems would only add noise.
+    throw new PolicyError(
+      doc.errors.map((error) => ({
+        file,
+        ...locate(error.pos[0]),
+        path: keyPathAtOffset(doc, error.pos[0]).join("."),
+        message: yamlErrorMessage(error.code, error.message),
+      })),
+    );
+  }
+
+  let raw: unknown;
+  try {
+    raw = doc.toJS();
+  } catch (error) {
+    // Unresolved aliases and alias bombs only show up when the tree is built.
+    throw new PolicyError([{ file, line: 1, col: 1, path: "", message: `YAML: ${errorText(error)}` }]);
+  }
+
+  const problems: Problem[] = [];
+  const report = (path: readonly PathKey[], message: string, at: "node" | "key" = "node") => {
+    const node = at === "key" ? keyNodeAt(doc, path) : nodeAt(doc, path);
+    const position = node?.range ? locate(node.range[0]) : { line: 1, col: 1 };
+    problems.push({ file, ...position, path: path.join("."), message });
+  };
+
+  const parsed = PolicySchema.safeParse(raw, { reportInput: true });
+  if (!parsed.success) reportIssues(parsed.error.issues, [], PolicySchema, doc, report, "");
+
+  // Entries are checked from the raw tree so that their problems are listed even when another
+  // part of the policy is invalid.
+  const rawPipeline = isRecord(raw) && Array.isArray(raw.pipeline) ? raw.pipeline : [];
+  const entries = await Promise.all(
+    rawPipeline.map((entry, index) =>
+      compileEntry(entry, index, parsed.success ? parsed.data : undefined, dir, doc, report),
+    ),
+  );
+
+  if (problems.length > 0 || !parsed.success) {
+    problems.sort((a, b) => a.line - b.line || a.col - b.col);
+    throw new PolicyError(problems);
+  }
+  return {
+    file: absolute,
+    dir,
+    config: resolvePaths(parsed.data, dir),
+    pipeline: entries.filter((entry): entry is PipelineEntry => entry !== undefined),
+  };
+}
+
+/** The JSON Schema of the policy file as written (durations and sizes as strings), for editors. */
+export function policyJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(PolicySchema, {
+    io: "input",
+    override: (ctx) => {
+      // The default is the host name of whoever generates the schema, not of the gateway.
+      if (ctx.zodSchema === ServerHostname) delete ctx.jsonSchema.default;
+    },
+  }) as Record<string, unknown>;
+}
+
+type PathKey = string | number;
+type Report = (path: readonly PathKey[], message: string, at?: "node" | "key") => void;
+
+async function compileEntry(
+  raw: unknown,
+  index: number,
+  config: PolicyConfig | undefined,
+  dir: string,
+  doc: Document,
+  report: Report,
+): Promise<PipelineEntry | undefined> {
+  // The core schema reports a malformed entry or a missing `plugin:`.
+  if (!isRecord(raw) || typeof raw.plugin !== "string" || raw.plugin === "") return undefined;
+  const name = raw.plugin;
+  const at: PathKey[] = ["pipeline", index];
+  const definition = await resolvePlugin(name, dir, (message) => report([...at, "plugin"], message));
+  if (!definition) return undefined;
+
+  const pluginOptions = Object.fromEntries(
+    Object.entries(raw).filter(([key]) => !(CORE_ENTRY_KEYS as readonly string[]).includes(key)),
+  );
+  const options = await definition.options.safeParseAsync(pluginOptions, { reportInput: true });
+  if (!options.success) {
+    reportIssues(options.error.issues, at, definition.options, doc, report, `plugin ${name}: `, CORE_ENTRY_KEYS);
+  }
+
+  const verdicts = Object.keys(definition.verdicts ?? {});
+  if (isRecord(raw.on)) {
+    for (const key of Object.keys(raw.on)) {
+      if (verdicts.includes(key)) continue;
+      const message =
+        verdicts.length === 0
+          ? `plugin ${name} declares no verdicts, so it takes no on: map`
+          : `plugin ${name} has no verdict "${key}"${suggestion(key, verdicts)}; its verdicts are: ${verdicts.join(", ")}`;
+      report([...at, "on", key], message, "key");
+    }
+  }
+
+  // Any problem reported above fails the whole load, so only a fully valid entry matters here.
+  const entry = config?.pipeline[index];
+  if (!options.success || !config || !entry) return undefined;
+  return {
+    name,
+    definition,
+    options: options.data,
+    on: entry.on ?? {},
+    timeoutMs: entry.timeout ?? config.hooks.timeout,
+    onError: entry.onError ?? config.hooks.onError,
+    index,
+  };
+}
+
+function isPluginPath(name: string): boolean {
+  return name.startsWith("./") || name.startsWith("../") || isAbsolute(name);
+}
+
+async function resolvePlugin(
+  name: string,
+  dir: string,
+  fail: (message: string) => void,
+): Promise<PluginDefinition | undefined> {
+  if (isPluginPath(name)) {
+    const path = resolve(dir, name);
+    const exists = await stat(path).then(
+      (info) => info.isFile(),
+      () => false,
+    );
+    if (!exists) {
+      fail(`plugin file ${path} does not exist (paths are relative to the policy file's folder)`);
+      return undefined;
+    }
+    let module: { default?: unknown };
+    try {
+      module = await import(pathToFileURL(path).href);
+    } catch (error) {
+      fail(`cannot load plugin ${path}: ${errorText(error)}`);
+      return undefined;
+    }
+    const problem = definitionProblem(module.default);
+    if (problem) {
+      fail(
+        `${path} is not a plugin: its default export ${problem}; write export default definePlugin({ name, options, setup })`,
+      );
+      return undefined;
+    }
+    return module.default as PluginDefinition;
+  }
+
+  const names = builtinPluginNames();
+  if (!Object.hasOwn(builtinPlugins, name)) {
+    const known = names.length === 0 ? "there are no built-in plugins yet" : `built-in plugins: ${names.join(", ")}`;
+    fail(
+      `unknown plugin "${name}"${suggestion(name, names)}; ${known}; a plugin file is named by a path such as "./plugins/mine.ts"`,
+    );
+    return undefined;
+  }
+  try {
+    const definition = await builtinPlugins[name]();
+    const problem = definitionProblem(definition);
+    if (problem) throw new Error(`its default export ${problem}`);
+    return definition;
+  } catch (error) {
+    fail(`cannot load built-in plugin "${name}": ${errorText(error)}`);
+    return undefined;
+  }
+}
+
+const VERDICT_ACTIONS: readonly VerdictDefault["action"][] = ["ignore", "accept", "reject", "defer", "disconnect"];
+
+/** What is wrong with a would-be PluginDefinition; undefined when its shape is right. */
+function definitionProblem(value: unknown): string | undefined {
+  if (!isRecord(value)) return value === undefined ? "is missing" : "is not an object";
+  if (typeof value.name !== "string" || value.name === "") return "has no name";
+  const options = value.options as { _zod?: unknown; safeParseAsync?: unknown } | undefined;
+  if (!options || options._zod === undefined || typeof options.safeParseAsync !== "function") {
+    return "has no zod schema as options";
+  }
+  if (typeof value.setup !== "function") return "has no setup function";
+  if (value.verdicts !== undefined) {
+    if (!isRecord(value.verdicts)) return "has verdicts that are not an object";
+    for (const [verdict, fallback] of Object.entries(value.verdicts)) {
+      if (!isRecord(fallback) || !VERDICT_ACTIONS.includes(fallback.action as VerdictDefault["action"])) {
+        return `declares verdict "${verdict}" without a valid action (${VERDICT_ACTIONS.join(", ")})`;
+      }
+    }
+  }
+  return undefined;
+}
+
+/** Turns zod issues into problems located in the YAML tree. */
+function reportIssues(
+  issues: readonly z.core.$ZodIssue[],
+  base: readonly PathKey[],
+  schema: z.core.$ZodType,
+  doc: Document,
+  report: Report,
+  prefix: string,
+  extraKeys: readonly string[] = [],
+): void {
+  for (const issue of issues) {
+    const path = [...base, ...(issue.path as PathKey[])];
+    if (issue.code === "unrecognized_keys") {
+      const known = [...(objectKeysAt(schema, issue.path as PathKey[]) ?? []), ...extraKeys];
+      for (const key of issue.keys) {
+        const hint = suggestion(key, known) || (known.length > 0 ? `; valid keys here: ${known.join(", ")}` : "");
+        report([...path, key], `${prefix}unknown key "${key}"${hint}`, "key");
+      }
+      continue;
+    }
+    report(path, prefix + issueMessage(issue, path, doc));
+  }
+}
+
+function issueMessage(issue: z.core.$ZodIssue, path: readonly PathKey[], doc: Document): string {
+  const missing = issue.input === undefined && path.length > 0 && !doc.hasIn(path);
+  if (path.length === 0 && issue.code === "invalid_type") {
+    return "a policy is a mapping of keys; start with `version: 1`";
+  }
+  if (issue.code === "invalid_type") {
+    return missing
+      ? `missing required key "${String(path[path.length - 1])}" (expected ${issue.expected})`
+      : `expected ${issue.expected}, got ${describeValue(issue.input)}`;
+  }
+  if (missing) return `missing required key "${String(path[path.length - 1])}": ${issue.message}`;
+  if (issue.code === "too_small" || issue.code === "too_big") return boundMessage(issue);
+  return issue.message;
+}
+
+function boundMessage(issue: z.core.$ZodIssueTooSmall | z.core.$ZodIssueTooBig): string {
+  const small = issue.code === "too_small";
+  const limit = Number(small ? issue.minimum : issue.maximum);
+  const inclusive = issue.inclusive !== false;
+  if (issue.origin === "array") {
+    return small ? `needs at least ${limit} item${limit === 1 ? "" : "s"}` : `takes at most ${limit} items`;
+  }
+  if (issue.origin === "string") {
+    if (small && limit === 1) return "must not be empty";
+    return small ? `needs at least ${limit} characters` : `takes at most ${limit} characters`;
+  }
+  const bound = small
+    ? inclusive
+      ? `at least ${limit}`
+      : `greater than ${limit}`
+    : inclusive
+      ? `at most ${limit}`
+      : `less than ${limit}`;
+  return `must be ${bound}, got ${describeValue(issue.input)}`;
+}
+
+function describeValue(value: unknown): string {
+  if (value === null) return "an empty value";
+  if (Array.isArray(value)) return "a list";
+  if (typeof value === "object") return "a mapping";
+  if (typeof value === "string") return `the string ${JSON.stringify(value)}`;
+  return `${typeof value} ${String(value)}`;
+}
+
+/** The keys an object schema allows at `path`, looking through defaults, optionals and transforms. */
+function objectKeysAt(schema: z.core.$ZodType, path: readonly PathKey[]): string[] | undefined {
+  let current = unwrap(schema);
+  for (const key of path) {
+    const def = current._zod.def as unknown as Record<string, unknown>;
+    if (def.type === "object") {
+      const next = (def.shape as Record<string, z.core.$ZodType>)[String(key)];
+      if (!next) return undefined;
+      current = unwrap(next);
+    } else if (def.type === "array") {
+      current = unwrap(def.element as z.core.$ZodType);
+    } else if (def.type === "record") {
+      current = unwrap(def.valueType as z.core.$ZodType);
+    } else {
+      return undefined;
+    }
+  }
+  const def = current._zod.def as unknown as Record<string, unknown>;
+  return def.type === "object" ? Object.keys(def.shape as object) : undefined;
+}
+
+function unwrap(schema: z.core.$ZodType): z.core.$ZodType {
+  let current = schema;
+  for (;;) {
+    const def = current._zod.def as unknown as Record<string, unknown>;
+    if (def.innerType) current = def.innerType as z.core.$ZodType;
+    else if (def.type === "pipe") current = def.in as z.core.$ZodType;
+    else return current;
+  }
+}
+
+/** ` (did you mean "x"?)` for a near miss (a typo of a letter or two), else "". */
+function suggestion(word: string, candidates: readonly string[]): string {
+  let best: string | undefined;
+  let bestDistance = word.length < 4 ? 1 : 2;
+  for (const candidate of candidates) {
+    const distance = editDistance(word.toLowerCase(), candidate.toLowerCase());
+    if (distance <= bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best === undefined ? "" : ` (did you mean "${best}"?)`;
+}
+
+/** Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The deepest node on `path` that exists (a missing key is reported at its parent). */
+function nodeAt(doc: Document, path: readonly PathKey[]): Node | undefined {
+  let node = doc.contents as Node | null;
+  for (const key of path) {
+    const next = childOf(node, key);
+    if (!next) break;
+    node = next.value ?? next.key;
+  }
+  return node ?? undefined;
+}
+
+/** The key node of the last element of `path` (an unknown key), else the nearest node. */
+function keyNodeAt(doc: Document, path: readonly PathKey[]): Node | undefined {
+  const parent = nodeAt(doc, path.slice(0, -1));
+  return childOf(parent ?? null, path[path.length - 1])?.key ?? parent;
+}
+
+function childOf(node: Node | null, key: PathKey): { key: Node | null; value: Node | null } | undefined {
+  if (isMap(node)) {
+    const pair = node.items.find((item) => isScalar(item.key) && String(item.key.value) === String(key));
+    if (!pair) return undefined;
+    return { key: pair.key as Node, value: (pair.value as Node | null) ?? null };
+  }
+  if (isSeq(node) && typeof key === "number") {
+    const item = node.items[key] as Node | undefined;
+    return item ? { key: item, value: item } : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * The key path of the innermost map entry that contains `offset`. Trailing list indices are left
+ * out: past a syntax error, which item swallowed the broken text is an accident of the parse.
+ */
+function keyPathAtOffset(doc: Document, offset: number): PathKey[] {
+  const path = pathAtOffset(doc, offset);
+  while (typeof path[path.length - 1] === "number") path.pop();
+  return path;
+}
+
+function pathAtOffset(doc: Document, offset: number): PathKey[] {
+  const path: PathKey[] = [];
+  let node = doc.contents as Node | null;
+  const contains = (n: unknown) =>
+    n !== null &&
+    typeof n === "object" &&
+    "range" in n &&
+    Array.isArray(n.range) &&
+    n.range[0] <= offset &&
+    offset < n.range[1];
+  for (;;) {
+    if (isMap(node)) {
+      const pair = node.items.find((item) => isPair(item) && (contains(item.key) || contains(item.value)));
+      if (!pair || !isScalar(pair.key)) return path;
+      path.push(String(pair.key.value));
+      if (!contains(pair.value)) return path;
+      node = pair.value as Node;
+    } else if (isSeq(node)) {
+      const index = node.items.findIndex(contains);
+      if (index < 0) return path;
+      path.push(index);
+      node = node.items[index] as Node;
+    } else {
+      return path;
+    }
+  }
+}
+
+function yamlErrorMessage(code: string, message: string): string {
+  if (code === "DUPLICATE_KEY") return "this key appears twice in the same mapping; keep one";
+  if (code === "MULTIPLE_DOCS") return "a policy file holds one YAML document: remove the --- separator";
+  return `YAML syntax: ${message}`;
+}
+
+/** Anchors the policy's relative paths at its folder, so nothing later depends on the working directory. */
+function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
+  const { server, delivery, observability } = config;
+  return {
+    ...config,
+    server: server.tls
+      ? { ...server, tls: { cert: resolve(dir, server.tls.cert), key: resolve(dir, server.tls.key) } }
+      : server,
+    routes: config.routes.map((route) =>
+      route.to.startsWith("maildir:")
+        ? { ...route, to: `maildir:${resolve(dir, route.to.slice("maildir:".length))}` }
+        : route,
+    ),
+    delivery: { ...delivery, spool: resolve(dir, delivery.spool) },
+    observability: observability.transactionLog
+      ? { ...observability, transactionLog: { path: resolve(dir, observability.transactionLog.path) } }
+      : observability,
+  };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,316 @@
+/**
+ * The policy file, as a zod schema. Key names are the contract of design/policy-format.md. Every
+ * object is strict, so a misspelt key is an error rather than a silently ignored setting; every key
+ * has a description, which `portcullis schema` hands to editors.
+ *
+ * This module knows nothing about the file's location: relative paths are resolved by load.ts.
+ */
+import { isIP } from "node:net";
+import { hostname } from "node:os";
+import { z } from "zod";
+import { asciiDomain } from "../address.js";
+import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
+import { Duration, Size } from "../units.js";
+import { ActionSchema } from "./actions.js";
+
+/** What `proxyProtocol: true` trusts: only a load balancer on this host may claim another client address. */
+export const LOOPBACK_NETWORKS: readonly string[] = ["127.0.0.0/8", "::1"];
+
+const HostPort = z.string().refine((text) => parseHostPort(text) !== undefined, {
+  error: (issue) => `"${String(issue.input)}" is not host:port, e.g. "127.0.0.1:2525" or "[::1]:2525"`,
+});
+
+const Network = z.string().refine((text) => parseCidr(text) !== undefined, {
+  error: (issue) =>
+    `"${String(issue.input)}" is not an IP address or CIDR network, e.g. "192.0.2.0/24" or "2001:db8::/32"`,
+});
+
+/** An exact domain (Unicode or punycode, kept as written) or `*.domain` for its subdomains; lower-cased. */
+const DomainPattern = z
+  .string()
+  .refine((text) => asciiDomain(text.startsWith("*.") ? text.slice(2) : text) !== undefined, {
+    error: (issue) =>
+      `"${String(issue.input)}" is not a domain: write a host name such as "example.test", or "*.example.test" for its subdomains`,
+  })
+  .transform((text) => text.toLowerCase());
+
+const oneOrMany = <T extends z.ZodType>(item: T) =>
+  z
+    .union([item, z.array(item)], { error: "expected one value or a list of values" })
+    .transform((value) => (Array.isArray(value) ? value : [value]) as z.output<T>[]);
+
+const DnsServer = z.string().transform((text, ctx) => {
+  const bare = text.replace(/^\[(.*)\]$/, "$1");
+  if (isIP(bare) !== 0) return formatHostPort({ host: bare, port: 53 });
+  const hostPort = parseHostPort(text);
+  if (hostPort && isIP(hostPort.host) !== 0) return formatHostPort(hostPort);
+  ctx.addIssue({
+    code: "custom",
+    message: `"${text}" is not a DNS server: write an IP address or IP:port, e.g. "127.0.0.1", "127.0.0.1:5353" or "[::1]:53"`,
+  });
+  return z.NEVER;
+});
+
+const RedisUrl = z.string().refine(
+  (text) => {
+    try {
+      const url = new URL(text);
+      return (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "";
+    } catch {
+      return false;
+    }
+  },
+  { error: (issue) => `"${String(issue.input)}" is not a Redis URL: use redis://HOST:PORT/DB (rediss:// for TLS)` },
+);
+
+const ROUTE_TARGET_HELP =
+  'use "mx", "discard", "smtp://HOST:PORT", "lmtp://HOST:PORT" or "maildir:PATH", e.g. "smtp://127.0.0.1:2600"';
+
+/** Why `text` is not a route target; undefined when it is one. */
+function routeTargetProblem(text: string): string | undefined {
+  if (text === "mx" || text === "discard") return undefined;
+  const hop = /^(smtp|lmtp):\/\/(.*)$/.exec(text);
+  if (hop) {
+    return parseHostPort(hop[2])
+      ? undefined
+      : `"${text}": ${hop[1]}:// needs HOST:PORT, e.g. "${hop[1]}://127.0.0.1:2600"`;
+  }
+  if (text.startsWith("maildir:")) {
+    return text.length > "maildir:".length
+      ? undefined
+      : `"${text}": maildir: needs a folder, e.g. "maildir:./var/maildir"`;
+  }
+  return `"${text}" is not a route target: ${ROUTE_TARGET_HELP}`;
+}
+
+const RouteTarget = z.string().superRefine((text, ctx) => {
+  const problem = routeTargetProblem(text);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
+
+const Listener = z.strictObject({
+  address: HostPort.describe('where to listen, as host:port ("[::1]:2525" for IPv6)'),
+  submission: z
+    .boolean()
+    .default(false)
+    .describe("a submission listener (port 587 role): clients must authenticate over TLS; needs server.tls"),
+  implicitTls: z
+    .boolean()
+    .default(false)
+    .describe("TLS from the first byte (port 465 style) instead of STARTTLS; needs server.tls"),
+});
+
+const Limits = z.strictObject({
+  maxMessageSize: Size.prefault("25MB").describe('largest message accepted, e.g. "25MB" (announced in EHLO SIZE)'),
+  maxRecipients: z.int().positive().default(100).describe("most RCPT TO per transaction; more get 452"),
+  maxClients: z.int().positive().default(1000).describe("most simultaneous connections in total"),
+  maxConnectionsPerIp: z.int().positive().default(20).describe("most simultaneous connections from one client IP"),
+  idleTimeout: Duration.prefault("60s").describe('closes a connection silent for this long, e.g. "60s"'),
+  maxTransactionsPerConnection: z
+    .int()
+    .positive()
+    .default(100)
+    .describe("most messages one connection may send before it must reconnect"),
+  dataTimeout: Duration.prefault("10m").describe('deadline for receiving a whole message after DATA, e.g. "10m"'),
+  maxHeaderSize: Size.prefault("64KiB").describe('largest header section accepted, e.g. "64KiB"'),
+  maxHeaderCount: z.int().positive().default(1000).describe("most header fields accepted in one message"),
+});
+
+/** Exported so the JSON Schema can leave out its default, which is the host that generates the schema. */
+export const ServerHostname = z
+  .string()
+  .min(1)
+  .default(() => hostname())
+  .describe("this gateway's name: banner, Received header, HELO to the next hop (default: the OS host name)");
+
+const Server = z
+  .strictObject({
+    hostname: ServerHostname,
+    listen: z
+      .array(Listener.describe("one listening socket"))
+      .min(1)
+      .prefault([{ address: "127.0.0.1:2525" }])
+      .describe('listening sockets (default: one on "127.0.0.1:2525")'),
+    tls: z
+      .strictObject({
+        cert: z.string().min(1).describe("PEM certificate chain file, relative to the policy file's folder"),
+        key: z.string().min(1).describe("PEM private key file, relative to the policy file's folder"),
+      })
+      .optional()
+      .describe("certificate and key; enables STARTTLS on every listener"),
+    proxyProtocol: z
+      .union([z.boolean(), z.array(Network).min(1)], {
+        error: "expected true, false or a list of networks allowed to send a PROXY header",
+      })
+      .default(false)
+      .transform((value) => (value === true ? [...LOOPBACK_NETWORKS] : value))
+      .describe(
+        "expect a PROXY v1/v2 header from these peers (a load balancer); the client address it names replaces the peer's. " +
+          `true trusts only loopback (${LOOPBACK_NETWORKS.join(", ")}); list the balancer's networks otherwise. ` +
+          "Connections from other peers are refused, since a forged header would choose its own client address",
+      ),
+    greetingDelay: Duration.prefault(0).describe(
+      'wait this long before the banner; clients that talk first are dropped (e.g. "2s"; 0 = off)',
+    ),
+    limits: Limits.prefault({}).describe("resource limits per connection and per message"),
+  })
+  .superRefine((server, ctx) => {
+    if (server.tls) return;
+    server.listen.forEach((listener, index) => {
+      for (const key of ["submission", "implicitTls"] as const) {
+        if (listener[key]) {
+          ctx.addIssue({
+            code: "custom",
+            path: ["listen", index, key],
+            message: `${key}: true needs a certificate: add server.tls { cert, key }`,
+          });
+        }
+      }
+    });
+  });
+
+const Dns = z.strictObject({
+  servers: z
+    .array(DnsServer)
+    .min(1)
+    .optional()
+    .describe('DNS servers as IP or IP:port (port 53 if omitted), e.g. ["127.0.0.1:53"]; default: the system resolver'),
+  timeout: Duration.prefault("3s").describe('deadline for one DNS query, e.g. "3s"'),
+  cacheSize: z.int().nonnegative().default(50_000).describe("answers kept in the shared DNS cache (0 = no cache)"),
+});
+
+const State = z.strictObject({
+  store: z
+    .union([z.literal("memory"), z.strictObject({ redis: RedisUrl.describe("redis:// or rediss:// URL") })], {
+      error: 'expected "memory" or { redis: "redis://127.0.0.1:6379/0" }',
+    })
+    .default("memory")
+    .describe("where counters (rate limits, greylisting) live: memory (one gateway) or Redis (shared by a cluster)"),
+  onStoreError: z
+    .enum(["defer", "allow"])
+    .default("defer")
+    .describe("when the store is unreachable: defer (4xx, the client retries) or allow (skip the check)"),
+});
+
+const Relay = z.strictObject({
+  domains: z
+    .array(DomainPattern)
+    .default([])
+    .describe(
+      'domains we receive mail for (MX role); case-insensitive, IDN or punycode; "*.example.test" adds its subdomains',
+    ),
+  networks: z.array(Network).default([]).describe("client networks that may relay to any domain (outbound relay role)"),
+  authenticatedUsersMayRelay: z
+    .boolean()
+    .default(true)
+    .describe("whether a client that authenticated may relay to any domain"),
+});
+
+const Hooks = z.strictObject({
+  timeout: Duration.prefault("10s").describe('deadline for each hook unless its entry sets one, e.g. "10s"'),
+  onError: ActionSchema.prefault({ defer: "451 4.3.0 Temporary policy failure, try again later" }).describe(
+    "what a hook that throws or times out leads to, unless its entry sets one (default: defer 451 4.3.0)",
+  ),
+});
+
+/** Keys of a pipeline entry that the core reads; every other key is an option of the plugin. */
+export const CORE_ENTRY_KEYS = ["plugin", "on", "timeout", "onError"] as const;
+
+const PipelineEntry = z
+  .looseObject({
+    plugin: z
+      .string()
+      .min(1)
+      .describe('a built-in plugin name, or a path such as "./local-plugins/check.ts" (relative to the policy file)'),
+    on: z
+      .record(z.string(), ActionSchema)
+      .optional()
+      .describe("an action per verdict of the plugin; a verdict with no action here gets the plugin's default"),
+    timeout: Duration.optional().describe("deadline for this plugin's hooks (default: hooks.timeout)"),
+    onError: ActionSchema.optional().describe(
+      "what a throw or timeout of this plugin leads to (default: hooks.onError)",
+    ),
+  })
+  .describe("one plugin run; its own options sit beside `plugin`");
+
+const RouteMatch = z.strictObject({
+  recipientDomain: oneOrMany(DomainPattern)
+    .optional()
+    .describe('recipient domain(s), exact and case-insensitive; "*.example.test" for subdomains'),
+  senderDomain: oneOrMany(DomainPattern)
+    .optional()
+    .describe('sender domain(s), exact and case-insensitive; "*.example.test" for subdomains'),
+  clientNetwork: oneOrMany(Network).optional().describe("client address(es) or CIDR network(s)"),
+});
+
+const Route = z
+  .strictObject({
+    match: RouteMatch.optional().describe("all given conditions must hold; none given matches everything"),
+    to: RouteTarget.describe(`the next hop: ${ROUTE_TARGET_HELP}; maildir paths are relative to the policy file`),
+  })
+  .describe("a next-hop override");
+
+const Delivery = z.strictObject({
+  mode: z
+    .enum(["proxy", "queue"])
+    .default("proxy")
+    .describe("proxy: 250 only after the next hop accepted; queue: store durably, 250, then deliver with retries"),
+  spool: z.string().min(1).default("./var/spool").describe("spool folder (queue mode), relative to the policy file"),
+  retry: z
+    .strictObject({
+      schedule: z
+        .array(Duration)
+        .min(1)
+        .prefault(["1m", "5m", "15m", "1h", "4h"])
+        .describe("waits between attempts; the last one repeats until maxAge"),
+      maxAge: Duration.prefault("5d").describe('give up and bounce after this long, e.g. "5d"'),
+    })
+    .prefault({})
+    .describe("retry schedule for deferred deliveries (queue mode)"),
+  timeout: Duration.prefault("5m").describe('deadline for one attempt at the next hop, e.g. "5m"'),
+});
+
+const Observability = z.strictObject({
+  log: z
+    .strictObject({
+      level: z
+        .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
+        .default("info")
+        .describe("least severe level written (JSON lines on stdout)"),
+    })
+    .prefault({})
+    .describe("structured log"),
+  metrics: HostPort.optional().describe(
+    'host:port serving Prometheus /metrics, /healthz and /readyz, e.g. "127.0.0.1:9464"',
+  ),
+  transactionLog: z
+    .strictObject({
+      path: z.string().min(1).describe("JSON-lines file, relative to the policy file"),
+    })
+    .optional()
+    .describe("one line per transaction: findings and decision (for replay)"),
+});
+
+export const PolicySchema = z
+  .strictObject({
+    version: z
+      .literal(1, { error: "version must be 1, the only policy format so far" })
+      .describe("policy format version: 1"),
+    server: Server.prefault({}).describe("the SMTP listener"),
+    dns: Dns.prefault({}).describe("the one resolver every plugin uses"),
+    state: State.prefault({}).describe("shared state for rate limits and greylisting"),
+    relay: Relay.prefault({}).describe("who may send to which recipients (keeps the gateway from being an open relay)"),
+    hooks: Hooks.prefault({}).describe("defaults for every pipeline entry"),
+    pipeline: z.array(PipelineEntry).default([]).describe("the plugins to run, in this order"),
+    routes: z
+      .array(Route)
+      .prefault([{ to: "mx" }])
+      .describe('next-hop overrides, first match wins (default: [{ to: "mx" }])'),
+    delivery: Delivery.prefault({}).describe("how accepted mail reaches the next hop"),
+    observability: Observability.prefault({}).describe("logs, metrics and the transaction log"),
+  })
+  .describe("A Portcullis policy file");
+
+export type PolicyConfig = z.output<typeof PolicySchema>;
+/** The policy file as written: what editors complete against. */
+export type PolicyInput = z.input<typeof PolicySchema>;

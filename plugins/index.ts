@@ -1,0 +1,16 @@
+/**
+ * The built-in plugins, by the name a policy gives in `plugin:`. Each is imported only when a policy
+ * uses it, so an unused plugin costs nothing at start-up and cannot break it.
+ *
+ * Adding one is one line, its key being the folder name:
+ * @example
+ * fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
+ */
+import type { PluginDefinition } from "../core/api.js";
+
+export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({});
+
+/** Sorted, for messages and `portcullis` listings. */
+export function builtinPluginNames(): string[] {
+  return Object.keys(builtinPlugins).sort();
+}
