@@ -40,6 +40,9 @@ export class Session {
   #heloDecision: RefusingDecision | null = null;
   #transaction: TransactionState | null = null;
   #transactions = 0;
+  #last: TransactionContext | null = null;
+  /** The phase whose decision was last answered to the client (the connect and helo phases answer at MAIL). */
+  refusedIn: Phase | null = null;
 
   constructor(
     readonly runtime: Runtime,
@@ -52,8 +55,18 @@ export class Session {
     return this.#transaction?.context ?? null;
   }
 
+  /** The latest transaction, also after it finished (for dry runs that report its findings). */
+  get lastTransaction(): TransactionContext | null {
+    return this.#last;
+  }
+
   get transactions(): number {
     return this.#transactions;
+  }
+
+  #refused(phase: Phase, decision: RefusingDecision): RefusingDecision {
+    this.refusedIn = phase;
+    return decision;
   }
 
   async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
@@ -79,14 +92,17 @@ export class Session {
   async mail(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {
     // A MAIL after RSET (which smtp-server handles itself) starts over; log what was abandoned.
     this.finish("aborted", null);
-    if (this.#heloDecision) return this.#heloDecision;
-    if (this.#connectDecision) return this.#connectDecision;
+    if (this.#heloDecision) return this.#refused("helo", this.#heloDecision);
+    if (this.#connectDecision) return this.#refused("connect", this.#connectDecision);
     const limits = this.runtime.config.server.limits;
     if (this.#transactions >= limits.maxTransactionsPerConnection) {
-      return core("limits", "disconnect", { code: 421, enhanced: "4.7.0", text: "Too many transactions, reconnect" });
+      return this.#refused(
+        "mail",
+        core("limits", "disconnect", { code: 421, enhanced: "4.7.0", text: "Too many transactions, reconnect" }),
+      );
     }
     const sender = parseEnvelopeAddress(address, args, { nullAllowed: true });
-    if ("reply" in sender) return core("syntax", "reject", sender.reply);
+    if ("reply" in sender) return this.#refused("mail", core("syntax", "reject", sender.reply));
     this.#transactions++;
     const context: TransactionContext = {
       id: `${this.connection.id}.${this.#transactions}`,
@@ -101,11 +117,13 @@ export class Session {
       trace: [],
     };
     this.#transaction = { context, startedAt: this.clock.now(), rejectedRecipients: [] };
+    this.#last = context;
     const decision = refusing(
       await this.#run("mail", { connection: this.connection, transaction: context }, context.trace),
     );
-    if (decision) this.finish("refused", decision);
-    return decision;
+    if (!decision) return null;
+    this.finish("refused", decision);
+    return this.#refused("mail", decision);
   }
 
   async rcpt(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {

@@ -130,7 +130,7 @@ export async function simulate(runtime: Runtime, input: SimulatedTransaction): P
     decision: RefusingDecision | null,
     recipients: SimulationResult["recipients"] = [],
   ): SimulationResult => {
-    const tx = session.transaction;
+    const tx = session.lastTransaction;
     const outcome: SimulatedOutcome = !decision
       ? "accepted"
       : decision.kind === "disconnect"
@@ -170,7 +170,7 @@ export async function simulate(runtime: Runtime, input: SimulatedTransaction): P
   if (atConnect) return ended("connect", atConnect);
   if (input.helo !== undefined) await session.helo(input.helo.toLowerCase(), trace);
   const atMail = await session.mail(input.from, {});
-  if (atMail) return ended(session.transaction ? "mail" : input.helo ? "helo" : "mail", atMail);
+  if (atMail) return ended(session.refusedIn ?? "mail", atMail);
   const recipients: Array<{ address: string; decision: RefusingDecision | null }> = [];
   for (const to of input.to) {
     const decision = await session.rcpt(to, {});
