@@ -5,7 +5,7 @@
  */
 import type { Logger } from "pino";
 import { parseEnvelopeAddress } from "./address.js";
-import type { Clock, ConnectionContext, Message, Phase, TraceEntry, TransactionContext } from "./api.js";
+import type { Clock, ConnectionContext, Message, Phase, Services, TraceEntry, TransactionContext } from "./api.js";
 import { type Decision, formatReply, type RefusingDecision, type Reply } from "./decision.js";
 import { runPhase } from "./pipeline.js";
 import type { Runtime } from "./runtime.js";
@@ -23,6 +23,8 @@ interface TransactionState {
   readonly context: TransactionContext;
   readonly startedAt: number;
   readonly rejectedRecipients: Array<{ address: string; reply: Reply }>;
+  /** The session's logger bound to the transaction id: every line a hook logs names its transaction. */
+  readonly log: Logger;
 }
 
 function refusing(decision: Decision): RefusingDecision | null {
@@ -49,7 +51,9 @@ export class Session {
     readonly connection: ConnectionContext,
     readonly log: Logger,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.#services = { ...runtime.services, log };
+  }
 
   get transaction(): TransactionContext | null {
     return this.#transaction?.context ?? null;
@@ -69,8 +73,12 @@ export class Session {
     return decision;
   }
 
+  /** The services hooks see, with the logger of this connection (and transaction, once there is one). */
+  #services: Services;
+
   async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
-    return runPhase(phase, this.runtime.plugins, input, this.runtime.services, trace);
+    const services = this.#transaction ? { ...this.#services, log: this.#transaction.log } : this.#services;
+    return runPhase(phase, this.runtime.plugins, input, services, trace);
   }
 
   /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
@@ -116,7 +124,12 @@ export class Session {
       route: null,
       trace: [],
     };
-    this.#transaction = { context, startedAt: this.clock.now(), rejectedRecipients: [] };
+    this.#transaction = {
+      context,
+      startedAt: this.clock.now(),
+      rejectedRecipients: [],
+      log: this.log.child({ tx: context.id }),
+    };
     this.#last = context;
     const decision = refusing(
       await this.#run("mail", { connection: this.connection, transaction: context }, context.trace),
@@ -173,10 +186,9 @@ export class Session {
     this.#transaction = null;
     const { context } = tx;
     const reply = delivery?.reply ?? decision?.reply ?? null;
-    this.log.info(
+    tx.log.info(
       {
         event: "transaction",
-        tx: context.id,
         client: { ip: this.connection.client.ip, name: this.connection.verifiedName },
         helo: this.connection.helo,
         tls: this.connection.tls?.protocol ?? null,
