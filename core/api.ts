@@ -59,6 +59,8 @@ export interface ConnectionContext {
   verifiedName: string | null;
   /** The reverse-DNS check of the client (RFC 8601 `iprev`), when a check made one. */
   iprev: { readonly result: "pass" | "fail" | "temperror" | "permerror"; readonly name: string | null } | null;
+  /** The client is in `relay.networks` or authenticated (follows `authUser`, so it holds after AUTH too). */
+  readonly trusted: boolean;
   /** Findings made at connection level; transaction facts inherit them. */
   readonly facts: Partial<Facts>;
   score: number;

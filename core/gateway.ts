@@ -204,6 +204,9 @@ export class Gateway {
       authUser: null,
       verifiedName: null,
       iprev: null,
+      get trusted() {
+        return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
+      },
       facts: {},
       score: 0,
     };

@@ -25,6 +25,11 @@ export interface RelayAccess {
   check(recipient: Address, client: { ip: string; authUser: string | null }): Reply | null;
   /** Whether `domain` (any case, Unicode or punycode) is one of `relay.domains`; address literals never are. */
   isLocalDomain(domain: string): boolean;
+  /**
+   * Whether the client is one of ours: in `relay.networks` or authenticated (whether or not it may
+   * relay). Outbound signing needs this, and sender checks skip enforcement for it.
+   */
+  isTrustedClient(client: { ip: string; authUser: string | null }): boolean;
 }
 
 const RELAYING_DENIED = reply(550, "5.7.1", "Relaying denied");
@@ -62,6 +67,10 @@ export function compileRelayAccess(config: RelayConfig): RelayAccess {
     isLocalDomain(domain) {
       const ascii = asciiDomain(domain);
       return ascii !== undefined && isLocalAscii(ascii);
+    },
+
+    isTrustedClient(client) {
+      return networks.has(client.ip) || (client.authUser !== null && client.authUser !== "");
     },
 
     check(recipient, client) {

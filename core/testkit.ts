@@ -120,6 +120,9 @@ export async function simulate(runtime: Runtime, input: SimulatedTransaction): P
     authUser: input.authUser ?? null,
     verifiedName: null,
     iprev: null,
+    get trusted() {
+      return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
+    },
     facts: {},
     score: 0,
   };
