@@ -99,7 +99,10 @@ export interface Message {
 }
 
 export interface TraceEntry {
+  /** The pipeline entry that ran; for a rule's entry (`source: "rule"`), the rule's name. */
   readonly plugin: string;
+  /** "rule" for a rule that matched (its `verdict` then describes its actions); absent for hooks. */
+  readonly source?: "rule";
   readonly phase: Phase;
   readonly verdict: string | null;
   readonly decision: Decision["kind"];
@@ -173,6 +176,13 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, V extends str
   readonly options: S;
   /** The verdicts this plugin may return, with their defaults. Keys of `on:` are checked against these. */
   readonly verdicts?: Readonly<Record<V, VerdictDefault>>;
+  /**
+   * The findings this plugin writes on `ctx.facts`, as paths: its top-level key (`"dnsbl"`) and,
+   * optionally, that key's fields (`"dnsbl.listed"`, `"dnsbl.zone"`). Rules naming a finding run from
+   * the first phase in which its plugin has a hook; `portcullis check` warns about rule paths that
+   * no plugin declares. A key declared without fields accepts any field.
+   */
+  readonly findings?: readonly string[];
   /** Hooks may only return the verdicts declared above (`NoInfer`: the declaration is the source of truth). */
   setup(options: z.output<S>, services: Services): PluginHooks<NoInfer<V>> | Promise<PluginHooks<NoInfer<V>>>;
 }

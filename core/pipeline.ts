@@ -29,7 +29,8 @@ export interface ActivePlugin {
   readonly hooks: PluginHooks;
 }
 
-const GENERIC_REPLIES: Record<"reject" | "defer" | "disconnect", string> = {
+/** The reply of a bare reject/defer/disconnect with no default of its own (also used by rules). */
+export const GENERIC_REPLIES: Record<"reject" | "defer" | "disconnect", string> = {
   reject: "550 5.7.1 Rejected by policy",
   defer: "451 4.7.1 Temporarily rejected by policy, try again later",
   disconnect: "421 4.7.0 Closing connection",

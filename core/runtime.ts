@@ -10,6 +10,7 @@ import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
 import { compileRelayAccess, type RelayAccess } from "./relay.js";
 import { Router } from "./routes.js";
+import { compileRules, findingCatalogue, hookPhases, type RuleSet } from "./rules/compile.js";
 import type { StateStore } from "./state.js";
 
 export interface Runtime {
@@ -18,6 +19,8 @@ export interface Runtime {
   readonly plugins: readonly ActivePlugin[];
   readonly relay: RelayAccess;
   readonly router: Router;
+  /** The policy's rules, compiled against the findings its plugins declare (core/rules). */
+  readonly rules: RuleSet;
   readonly services: Services;
 }
 
@@ -56,6 +59,10 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
     plugins,
     relay: compileRelayAccess(config.relay),
     router: new Router(config.routes),
+    rules: compileRules(
+      config.rules,
+      findingCatalogue(plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition, phases: hookPhases(p) }))),
+    ),
     services,
   };
 }

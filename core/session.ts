@@ -8,6 +8,7 @@ import { parseEnvelopeAddress } from "./address.js";
 import type { Clock, ConnectionContext, Message, Phase, Services, TraceEntry, TransactionContext } from "./api.js";
 import { type Decision, formatReply, type RefusingDecision, type Reply } from "./decision.js";
 import { runPhase } from "./pipeline.js";
+import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "./rules/apply.js";
 import type { Runtime } from "./runtime.js";
 
 export type TransactionOutcome = "accepted" | "rejected" | "deferred" | "refused" | "aborted";
@@ -25,6 +26,8 @@ interface TransactionState {
   readonly rejectedRecipients: Array<{ address: string; reply: Reply }>;
   /** The session's logger bound to the transaction id: every line a hook logs names its transaction. */
   readonly log: Logger;
+  /** What the rules did in this transaction (fired rules, skipped plugins). */
+  readonly rules: RuleState;
 }
 
 function refusing(decision: Decision): RefusingDecision | null {
@@ -38,6 +41,8 @@ function core(name: string, kind: RefusingDecision["kind"], reply: Reply): Refus
 export class Session {
   /** A connect-phase reject/defer, answered at every MAIL FROM (smtpd_delay_reject style). */
   #connectDecision: RefusingDecision | null = null;
+  /** What the rules did at connection level (connect and helo phases); transactions start from it. */
+  #connectionRules = connectionRuleState();
   #heloChecked: string | null = null;
   #heloDecision: RefusingDecision | null = null;
   #transaction: TransactionState | null = null;
@@ -78,7 +83,11 @@ export class Session {
 
   async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
     const services = this.#transaction ? { ...this.#services, log: this.#transaction.log } : this.#services;
-    return runPhase(phase, this.runtime.plugins, input, services, trace);
+    const rules = this.#transaction?.rules ?? this.#connectionRules;
+    const decision = await runPhase(phase, this.runtime.plugins, input, services, trace, rules.skip);
+    // The policy's rules act after the hooks of every phase that no hook ended (core/rules/apply.ts).
+    if (decision.kind !== "continue") return decision;
+    return applyRules(this.runtime.rules, phase, input, rules, services, trace);
   }
 
   /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
@@ -129,6 +138,7 @@ export class Session {
       startedAt: this.clock.now(),
       rejectedRecipients: [],
       log: this.log.child({ tx: context.id }),
+      rules: transactionRuleState(this.#connectionRules),
     };
     this.#last = context;
     const decision = refusing(

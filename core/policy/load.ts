@@ -10,6 +10,7 @@ import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, 
 import { z } from "zod";
 import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
 import type { PluginDefinition, VerdictDefault } from "../api.js";
+import { resolveRules } from "../rules/resolve.js";
 import type { Action } from "./actions.js";
 import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
 
@@ -124,6 +125,8 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
       compileEntry(entry, index, parsed.success ? parsed.data : undefined, dir, doc, report),
     ),
   );
+  // List files named by rules are read now, so their problems are listed with the others (core/rules).
+  const rules = parsed.success ? await resolveRules(raw, parsed.data.rules, dir, report) : [];
 
   if (problems.length > 0 || !parsed.success) {
     problems.sort((a, b) => a.line - b.line || a.col - b.col);
@@ -132,7 +135,7 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
   return {
     file: absolute,
     dir,
-    config: resolvePaths(parsed.data, dir),
+    config: { ...resolvePaths(parsed.data, dir), rules },
     pipeline: entries.filter((entry): entry is PipelineEntry => entry !== undefined),
   };
 }

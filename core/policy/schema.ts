@@ -11,6 +11,7 @@ import { z } from "zod";
 import { asciiDomain } from "../address.js";
 import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
 import { Duration, Size } from "../units.js";
+import { rulesSchema } from "../rules/schema.js";
 import { ActionSchema } from "./actions.js";
 
 /** What `proxyProtocol: true` trusts: only a load balancer on this host may claim another client address. */
@@ -302,6 +303,8 @@ export const PolicySchema = z
     relay: Relay.prefault({}).describe("who may send to which recipients (keeps the gateway from being an open relay)"),
     hooks: Hooks.prefault({}).describe("defaults for every pipeline entry"),
     pipeline: z.array(PipelineEntry).default([]).describe("the plugins to run, in this order"),
+    // Rules (issue 7): conditions over findings and their actions; the grammar lives in core/rules.
+    rules: rulesSchema({ routeTarget: RouteTarget }),
     routes: z
       .array(Route)
       .prefault([{ to: "mx" }])
