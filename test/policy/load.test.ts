@@ -63,6 +63,14 @@ test("a policy setting every key comes out as written, normalised and with absol
       authenticatedUsersMayRelay: false,
     },
     hooks: { timeout: 5000, onError: { type: "disconnect", reply: "421 4.3.0 Try again later [{client.ip}]" } },
+    rules: [
+      {
+        name: "listed",
+        when: { kind: "test", path: "score", test: { kind: "compare", op: "gte", value: 10 } },
+        actions: [{ type: "reject", reply: "554 5.7.1 Blocked by {rule}" }],
+        mode: "observe",
+      },
+    ],
     routes: [
       {
         match: {
