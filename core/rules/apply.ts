@@ -82,7 +82,8 @@ export function applyRules(
   const { connection, transaction } = input;
   for (const rule of candidates) {
     const key = fireKey(rule, phase, input);
-    if (state.fired.has(key)) continue;
+    // A rule that acted for the whole transaction (before rcpt) does not act again per recipient.
+    if (state.fired.has(key) || state.fired.has(rule.name)) continue;
     const started = performance.now();
     // Rebuilt per rule: an earlier rule's score or tag is visible to the next one.
     if (!rule.matches(ruleView(input))) continue;

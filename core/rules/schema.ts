@@ -89,6 +89,8 @@ const TestObject = z
   })
   .refine((test) => Object.values(test).some((value) => value !== undefined), {
     error: "empty test: write e.g. { gte: 10 }, { exists: true } or { network: [192.0.2.0/24] }",
+    // Only for a mapping that is otherwise valid: `{ gtee: 10 }` is an unknown key, not an empty test.
+    when: (payload) => payload.issues.length === 0,
   })
   .describe("tests of the value; several in one mapping must all hold");
 
@@ -286,7 +288,13 @@ export function rulesSchema(shared: SharedSchemas) {
         .describe("the rule's name: logged and recorded as who decided; {rule} in replies"),
       when: ConditionSchema.optional().describe("the condition; leave it out for a rule that always matches"),
       action: z
-        .union([action, z.array(action).min(1)], { error: "expected an action or a list of actions" })
+        .union([action, z.array(action).min(1)], {
+          // A single action that fails says why (its reply class, an unknown key), not just "no form fits".
+          error: (issue) => {
+            const single = Array.isArray(issue.input) ? undefined : action.safeParse(issue.input);
+            return single?.error ? firstIssue(single.error) : "expected an action or a list of actions";
+          },
+        })
         .transform((value) => (Array.isArray(value) ? value : [value]))
         .superRefine((actions, ctx) => {
           actions.forEach((item, index) => {
