@@ -8,7 +8,14 @@
  */
 import type { PluginDefinition } from "../core/api.js";
 
-export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({});
+export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({
+  arc: () => import("./arc/index.js").then((module) => module.default),
+  "auth-results": () => import("./auth-results/index.js").then((module) => module.default),
+  dkim: () => import("./dkim/index.js").then((module) => module.default),
+  "dkim-sign": () => import("./dkim-sign/index.js").then((module) => module.default),
+  dmarc: () => import("./dmarc/index.js").then((module) => module.default),
+  spf: () => import("./spf/index.js").then((module) => module.default),
+});
 
 /** Sorted, for messages and `portcullis` listings. */
 export function builtinPluginNames(): string[] {
