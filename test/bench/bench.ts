@@ -1,0 +1,310 @@
+/**
+ * The benchmark machinery, separate from the command line so the smoke test drives the same code.
+ *
+ * One run measures, under the same load and against the same sink:
+ *   (a) client → sink, the ceiling;
+ *   (b) client → gateway (plain relay, proxy mode) → sink;
+ *   (c) client → gateway (the edge policy as far as it exists) → sink.
+ * Throughput is end to end: the clock stops when the sink has counted every message, which also
+ * holds once queue mode answers 250 before delivering.
+ */
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { startDnsServer } from "../../core/testing/dns-server.js";
+import { startGatewayProcess } from "./gateway-process.js";
+import { type LoadOptions, type LoadResult, runNodeLoad, runSmtpSource } from "./load.js";
+import { BENCH, benchMail } from "./mail.js";
+import { type EdgePart, edgePolicy, type PolicySettings, queuePart, relayPolicy } from "./policies.js";
+import { type ProfileSummary, summarizeProfile } from "./profile.js";
+import { findProgram, type SinkKind, type SinkProcess, startSinkProcess } from "./sink-process.js";
+
+export type ConfigName = "direct" | "relay" | "edge";
+export const CONFIGS: readonly ConfigName[] = ["direct", "relay", "edge"];
+
+export interface BenchOptions {
+  readonly sessions: number;
+  readonly messages: number;
+  /** Message size in bytes, headers included. */
+  readonly size: number;
+  readonly perConnection: number;
+  /** Messages sent before each measurement (not counted), so JIT and caches are warm. */
+  readonly warmup: number;
+  readonly load: "node" | "smtp-source";
+  readonly sink: SinkKind;
+  readonly configs: readonly ConfigName[];
+  /** The gateway's log level; its log goes to a file, as in production. */
+  readonly logLevel: string;
+  /** Write a CPU profile of each gateway run into this folder and summarise it. */
+  readonly profileDir?: string;
+}
+
+export interface LatencySummary {
+  readonly p50: number;
+  readonly p99: number;
+}
+
+export interface RunResult {
+  readonly config: ConfigName;
+  readonly label: string;
+  readonly messages: number;
+  /** Counted at the sink during the measurement. */
+  readonly delivered: number;
+  readonly failed: number;
+  readonly errors: string[];
+  readonly elapsedMs: number;
+  readonly msgPerSec: number;
+  /** Milliseconds per message; null with smtp-source, which does not report them. */
+  readonly latencyMs: LatencySummary | null;
+  readonly gateway: {
+    readonly peakRssMb: number;
+    /** Gateway CPU time per message during the measurement. */
+    readonly cpuMsPerMessage: number;
+  } | null;
+  readonly edgePolicy?: EdgePart[];
+  readonly profile?: ProfileSummary;
+}
+
+export interface BenchResult {
+  /** The 1-minute load average before and after: other work on the machine skews every number. */
+  readonly machine: {
+    readonly cpus: number;
+    readonly node: string;
+    readonly loadAverage: { readonly start: number; readonly end: number };
+  };
+  readonly options: BenchOptions & { readonly messageBytes: number };
+  readonly runs: Partial<Record<ConfigName, RunResult>>;
+  /** Throughput of (b) and (c) as a share of (a). */
+  readonly ratios: { readonly relay: number | null; readonly edge: number | null };
+  /** Gateway runs' latency percentiles minus those of (a). */
+  readonly addedLatencyMs: { readonly relay: LatencySummary | null; readonly edge: LatencySummary | null };
+}
+
+const LABELS: Record<ConfigName, string> = {
+  direct: "(a) client → sink",
+  relay: "(b) client → gateway (plain relay, proxy) → sink",
+  edge: "(c) client → gateway (edge policy) → sink",
+};
+
+export async function runBench(
+  options: BenchOptions,
+  progress: (line: string) => void = () => {},
+): Promise<BenchResult> {
+  const loadAtStart = loadavg()[0];
+  const dir = await mkdtemp(join(tmpdir(), "portcullis-bench-"));
+  const mail = await benchMail(options.size);
+  const smtpSource = options.load === "smtp-source" ? findProgram("smtp-source") : null;
+  if (options.load === "smtp-source" && !smtpSource)
+    throw new Error("bench: --load smtp-source, but smtp-source is not installed");
+  const dns = await startDnsServer(mail.zone);
+  let sink: SinkProcess | undefined;
+  const runs: Partial<Record<ConfigName, RunResult>> = {};
+  try {
+    sink = await startSinkProcess(options.sink);
+    const settings: PolicySettings = {
+      sinkPort: sink.port,
+      dns: dns.address,
+      spool: join(dir, "spool"),
+      logLevel: options.logLevel,
+      maxConnections: Math.max(1000, options.sessions * 4),
+    };
+    await mkdir(settings.spool, { recursive: true });
+    if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
+    for (const config of options.configs) {
+      progress(`${LABELS[config]} …`);
+      const result = await runConfig(config, options, { dir, settings, sink, message: mail.message, smtpSource });
+      runs[config] = result;
+      progress(`  ${formatRun(result)}`);
+    }
+  } finally {
+    await sink?.close();
+    await dns.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+  const direct = runs.direct;
+  const ratio = (run: RunResult | undefined) =>
+    direct && run && direct.msgPerSec > 0 ? round(run.msgPerSec / direct.msgPerSec, 3) : null;
+  const added = (run: RunResult | undefined): LatencySummary | null =>
+    direct?.latencyMs && run?.latencyMs
+      ? {
+          p50: round(run.latencyMs.p50 - direct.latencyMs.p50, 2),
+          p99: round(run.latencyMs.p99 - direct.latencyMs.p99, 2),
+        }
+      : null;
+  return {
+    machine: {
+      cpus: availableParallelism(),
+      node: process.version,
+      loadAverage: { start: round(loadAtStart, 2), end: round(loadavg()[0], 2) },
+    },
+    options: { ...options, messageBytes: mail.message.length },
+    runs,
+    ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge) },
+    addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge) },
+  };
+}
+
+interface RunContext {
+  readonly dir: string;
+  readonly settings: PolicySettings;
+  readonly sink: SinkProcess;
+  readonly message: Buffer;
+  readonly smtpSource: string | null;
+}
+
+async function runConfig(config: ConfigName, options: BenchOptions, context: RunContext): Promise<RunResult> {
+  const { sink } = context;
+  let edgeParts: EdgePart[] | undefined;
+  let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
+  // One folder per run: every thread writes its own profile (tsx's loader runs in a worker).
+  const profileDir = options.profileDir ? join(options.profileDir, `${config}-${process.pid}`) : undefined;
+  const edgeSpool = join(context.dir, "spool-edge");
+  try {
+    let port = sink.port;
+    if (config !== "direct") {
+      const policyFile = join(context.dir, `${config}.yaml`);
+      let text: string;
+      if (config === "edge") {
+        const edge = await edgePolicy({ ...context.settings, spool: edgeSpool }, policyFile);
+        text = edge.text;
+        edgeParts = edge.parts;
+      } else {
+        text = relayPolicy(context.settings);
+      }
+      await writeFile(policyFile, text);
+      gateway = await startGatewayProcess({
+        policyFile,
+        dns: context.settings.dns,
+        logFile: join(context.dir, `${config}.log`),
+        profileDir,
+      });
+      port = gateway.port;
+    }
+    const load = (messages: number): Promise<LoadResult> => {
+      const loadOptions: LoadOptions = {
+        host: "127.0.0.1",
+        port,
+        sessions: Math.min(options.sessions, messages),
+        messages,
+        perConnection: options.perConnection,
+        message: context.message,
+        helo: BENCH.clientName,
+        from: BENCH.from,
+        to: BENCH.to,
+      };
+      return context.smtpSource ? runSmtpSource(context.smtpSource, loadOptions) : runNodeLoad(loadOptions);
+    };
+    if (options.warmup > 0) {
+      const before = await sink.count();
+      const warm = await load(options.warmup);
+      await settle(sink, before + warm.sent);
+    }
+    const before = await sink.count();
+    const cpuBefore = gateway?.stats().cpuMs ?? 0;
+    const started = performance.now();
+    const result = await load(options.messages);
+    await settle(sink, before + result.sent);
+    const elapsedMs = performance.now() - started;
+    const delivered = (await sink.count()) - before;
+    const stats = gateway?.stats();
+    return {
+      config,
+      label: LABELS[config],
+      messages: options.messages,
+      delivered,
+      failed: result.failed,
+      errors: result.errors,
+      elapsedMs: round(elapsedMs, 1),
+      msgPerSec: Math.round((delivered * 1000) / elapsedMs),
+      latencyMs: result.latencies ? latencySummary(result.latencies) : null,
+      gateway: stats
+        ? {
+            peakRssMb: round(stats.peakRssKb / 1024, 1),
+            cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
+          }
+        : null,
+      ...(await stopAndProfile(gateway, profileDir)),
+      ...(edgeParts ? { edgePolicy: [...edgeParts, await queuePart(edgeSpool)] } : {}),
+    };
+  } finally {
+    await gateway?.stop();
+  }
+}
+
+/** How long the sink may lag behind the last 250 (queue mode delivers after answering). */
+const DELIVERY_GRACE_MS = 30_000;
+
+/** Waits until the sink has counted `n` messages, or gives up after the grace period so a lost message shows as a count. */
+async function settle(sink: SinkProcess, n: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    sink.waitFor(n),
+    new Promise<void>((done) => {
+      timer = setTimeout(done, DELIVERY_GRACE_MS);
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
+async function stopAndProfile(
+  gateway: { stop(): Promise<void> } | undefined,
+  profileDir: string | undefined,
+): Promise<{ profile?: ProfileSummary }> {
+  if (!gateway) return {};
+  await gateway.stop();
+  if (!profileDir) return {};
+  // The main thread is the busiest; the loader worker only compiles modules at start-up.
+  const summaries = (await readdir(profileDir))
+    .filter((name) => name.endsWith(".cpuprofile"))
+    .map((name) => summarizeProfile(join(profileDir, name)));
+  const busiest = summaries.sort((a, b) => b.busyMs - a.busyMs)[0];
+  return busiest ? { profile: busiest } : {};
+}
+
+function latencySummary(sorted: Float64Array): LatencySummary {
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
+  return { p50: round(at(0.5), 2), p99: round(at(0.99), 2) };
+}
+
+function round(value: number, digits: number): number {
+  const scale = 10 ** digits;
+  return Math.round(value * scale) / scale;
+}
+
+export function formatRun(run: RunResult): string {
+  const parts = [`${String(run.msgPerSec).padStart(6)} msg/s`];
+  if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
+  if (run.gateway)
+    parts.push(`gateway peak RSS ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+  if (run.delivered !== run.messages || run.failed > 0) {
+    parts.push(`PROBLEM: ${run.delivered}/${run.messages} delivered, ${run.failed} failed: ${run.errors.join("; ")}`);
+  }
+  return parts.join("  ");
+}
+
+export function formatBench(result: BenchResult): string {
+  const o = result.options;
+  const lines = [
+    `Portcullis relay benchmark: ${o.sessions} sessions, ${o.messages} messages of ${o.messageBytes} bytes, ` +
+      `${o.perConnection === 1 ? "one message per connection" : `${o.perConnection} messages per connection`}, ` +
+      `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}`,
+    `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
+    "",
+  ];
+  for (const run of Object.values(result.runs)) lines.push(run.label, `    ${formatRun(run)}`);
+  lines.push("");
+  const ratio = (value: number | null, target: number) =>
+    value === null ? "n/a" : `${value.toFixed(3)} (target ≥ ${target})`;
+  lines.push(`ratios: b/a ${ratio(result.ratios.relay, 0.15)}, c/a ${ratio(result.ratios.edge, 0.1)}`);
+  const added = (value: LatencySummary | null) => (value ? `p50 +${value.p50} ms, p99 +${value.p99} ms` : "n/a");
+  lines.push(
+    `latency added by the gateway: (b) ${added(result.addedLatencyMs.relay)}; (c) ${added(result.addedLatencyMs.edge)}`,
+  );
+  const edge = result.runs.edge?.edgePolicy;
+  if (edge) {
+    lines.push("edge policy of (c):");
+    for (const part of edge) lines.push(`  ${part.present ? "present" : "ABSENT "}  ${part.part}: ${part.note}`);
+  }
+  return lines.join("\n");
+}

@@ -1,0 +1,98 @@
+/**
+ * The gateway under test, as a child process started through the real CLI: its memory and CPU are
+ * its own, and the load generator never shares its event loop.
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+const CLI = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
+const LISTENING = /^portcullis: listening on (\S+):(\d+)/m;
+const START_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 15_000;
+
+export interface GatewayProcessOptions {
+  readonly policyFile: string;
+  readonly dns: string;
+  /** The gateway's log (JSON lines on its stdout) goes here. */
+  readonly logFile: string;
+  /** Write V8 CPU profiles (one per thread) into this folder when the gateway exits. */
+  readonly profileDir?: string;
+  /** Extra environment, e.g. a larger libuv thread pool. */
+  readonly env?: Record<string, string>;
+}
+
+export interface ProcessStats {
+  /** Resident set size now, in KiB. */
+  readonly rssKb: number;
+  /** Highest resident set size since the process started (VmHWM), in KiB. */
+  readonly peakRssKb: number;
+  /** User plus system CPU time so far, in milliseconds. */
+  readonly cpuMs: number;
+}
+
+export interface GatewayProcess {
+  readonly pid: number;
+  readonly port: number;
+  stats(): ProcessStats;
+  /** SIGTERM (the CLI drains and exits, writing the CPU profile), SIGKILL if that takes too long. */
+  stop(): Promise<void>;
+}
+
+export async function startGatewayProcess(options: GatewayProcessOptions): Promise<GatewayProcess> {
+  const profile = options.profileDir ? ["--cpu-prof", "--cpu-prof-dir", options.profileDir] : [];
+  const log = openSync(options.logFile, "a");
+  const child = spawn(
+    process.execPath,
+    [...profile, CLI, "start", "--policy", options.policyFile, "--listen", "127.0.0.1:0", "--dns", options.dns],
+    { stdio: ["ignore", log, "pipe"], env: { ...process.env, ...options.env } },
+  );
+  closeSync(log);
+  let stderr = "";
+  const exited = once(child, "exit");
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => fail(`did not listen within ${START_TIMEOUT_MS} ms`), START_TIMEOUT_MS);
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      child.kill("SIGKILL");
+      reject(new Error(`gateway ${why}\n${stderr.trim()}`));
+    };
+    child.stderr!.setEncoding("utf8").on("data", (text: string) => {
+      stderr += text;
+      const match = LISTENING.exec(stderr);
+      if (match) {
+        clearTimeout(timer);
+        resolve(Number(match[2]));
+      }
+    });
+    child.once("exit", (code, signal) => fail(`exited (${signal ?? code}) before listening`));
+  });
+  const pid = child.pid!;
+  return {
+    pid,
+    port,
+    stats: () => processStats(pid),
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Linux only: /proc holds the numbers without asking the process (which would cost it CPU). */
+export function processStats(pid: number): ProcessStats {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN);
+  // Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return { rssKb: kb("VmRSS"), peakRssKb: kb("VmHWM"), cpuMs: (ticks * 1000) / CLOCK_TICKS };
+}
+
+/** USER_HZ is 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100;
