@@ -61,9 +61,22 @@ export interface ConnectionContext {
   iprev: { readonly result: "pass" | "fail" | "temperror" | "permerror"; readonly name: string | null } | null;
   /** The client is in `relay.networks` or authenticated (follows `authUser`, so it holds after AUTH too). */
   readonly trusted: boolean;
+  /** The client's wait for the banner, as the listener saw it; absent without a listener (test kit). */
+  readonly pregreet?: Pregreet;
   /** Findings made at connection level; transaction facts inherit them. */
   readonly facts: Partial<Facts>;
   score: number;
+}
+
+/**
+ * The wait before the banner (postscreen's pregreet test). The listener keeps it current until the
+ * banner is sent, so a connect hook also sees a client that talked while earlier hooks ran.
+ */
+export interface Pregreet {
+  /** How long the banner was held back: the longest any `pregreet` hook asked for, at least `server.greetingDelay`. */
+  readonly delayMs: number;
+  /** The client sent a command before the banner (held until the banner is out, then run as usual). */
+  readonly talkedEarly: boolean;
 }
 
 export interface HeaderEdits {
@@ -158,8 +171,21 @@ export type Hook<P extends Phase, V extends string = string> = (ctx: HookContext
 
 export type Hooks<V extends string = string> = { [P in Phase]: Hook<P, V> };
 
-/** What `setup` returns: any subset of the phases. */
-export type PluginHooks<V extends string = string> = Partial<Hooks<V>>;
+/** What `setup` returns: any subset of the phases, and `pregreet`. */
+export type PluginHooks<V extends string = string> = Partial<Hooks<V>> & {
+  /**
+   * Before the banner, before any session exists: how many milliseconds this client's banner should
+   * wait (the listener uses the longest answer). A client that talks during the wait is marked in
+   * `ConnectionContext.pregreet` for the connect hooks to judge.
+   */
+  readonly pregreet?: (ctx: PregreetContext) => Promise<number>;
+};
+
+/** What a `pregreet` hook sees: the client, the shared services, and its deadline. */
+export type PregreetContext = Services & {
+  readonly client: Pick<ConnectionContext["client"], "ip" | "family">;
+  readonly signal: AbortSignal;
+};
 
 /**
  * What a verdict leads to when the policy says nothing. `reply` is the reply text used by reject,

@@ -8,7 +8,7 @@ import { join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
-import type { Clock, ConnectionContext } from "./api.js";
+import type { Clock, ConnectionContext, Pregreet } from "./api.js";
 import { formatReply, type RefusingDecision, type Reply } from "./decision.js";
 import { receivedHeader } from "./delivery/received.js";
 import { composeMessage, dataReply, forwardTransaction } from "./forward.js";
@@ -149,7 +149,8 @@ export class Gateway {
       closeTimeout: 30_000,
       disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
       ...(tls ? { key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" as const } : {}),
-      greetingDelay: () => this.#runtime.config.server.greetingDelay,
+      greetingDelay: (remoteAddress) => this.#greetingDelay(remoteAddress),
+      holdEarlyTalk: () => this.#runtime.plugins.some(({ hooks }) => hooks.pregreet !== undefined),
       proxyTrusted: config.server.proxyProtocol === false ? undefined : new NetworkList(config.server.proxyProtocol),
       onConnect: (session, callback) => {
         this.#onConnect(session, role).then(() => callback(), callback);
@@ -190,6 +191,42 @@ export class Gateway {
     throw new SmtpReply(decision.reply);
   }
 
+  /**
+   * The banner delay for a client: `server.greetingDelay`, or longer when a `pregreet` hook asks for
+   * it. A hook that fails or outlives its entry's timeout is logged and counts as no delay: a delay
+   * is a test, not a decision, so nothing is refused or lost either way.
+   */
+  async #greetingDelay(remoteAddress: string): Promise<number> {
+    const { config, plugins, services } = this.#runtime;
+    const ip = normalizeIp(remoteAddress);
+    const client = { ip, family: ip.includes(":") ? (6 as const) : (4 as const) };
+    const delays = await Promise.all(
+      plugins.map(async ({ entry, hooks }) => {
+        if (!hooks.pregreet) return 0;
+        const signal = AbortSignal.timeout(entry.timeoutMs);
+        const deadline = new Promise<never>((_, reject) =>
+          signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
+        );
+        try {
+          return await Promise.race([hooks.pregreet({ ...services, client, signal }), deadline]);
+        } catch (err) {
+          this.log.warn({ plugin: entry.name, client: ip, err: (err as Error).message }, "pregreet hook failed");
+          return 0;
+        }
+      }),
+    );
+    return Math.max(config.server.greetingDelay, ...delays);
+  }
+
+  /** The listener's live record of the client's wait for the banner (`ConnectionContext.pregreet`). */
+  #pregreetOf(id: string): Pregreet | undefined {
+    for (const { server } of this.#servers) {
+      const connection = server.byId.get(id);
+      if (connection) return connection.pregreet;
+    }
+    return undefined;
+  }
+
   async #onConnect(smtp: SMTPServerSession, role: Role): Promise<void> {
     const runtime = this.#runtime;
     const ip = normalizeIp(smtp.remoteAddress);
@@ -204,6 +241,7 @@ export class Gateway {
       authUser: null,
       verifiedName: null,
       iprev: null,
+      pregreet: this.#pregreetOf(smtp.id),
       get trusted() {
         return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
       },

@@ -1,10 +1,12 @@
 /**
- * smtp-server with two changes the gateway needs (both reach into smtp-server internals, so the
+ * smtp-server with three changes the gateway needs (all reach into smtp-server internals, so the
  * package is pinned to an exact version and test/smtp-server.test.ts fails loudly if an upgrade
  * breaks them):
  *
  * - the greeting delay is ours to choose, per client: smtp-server hard-codes 100 ms before every
  *   greeting, which caps throughput at low concurrency, while an early-talker check wants seconds;
+ * - a command sent before the greeting can be held instead of refused, so the policy (not
+ *   smtp-server's fixed 421) decides what talking first costs;
  * - replies whose text already starts with an enhanced status code are sent as they are; otherwise
  *   smtp-server would put its own code from a fixed table in front (`550 5.1.1 5.7.1 …`).
  */
@@ -17,16 +19,25 @@ import type { NetworkList } from "./netaddr.js";
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
 export interface GatewayServerOptions extends SMTPServerOptions {
-  /** Milliseconds to wait before the greeting for this client; a client that talks first is an early talker. */
-  greetingDelay(remoteAddress: string): number;
+  /** Milliseconds to wait before the greeting for this client (a promise when it takes a lookup). */
+  greetingDelay(remoteAddress: string): number | Promise<number>;
   /** Peers allowed to send a PROXY header (a load balancer); everyone else speaks SMTP directly. */
   proxyTrusted?: NetworkList;
-  /** Called when a client sends before the greeting; returns the reply to send before closing. */
-  onEarlyTalker?(connection: GatewayConnection): { code: number; text: string };
+  /**
+   * Whether a command sent before the greeting is held until the greeting is out (and the connection
+   * marked in `pregreet.talkedEarly` for a connect hook to judge). Otherwise smtp-server answers it
+   * with 421 "You talk too soon" and closes.
+   */
+  holdEarlyTalk?(): boolean;
 }
 
 export class GatewayConnection extends SMTPConnection {
   declare _server: GatewaySMTPServer;
+  /** The wait before the greeting; the gateway hands this object to the session as `ConnectionContext.pregreet`. */
+  readonly pregreet = { delayMs: 0, talkedEarly: false };
+  #holdEarlyTalk = false;
+  /** The command that arrived before the greeting; the parser sends no other until this one is answered. */
+  #held: (() => void) | null = null;
 
   override init(): void {
     this._setListeners(() => {
@@ -36,26 +47,44 @@ export class GatewayConnection extends SMTPConnection {
         this.close();
         return;
       }
-      const delay = this._server.gatewayOptions.greetingDelay(this.remoteAddress);
-      if (delay <= 0) {
-        setImmediate(() => this.connectionReady());
-        return;
-      }
-      setTimeout(() => this.connectionReady(), delay).unref();
+      this.#holdEarlyTalk = this._server.gatewayOptions.holdEarlyTalk?.() ?? false;
+      const start = (delay: number) => {
+        this.pregreet.delayMs = delay;
+        const ready = () => this.connectionReady(() => this.#releaseHeld());
+        if (delay <= 0) setImmediate(ready);
+        else setTimeout(ready, delay).unref();
+      };
+      // A rejection would be unhandled here and end the process; it only costs this connection.
+      Promise.resolve()
+        .then(() => this._server.gatewayOptions.greetingDelay(this.remoteAddress))
+        .then(start, (error: Error) => {
+          this._server.logger.error({ tnx: "connection", cid: this.id, err: error }, "greeting delay failed");
+          this.send(421, "4.3.0 Temporary server error, try again later", false);
+        });
     });
+  }
+
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    // During a TLS handshake smtp-server discards input itself; after close nothing is answered.
+    if (this.#holdEarlyTalk && !this._ready && !this._upgrading && !this._closing) {
+      this.pregreet.talkedEarly = true;
+      this.#held = () => super._onCommand(command, callback);
+      return;
+    }
+    super._onCommand(command, callback);
+  }
+
+  /** Runs once the greeting is out (never, when the session was refused instead). */
+  #releaseHeld(): void {
+    const held = this.#held;
+    this.#held = null;
+    held?.();
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     if (typeof data === "string" && ENHANCED_PREFIX.test(data)) {
       super.send(code, data, false);
       return;
-    }
-    if (code === 421 && typeof data === "string" && data.endsWith(" You talk too soon")) {
-      const early = this._server.gatewayOptions.onEarlyTalker?.(this);
-      if (early) {
-        super.send(early.code, early.text, false);
-        return;
-      }
     }
     super.send(code, data, context);
   }

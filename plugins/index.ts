@@ -14,6 +14,10 @@ export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinit
   dkim: () => import("./dkim/index.js").then((module) => module.default),
   "dkim-sign": () => import("./dkim-sign/index.js").then((module) => module.default),
   dmarc: () => import("./dmarc/index.js").then((module) => module.default),
+  dnsbl: () => import("./dnsbl/index.js").then((module) => module.default),
+  "early-talker": () => import("./early-talker/index.js").then((module) => module.default),
+  fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
+  helo: () => import("./helo/index.js").then((module) => module.default),
   spf: () => import("./spf/index.js").then((module) => module.default),
 });
 

@@ -1,0 +1,122 @@
+/**
+ * What one DNSBL answer means, and which finding of a batch decides: pure functions, tested by
+ * tables. A list answers with A records in 127.0.0.0/8; anything else is not a listing. Spamhaus
+ * answers 127.255.255.0/24 when it refuses a query (public resolver, over quota), and a resolver
+ * that rewrites NXDOMAIN answers with its own address: both must be told apart from a listing, or
+ * every client would look listed.
+ */
+import { isIPv4 } from "node:net";
+import type { DnsOutcome } from "../../core/lookup.js";
+import type { DnsblTarget, ZoneOptions } from "./schema.js";
+
+export type BrokenReason = "test-point" | "listed-share";
+
+export type ErrorKind = "timeout" | "dns" | "bad-answer" | "list-error";
+
+export type AnswerStatus =
+  | { readonly status: "listed"; readonly codes: readonly string[] }
+  /** `codes`: listing codes the zone's filter left out. */
+  | { readonly status: "clean"; readonly codes?: readonly string[] }
+  | { readonly status: "error"; readonly kind: ErrorKind; readonly detail: string };
+
+export type ZoneFinding = AnswerStatus & {
+  readonly zone: string;
+  readonly target: DnsblTarget;
+  /** The name looked up: the client address, or a domain. */
+  readonly name: string;
+  readonly score: number;
+  readonly allow: boolean;
+  /** The TXT reason of a listing; null when the zone publishes none (or it could not be fetched). */
+  readonly txt?: string | null;
+  /** Set when the zone is judged broken: the finding is recorded and ignored. */
+  readonly broken: BrokenReason | null;
+};
+
+export function ipv4Number(address: string): number {
+  return address.split(".").reduce((sum, octet) => sum * 256 + Number(octet), 0);
+}
+
+const NET_127 = ipv4Number("127.0.0.0");
+const LIST_ERRORS = ipv4Number("127.255.255.0");
+
+/** An answer a list may give for a listing: 127.0.0.0/8 outside 127.255.255.0/24. */
+export function isListingCode(address: string): boolean {
+  if (!isIPv4(address)) return false;
+  const n = ipv4Number(address);
+  return n >>> 24 === NET_127 >>> 24 && n >>> 8 !== LIST_ERRORS >>> 8;
+}
+
+function isListErrorCode(address: string): boolean {
+  return isIPv4(address) && ipv4Number(address) >>> 8 === LIST_ERRORS >>> 8;
+}
+
+/** The meaning of one A lookup at a zone, its return-code filter applied. */
+export function classifyAnswer(outcome: DnsOutcome<readonly string[]>, codes: ZoneOptions["codes"]): AnswerStatus {
+  switch (outcome.kind) {
+    case "none":
+      return { status: "clean" };
+    case "error":
+      return {
+        status: "error",
+        kind: outcome.code === "ETIMEOUT" || outcome.code === "ECANCELLED" ? "timeout" : "dns",
+        detail: outcome.code,
+      };
+    case "answer": {
+      const answer = [...outcome.value].sort();
+      // One bad record spoils the answer: a listing cannot be trusted next to an error code.
+      if (answer.some(isListErrorCode)) return { status: "error", kind: "list-error", detail: answer.join(" ") };
+      if (!answer.every(isListingCode)) return { status: "error", kind: "bad-answer", detail: answer.join(" ") };
+      const counted = codes
+        ? answer.filter((code) => codes.some((range) => ipv4Number(code) >= range.from && ipv4Number(code) <= range.to))
+        : answer;
+      return counted.length > 0 ? { status: "listed", codes: counted } : { status: "clean", codes: answer };
+    }
+  }
+}
+
+/** Whether the answer for a test point that must not be listed is a listing. */
+export function listsTestPoint(outcome: DnsOutcome<readonly string[]>): boolean {
+  return outcome.kind === "answer" && outcome.value.some(isListingCode);
+}
+
+/** TXT records as one line; null when there is none (a listing without TXT is still a listing). */
+export function txtText(outcome: DnsOutcome<readonly (readonly string[])[]>): string | null {
+  if (outcome.kind !== "answer") return null;
+  const text = outcome.value
+    .map((chunks) => chunks.join(""))
+    .filter(Boolean)
+    .join("; ");
+  return text === "" ? null : text;
+}
+
+/** A zone whose listing lowers the score or allows: its errors and listings never refuse anyone. */
+export function isAllowlist(finding: Pick<ZoneFinding, "allow" | "score">): boolean {
+  return finding.allow || finding.score < 0;
+}
+
+export interface BatchDecision {
+  readonly verdict: "allowlisted" | "listed" | "error" | null;
+  /** The finding behind the verdict: the allowing listing, the first blocking listing, the first error. */
+  readonly decider: ZoneFinding | null;
+  /** Points to add, one entry per listing that counts. */
+  readonly scores: ReadonlyArray<{ readonly points: number; readonly reason: string }>;
+}
+
+/**
+ * Decides a batch of findings (in zone order). Broken zones count for nothing. An `allow` listing
+ * wins over everything else; otherwise every listing adds its score and the first listing of a
+ * blocking zone decides; an error of a blocking zone matters only when nothing is listed.
+ */
+export function decideBatch(findings: readonly ZoneFinding[]): BatchDecision {
+  const counted = findings.filter((finding) => finding.broken === null);
+  const score = (finding: ZoneFinding) =>
+    finding.score === 0 ? [] : [{ points: finding.score, reason: `${finding.zone} lists ${finding.target}` }];
+  const allowing = counted.find((finding) => finding.allow && finding.status === "listed");
+  if (allowing) return { verdict: "allowlisted", decider: allowing, scores: score(allowing) };
+  const listed = counted.filter((finding) => finding.status === "listed");
+  const scores = listed.flatMap(score);
+  const blocking = listed.find((finding) => !isAllowlist(finding));
+  if (blocking) return { verdict: "listed", decider: blocking, scores };
+  const error = counted.find((finding) => finding.status === "error" && !isAllowlist(finding));
+  return { verdict: error ? "error" : null, decider: error ?? null, scores };
+}
