@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import { parseEnvelopeAddress } from "./address.js";
 import type { Clock, ConnectionContext, Message, Phase, Services, TraceEntry, TransactionContext } from "./api.js";
 import { type Decision, formatReply, type RefusingDecision, type Reply } from "./decision.js";
+import { type GatewayObserver, NO_OBSERVER, type TransactionSummary } from "./observe.js";
 import { runPhase } from "./pipeline.js";
 import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "./rules/apply.js";
 import type { Runtime } from "./runtime.js";
@@ -56,6 +57,8 @@ export class Session {
     readonly connection: ConnectionContext,
     readonly log: Logger,
     private readonly clock: Clock,
+    /** Issue 10: the gateway's metrics; engines without a gateway count nothing. */
+    private readonly observer: GatewayObserver = NO_OBSERVER,
   ) {
     this.#services = { ...runtime.services, log };
   }
@@ -84,10 +87,16 @@ export class Session {
   async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
     const services = this.#transaction ? { ...this.#services, log: this.#transaction.log } : this.#services;
     const rules = this.#transaction?.rules ?? this.#connectionRules;
+    const from = trace.length;
     const decision = await runPhase(phase, this.runtime.plugins, input, services, trace, rules.skip);
     // The policy's rules act after the hooks of every phase that no hook ended (core/rules/apply.ts).
-    if (decision.kind !== "continue") return decision;
-    return applyRules(this.runtime.rules, phase, input, rules, services, trace);
+    const final =
+      decision.kind !== "continue"
+        ? decision
+        : await applyRules(this.runtime.rules, phase, input, rules, services, trace);
+    // Issue 10: this phase's hook timings, verdicts and rule matches, for the metrics.
+    this.observer.phase(phase, trace.slice(from), input.transaction?.facts ?? input.connection.facts);
+    return final;
   }
 
   /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
@@ -196,27 +205,28 @@ export class Session {
     this.#transaction = null;
     const { context } = tx;
     const reply = delivery?.reply ?? decision?.reply ?? null;
-    tx.log.info(
-      {
-        event: "transaction",
-        client: { ip: this.connection.client.ip, name: this.connection.verifiedName },
-        helo: this.connection.helo,
-        tls: this.connection.tls?.protocol ?? null,
-        from: context.sender.address,
-        to: context.recipients.map((r) => r.address),
-        rejectedRecipients: tx.rejectedRecipients.map((r) => ({ to: r.address, reply: formatReply(r.reply) })),
-        size: delivery?.size ?? null,
-        outcome,
-        reply: reply ? formatReply(reply) : null,
-        decidedBy: decision ? `${decision.by.source}:${decision.by.name}` : null,
-        reason: decision?.reason,
-        nextHops: delivery?.nextHops ?? [],
-        delivery: delivery?.recipients ?? [],
-        score: context.score,
-        trace: context.trace,
-        ms: this.clock.now() - tx.startedAt,
-      },
-      "transaction",
-    );
+    // Issue 10: the field set is documented (TransactionSummary, docs/operations.md) and counted.
+    const summary: TransactionSummary = {
+      event: "transaction",
+      client: { ip: this.connection.client.ip, name: this.connection.verifiedName },
+      helo: this.connection.helo,
+      tls: this.connection.tls?.protocol ?? null,
+      from: context.sender.address,
+      to: context.recipients.map((r) => r.address),
+      rejectedRecipients: tx.rejectedRecipients.map((r) => ({ to: r.address, reply: formatReply(r.reply) })),
+      size: delivery?.size ?? null,
+      outcome,
+      reply: reply ? formatReply(reply) : null,
+      decidedBy: decision ? `${decision.by.source}:${decision.by.name}` : null,
+      reason: decision?.reason,
+      route: context.route,
+      nextHops: delivery?.nextHops ?? [],
+      delivery: delivery?.recipients ?? [],
+      score: context.score,
+      trace: context.trace,
+      ms: this.clock.now() - tx.startedAt,
+    };
+    tx.log.info(summary, "transaction");
+    this.observer.transaction(summary);
   }
 }
