@@ -50,6 +50,9 @@ const SOURCE_ROUTE = /^(@[^,:@]*(?:,@[^,:@]*)*):/;
 export function asciiDomain(domain: string): string | undefined {
   const name = domain.endsWith(".") ? domain.slice(0, -1) : domain;
   if (name === "" || Buffer.byteLength(name) > MAX_DOMAIN) return undefined;
+  // domainToASCII silently drops tab, CR and LF (WHATWG URL rules): "in\r\njected" would pass as "injected".
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
+  if (/[\u0000-\u0020\u007f]/.test(name)) return undefined;
   const labels = name.split(".");
   const asciiLabels: string[] = [];
   for (const label of labels) {

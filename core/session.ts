@@ -46,6 +46,8 @@ export class Session {
   #connectionRules = connectionRuleState();
   #heloChecked: string | null = null;
   #heloDecision: RefusingDecision | null = null;
+  /** Hook runs of the connect and helo phases; every transaction's summary line starts with them. */
+  readonly connectionTrace: TraceEntry[] = [];
   #transaction: TransactionState | null = null;
   #transactions = 0;
   #last: TransactionContext | null = null;
@@ -100,7 +102,7 @@ export class Session {
   }
 
   /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
-  async connect(trace: TraceEntry[] = []): Promise<RefusingDecision | null> {
+  async connect(trace: TraceEntry[] = this.connectionTrace): Promise<RefusingDecision | null> {
     const decision = refusing(await this.#run("connect", { connection: this.connection }, trace));
     if (decision?.kind === "disconnect") return decision;
     this.#connectDecision = decision;
@@ -108,18 +110,21 @@ export class Session {
   }
 
   /** Runs the helo hooks once per distinct HELO name. */
-  async helo(name: string, trace: TraceEntry[] = []): Promise<void> {
+  async helo(name: string, trace: TraceEntry[] = this.connectionTrace): Promise<void> {
     if (name === this.#heloChecked) return;
     this.#heloChecked = name;
     this.connection.helo = name;
+    // The connect phase already refused this client: its reply stands, and the HELO checks'
+    // lookups would be spent for nothing.
+    if (this.#connectDecision) return;
     this.#heloDecision = refusing(await this.#run("helo", { connection: this.connection, helo: name }, trace));
   }
 
   async mail(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {
     // A MAIL after RSET (which smtp-server handles itself) starts over; log what was abandoned.
     this.finish("aborted", null);
-    if (this.#heloDecision) return this.#refused("helo", this.#heloDecision);
     if (this.#connectDecision) return this.#refused("connect", this.#connectDecision);
+    if (this.#heloDecision) return this.#refused("helo", this.#heloDecision);
     const limits = this.runtime.config.server.limits;
     if (this.#transactions >= limits.maxTransactionsPerConnection) {
       return this.#refused(
@@ -223,7 +228,7 @@ export class Session {
       nextHops: delivery?.nextHops ?? [],
       delivery: delivery?.recipients ?? [],
       score: context.score,
-      trace: context.trace,
+      trace: [...this.connectionTrace, ...context.trace],
       ms: this.clock.now() - tx.startedAt,
     };
     tx.log.info(summary, "transaction");

@@ -171,6 +171,8 @@ describe("asciiDomain", () => {
     ["exa mple.test", undefined],
     ["user@example.test", undefined],
     ["example\u3002test", undefined],
+    ["in\r\njected.test", undefined],
+    ["tab\tbed.test", undefined],
     [Array(4).fill(label63).join("."), Array(4).fill(label63).join(".")],
     [`a.${Array(4).fill(label63).join(".")}`, undefined],
   ];

@@ -61,6 +61,10 @@ test("npm start's default policy takes a message for postmaster@localhost into i
     const stored = await readFile(join(maildir, file), "latin1");
     assert.match(stored, /^Return-Path: <me@newcomer\.test>\r\nReceived: from newcomer\.test /);
     assert.ok(stored.endsWith("Subject: hello\r\n\r\nFirst message.\r\n"));
+    gateway.child.kill("SIGTERM");
+    const [code] = await once(gateway.child, "exit");
+    assert.equal(code, 0);
+    // Log lines are buffered; everything must be out once the process has exited.
     const summary = gateway
       .stdout()
       .split("\n")
@@ -71,9 +75,6 @@ test("npm start's default policy takes a message for postmaster@localhost into i
     assert.deepEqual(summary.to, ["postmaster@localhost"]);
     assert.equal(summary.from, "me@newcomer.test");
     assert.equal(typeof summary.tx, "string");
-    gateway.child.kill("SIGTERM");
-    const [code] = await once(gateway.child, "exit");
-    assert.equal(code, 0);
   } finally {
     gateway.child.kill("SIGKILL");
     await rm(scratch, { recursive: true, force: true });
