@@ -13,6 +13,8 @@ export type {
   Phase,
   PluginDefinition,
   PluginHooks,
+  Pregreet,
+  PregreetContext,
   Services,
   TraceEntry,
   TransactionContext,
