@@ -1,103 +1,133 @@
 /**
- * Hands a received message to its next hops: recipients are grouped by route target, each group is
- * delivered, and the per-recipient outcomes become one DATA reply (SMTP has one reply per message).
+ * Hands a received message to its next hops: each recipient gets a route (`planRecipients`),
+ * recipients are grouped by route and DSN parameters, each group is delivered (`deliverPlanned`),
+ * and in proxy mode the per-recipient outcomes become one DATA reply (SMTP has one reply per message).
+ * The queue's delivery worker uses the same `deliverPlanned`, so both modes route identically.
  */
 import { Readable } from "node:stream";
-import type { TransactionContext } from "./api.js";
-import type { Reply } from "./decision.js";
+import type { Address, TransactionContext } from "./api.js";
+import { coreReject, type RefusingDecision, type Reply } from "./decision.js";
 import { deliverMaildir } from "./delivery/maildir.js";
+import type { MtaStsCache } from "./delivery/mta-sts.js";
 import { deliverMx } from "./delivery/mx.js";
+import type { ConnectionPool } from "./delivery/pool.js";
 import type { DeliveryResult, RecipientOutcome } from "./delivery/result.js";
-import { deliverSmtp } from "./delivery/smtp.js";
+import { deliverSmtp, type SmtpDeliveryOptions, type SmtpEnvelope } from "./delivery/smtp.js";
 import { parseRouteTarget, type RouteTarget } from "./delivery/target.js";
 import type { DnsResolver } from "./dns.js";
-import type { SpooledMessage } from "./message.js";
-import type { Router } from "./routes.js";
-
-export interface Envelope {
-  readonly from: string;
-  readonly to: readonly string[];
-}
+import type { HeaderField, SpooledMessage } from "./message.js";
+import type { GatewayObserver } from "./observe.js";
+import { plainRoute, type Router, type RouteSpec, routeKey } from "./routes.js";
 
 export interface DeliveryOptions {
   readonly hostname: string;
   readonly timeoutMs: number;
   readonly dns: DnsResolver;
   readonly signal?: AbortSignal;
+  /** Next-hop connections kept between messages; each attempt opens its own without. */
+  readonly pool?: ConnectionPool;
+  /** The port MX hosts are contacted on (policy `delivery.mxPort`). */
+  readonly mxPort?: number;
+  /** Whether an MX host is this gateway (loop detection). */
+  readonly isSelf?: (exchange: string, address: string) => boolean;
+  readonly mtaSts?: Pick<MtaStsCache, "policyFor">;
+  /** Issue 10: told each route's per-recipient outcomes (deliveries, deferrals, bounces by route). */
+  readonly observer?: Pick<GatewayObserver, "delivery">;
+}
+
+/** One recipient with where it goes and its RFC 3461 parameters: what the queue stores per recipient. */
+export interface PlannedRecipient {
+  /** ASCII envelope form. */
+  readonly address: string;
+  readonly route: RouteSpec;
+  /** NOTIFY values (NEVER, or some of SUCCESS, FAILURE, DELAY); absent when the client gave none. */
+  readonly notify?: readonly string[];
+  /** ORCPT as given: `rfc822;user@example.test`. */
+  readonly orcpt?: string;
+}
+
+/** The envelope-level RFC 3461 parameters of MAIL FROM. */
+export interface EnvelopeDsn {
+  readonly ret?: "FULL" | "HDRS";
+  readonly envid?: string;
 }
 
 /**
  * The message as it leaves: our trace and added header fields first, incoming fields that a hook
- * asked to remove dropped, everything else byte for byte as received.
+ * asked to remove dropped, everything else byte for byte as received. `head` replaces the bytes of
+ * the original before `bodyStart`; the queue stores exactly these two parts.
  */
-export function composeMessage(message: SpooledMessage, tx: TransactionContext, received: string): () => Readable {
+export interface OutgoingMessage {
+  readonly head: Buffer;
+  readonly source: SpooledMessage;
+  readonly bodyStart: number;
+  readonly size: number;
+  stream(): Readable;
+}
+
+export function composeMessage(message: SpooledMessage, tx: TransactionContext, received: string): OutgoingMessage {
   const prepend = received + tx.headers.prepend.map((field) => `${field}\r\n`).join("");
   const removals = tx.headers.remove;
   const kept = message.headers.filter((field) => !removals.some((remove) => remove(field.name, field.value)));
   const rewriteHeader = kept.length !== message.headers.length;
   const head = rewriteHeader
-    ? Buffer.from(prepend + kept.map((field) => `${field.raw}\r\n`).join("") + "\r\n", "latin1")
+    ? Buffer.from(`${prepend + kept.map((field) => `${field.raw}\r\n`).join("")}\r\n`, "latin1")
     : Buffer.from(prepend, "latin1");
   const bodyStart = rewriteHeader ? message.headerLength : 0;
-  return () =>
-    Readable.from(
-      (async function* () {
-        yield head;
-        yield* message.stream(bodyStart);
-      })(),
-    );
+  return {
+    head,
+    source: message,
+    bodyStart,
+    size: head.length + message.size - bodyStart,
+    stream: () =>
+      Readable.from(
+        (async function* () {
+          yield head;
+          yield* message.stream(bodyStart);
+        })(),
+      ),
+  };
 }
 
-export async function deliverTo(
-  target: RouteTarget,
-  envelope: Envelope,
-  message: () => Readable,
-  options: DeliveryOptions,
-): Promise<DeliveryResult> {
-  switch (target.kind) {
-    case "smtp":
-    case "lmtp":
-      return deliverSmtp(
-        { host: target.host, port: target.port, lmtp: target.kind === "lmtp" },
-        { from: envelope.from, to: [...envelope.to] },
-        message(),
-        { name: options.hostname, timeoutMs: options.timeoutMs, signal: options.signal },
-      );
-    case "mx":
-      return deliverMxGroups(envelope, message, options);
-    case "maildir":
-      return deliverMaildir(target.path, { from: envelope.from, to: [...envelope.to] }, message(), {
-        returnPath: envelope.from,
-      });
-    case "discard":
-      return {
-        nextHop: "discard",
-        recipients: envelope.to.map((recipient) => ({
-          recipient,
-          status: "delivered" as const,
-          reply: { code: 250, enhanced: "2.0.0", text: "Discarded by route" },
-        })),
-      };
-  }
+/** Envelope addresses leave with ASCII domains (smtp-server hands IDNs over in Unicode). */
+export function envelopeAddress(local: string, domain: string): string {
+  if (local === "" && domain === "") return "";
+  return domain === "" ? local : `${local}@${domain}`;
 }
 
-/** MX delivery goes per recipient domain: each domain has its own exchangers. */
-async function deliverMxGroups(
-  envelope: Envelope,
-  message: () => Readable,
-  options: DeliveryOptions,
-): Promise<DeliveryResult> {
-  const byDomain = groupBy(envelope.to, (address) => address.slice(address.lastIndexOf("@") + 1).toLowerCase());
-  const results = await Promise.all(
-    [...byDomain].map(([domain, to]) =>
-      deliverMx(domain, { from: envelope.from, to }, message, options.dns, {
-        name: options.hostname,
-        timeoutMs: options.timeoutMs,
-        signal: options.signal,
-      }),
-    ),
-  );
-  return { nextHop: "mx", recipients: results.flatMap((result) => result.recipients) };
+function stringArg(address: Address, key: string): string | undefined {
+  const value = address.args[key];
+  return typeof value === "string" && value !== "" ? value : undefined;
+}
+
+export function envelopeDsn(sender: Address): EnvelopeDsn {
+  const ret = stringArg(sender, "RET")?.toUpperCase();
+  const envid = stringArg(sender, "ENVID");
+  return {
+    ...(ret === "FULL" || ret === "HDRS" ? { ret } : {}),
+    ...(envid !== undefined ? { envid } : {}),
+  };
+}
+
+/** Each recipient's route: a hook's `ctx.transaction.route` wins, then the policy's `routes:`. */
+export function planRecipients(tx: TransactionContext, router: Router): PlannedRecipient[] {
+  return tx.recipients.map((recipient) => {
+    const address = envelopeAddress(recipient.local, recipient.domain);
+    const route =
+      tx.route !== null
+        ? plainRoute(tx.route)
+        : router.routeFor({
+            recipientDomain: recipient.domain,
+            recipient: address,
+            senderDomain: tx.sender.domain,
+            clientIp: tx.connection.client.ip,
+            listener: tx.connection.local,
+            tags: tx.tags,
+          });
+    const notify = stringArg(recipient, "NOTIFY")?.toUpperCase().split(",");
+    const orcpt = stringArg(recipient, "ORCPT");
+    return { address, route, ...(notify ? { notify } : {}), ...(orcpt ? { orcpt } : {}) };
+  });
 }
 
 export function groupBy<T, K>(items: Iterable<T>, key: (item: T) => K): Map<K, T[]> {
@@ -116,38 +146,30 @@ export interface RoutedDelivery {
   readonly nextHops: string[];
 }
 
-/** Splits the recipients by route and delivers every group concurrently. */
-export async function forwardTransaction(
-  tx: TransactionContext,
-  router: Router,
+/**
+ * Delivers to every recipient, one attempt each: groups of the same route (and the same NOTIFY and
+ * ORCPT, which SMTP sends once per envelope in nodemailer) go concurrently. Never rejects.
+ */
+export async function deliverPlanned(
+  from: string,
+  recipients: readonly PlannedRecipient[],
+  dsn: EnvelopeDsn,
   message: () => Readable,
   options: DeliveryOptions,
 ): Promise<RoutedDelivery> {
-  const groups = groupBy(
-    tx.recipients,
-    (recipient) =>
-      tx.route ??
-      router.targetFor({
-        recipientDomain: recipient.domain,
-        senderDomain: tx.sender.domain,
-        clientIp: tx.connection.client.ip,
-      }),
-  );
+  const groups = groupBy(recipients, (r) => `${routeKey(r.route)}|${r.notify?.join(",") ?? ""}|${r.orcpt ?? ""}`);
   const results = await Promise.all(
-    [...groups].map(([targetText, recipients]) => {
-      const target = parseRouteTarget(targetText);
-      const to = recipients.map((r) => envelopeAddress(r.local, r.domain));
-      if (!target) {
-        return Promise.resolve<DeliveryResult>({
-          nextHop: targetText,
-          recipients: to.map((recipient) => ({
-            recipient,
-            status: "deferred" as const,
-            reply: { code: 451, enhanced: "4.3.5", text: `Route target "${targetText}" is not usable` },
-          })),
-        });
-      }
-      return deliverTo(target, { from: envelopeAddress(tx.sender.local, tx.sender.domain), to }, message, options);
+    [...groups.values()].map((group) => {
+      const { route, notify, orcpt } = group[0];
+      const envelope: SmtpEnvelope = {
+        from,
+        to: group.map((r) => r.address),
+        ...(notify || orcpt || dsn.ret || dsn.envid ? { dsn: { ...dsn, notify, orcpt } } : {}),
+      };
+      return deliverRoute(route, envelope, message, options).then((result) => {
+        options.observer?.delivery(route.to.join(","), result.recipients);
+        return result;
+      });
     }),
   );
   return {
@@ -156,21 +178,131 @@ export async function forwardTransaction(
   };
 }
 
-/** Envelope addresses leave with ASCII domains (smtp-server hands IDNs over in Unicode). */
-export function envelopeAddress(local: string, domain: string): string {
-  if (local === "" && domain === "") return "";
-  return domain === "" ? local : `${local}@${domain}`;
+/** Proxy mode: the recipients of one transaction, delivered while the client waits. */
+export function forwardTransaction(
+  tx: TransactionContext,
+  router: Router,
+  message: () => Readable,
+  options: DeliveryOptions,
+): Promise<RoutedDelivery> {
+  const from = envelopeAddress(tx.sender.local, tx.sender.domain);
+  return deliverPlanned(from, planRecipients(tx, router), envelopeDsn(tx.sender), message, options);
+}
+
+/** A route's targets in order; the next one is tried only when the previous could not be reached. */
+async function deliverRoute(
+  route: RouteSpec,
+  envelope: SmtpEnvelope,
+  message: () => Readable,
+  options: DeliveryOptions,
+): Promise<DeliveryResult> {
+  let last: DeliveryResult | undefined;
+  for (const text of route.to) {
+    const target = parseRouteTarget(text);
+    if (!target) {
+      return {
+        nextHop: text,
+        recipients: envelope.to.map((recipient) => ({
+          recipient,
+          status: "deferred" as const,
+          reply: { code: 451, enhanced: "4.3.5", text: `Route target "${text}" is not usable` },
+        })),
+      };
+    }
+    last = await deliverTo(target, route, envelope, message, options);
+    if (!last.unreachable || options.signal?.aborted) return last;
+  }
+  return last!;
+}
+
+export async function deliverTo(
+  target: RouteTarget,
+  route: RouteSpec,
+  envelope: SmtpEnvelope,
+  message: () => Readable,
+  options: DeliveryOptions,
+): Promise<DeliveryResult> {
+  const smtp: SmtpDeliveryOptions = {
+    name: options.hostname,
+    timeoutMs: options.timeoutMs,
+    signal: options.signal,
+    pool: options.pool,
+    ...(route.tls ? { tls: route.tls.mode, rejectUnauthorized: route.tls.verify } : {}),
+    ...(route.connections ? { connectionLimit: route.connections } : {}),
+    ...(route.sourceAddress ? { localAddress: route.sourceAddress } : {}),
+  };
+  switch (target.kind) {
+    case "smtp":
+    case "lmtp":
+      return deliverSmtp(
+        { host: target.host, port: target.port, lmtp: target.kind === "lmtp", servername: route.tls?.sni },
+        envelope,
+        message(),
+        smtp,
+      );
+    case "mx":
+      return deliverMxGroups(envelope, message, smtp, options);
+    case "maildir":
+      return deliverMaildir(target.path, envelope, message(), { returnPath: envelope.from });
+    case "discard":
+      return {
+        nextHop: "discard",
+        recipients: envelope.to.map((recipient) => ({
+          recipient,
+          status: "delivered" as const,
+          reply: { code: 250, enhanced: "2.0.0", text: "Discarded by route" },
+        })),
+      };
+  }
+}
+
+/** MX delivery goes per recipient domain: each domain has its own exchangers. */
+async function deliverMxGroups(
+  envelope: SmtpEnvelope,
+  message: () => Readable,
+  smtp: SmtpDeliveryOptions,
+  options: DeliveryOptions,
+): Promise<DeliveryResult> {
+  const byDomain = groupBy(envelope.to, (address) => address.slice(address.lastIndexOf("@") + 1).toLowerCase());
+  const results = await Promise.all(
+    [...byDomain].map(([domain, to]) =>
+      deliverMx(domain, { ...envelope, to }, message, options.dns, {
+        ...smtp,
+        port: options.mxPort,
+        isSelf: options.isSelf,
+        mtaSts: options.mtaSts,
+      }),
+    ),
+  );
+  return { nextHop: "mx", recipients: results.flatMap((result) => result.recipients) };
 }
 
 /**
- * One DATA reply for all recipients (proxy mode). Any temporary failure makes the whole message
- * temporary: the client retries, and recipients that already got it may see it twice — duplicates
- * rather than loss. All permanent → the next hop's reason. All delivered → 250.
+ * Proxy mode's one DATA reply. When the next hops took the message for some recipients, the gateway
+ * takes responsibility for the others (`takeOver`): deferred ones are queued and retried, failed ones
+ * get a DSN, and the client hears 250 — replying 4xx would make it resend to everyone, and the
+ * delivered recipients would get duplicates. When nobody got it, the next hop's answer passes
+ * through: 4xx if any recipient may succeed later (the client keeps the message), else 5xx.
  */
-export function dataReply(outcomes: readonly RecipientOutcome[], id: string): Reply {
+export function proxyReply(outcomes: readonly RecipientOutcome[], id: string): { reply: Reply; takeOver: boolean } {
+  const delivered = outcomes.filter((o) => o.status === "delivered").length;
+  if (delivered > 0) {
+    return {
+      reply: { code: 250, enhanced: "2.0.0", text: `Ok: delivered as ${id}` },
+      takeOver: delivered < outcomes.length,
+    };
+  }
   const deferred = outcomes.find((o) => o.status === "deferred");
-  if (deferred) return deferred.reply;
-  const delivered = outcomes.filter((o) => o.status === "delivered");
-  if (delivered.length === 0) return outcomes[0].reply;
-  return { code: 250, enhanced: "2.0.0", text: `Ok: delivered as ${id}` };
+  return { reply: (deferred ?? outcomes[0]).reply, takeOver: false };
+}
+
+/** RFC 5321 §6.3: a message that went through more hops than this is looping. */
+export function tooManyHops(headers: readonly HeaderField[], maxReceived: number): RefusingDecision | null {
+  const hops = headers.filter((field) => field.name.toLowerCase() === "received").length;
+  return hops > maxReceived
+    ? coreReject(
+        { code: 554, enhanced: "5.4.6", text: "Too many hops: mail loop detected" },
+        `${hops} Received headers`,
+      )
+    : null;
 }

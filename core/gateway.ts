@@ -9,14 +9,15 @@ import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
 import type { Clock, ConnectionContext, Pregreet } from "./api.js";
-import { formatReply, type RefusingDecision, type Reply } from "./decision.js";
+import type { RefusingDecision, Reply } from "./decision.js";
 import { receivedHeader } from "./delivery/received.js";
-import { composeMessage, dataReply, forwardTransaction } from "./forward.js";
+import { composeMessage, tooManyHops } from "./forward.js";
 import { createLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
 import { formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
+import { DeliveryQueue } from "./queue/queue.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
 import { Session } from "./session.js";
 import { GatewaySMTPServer } from "./smtp-server.js";
@@ -55,11 +56,14 @@ export class Gateway {
   #sessions = new Map<string, Session>();
   #perIp = new Map<string, number>();
   #stopping = false;
+  /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
+  readonly queue: DeliveryQueue;
 
   private constructor(runtime: Runtime, log: Logger, clock: Clock) {
     this.#runtime = runtime;
     this.log = log;
     this.clock = clock;
+    this.queue = new DeliveryQueue({ runtime: () => this.#runtime, log, clock, listeners: () => this.addresses() });
   }
 
   static async create(policy: LoadedPolicy, options: GatewayOptions = {}): Promise<Gateway> {
@@ -94,6 +98,7 @@ export class Gateway {
       this.#servers.push({ server, address: actual, role });
       this.log.info({ listen: formatHostPort(actual), role }, "listening");
     }
+    await this.queue.start(); // issue 6: opens the spool, resumes what it holds
     return this.addresses();
   }
 
@@ -109,6 +114,7 @@ export class Gateway {
       state: this.#runtime.services.state,
     });
     this.log.info({ policy: policy.file }, "policy reloaded");
+    this.queue.reloaded(); // issue 6: pooled connections may follow old route settings
   }
 
   /** Stops accepting, lets sessions in flight finish for up to graceMs, then closes them. */
@@ -124,6 +130,7 @@ export class Gateway {
           }),
       ),
     );
+    await this.queue.stop(); // issue 6: the worker ends its attempts, the spool is closed
     await this.#runtime.services.state.close();
     this.log.info("stopped");
   }
@@ -275,7 +282,7 @@ export class Gateway {
     const session = this.#session(smtp);
     const tx = session.transaction;
     if (!tx) throw new SmtpReply({ code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
-    const { config, services, router } = session.runtime;
+    const { config } = session.runtime;
     const limits = config.server.limits;
     const writer = new MessageWriter(join(config.delivery.spool, "tmp"), tx.id, {
       maxSize: limits.maxMessageSize,
@@ -303,6 +310,9 @@ export class Gateway {
     }
     const message = await writer.finish();
     try {
+      // Issue 6: a message that went around too often is a loop (554 5.4.6).
+      const loop = tooManyHops(message.headers, config.delivery.maxReceived);
+      if (loop) return refuse(loop);
       const decision = await session.data(message);
       if (decision) return refuse(decision);
       const { connection } = session;
@@ -317,17 +327,14 @@ export class Gateway {
         recipient: tx.recipients.length === 1 ? tx.recipients[0].address : undefined,
         date: new Date(this.clock.now()),
       });
-      const delivery = await forwardTransaction(tx, router, composeMessage(message, tx, received), {
-        hostname: config.server.hostname,
-        timeoutMs: config.delivery.timeout,
-        dns: services.dns,
-      });
-      const reply = dataReply(delivery.outcomes, tx.id);
+      // Issue 6: stored (queue mode) or forwarded now (proxy mode); see core/queue/queue.ts.
+      const delivery = await this.queue.handOff(tx, composeMessage(message, tx, received), session.runtime);
+      const { reply } = delivery;
       session.finish(reply.code < 300 ? "accepted" : reply.code < 500 ? "deferred" : "rejected", null, {
         size: message.size,
         reply,
         nextHops: delivery.nextHops,
-        recipients: delivery.outcomes.map((o) => ({ to: o.recipient, status: o.status, reply: formatReply(o.reply) })),
+        recipients: delivery.recipients,
       });
       if (reply.code >= 300) throw new SmtpReply(reply);
       return `${reply.enhanced} ${reply.text}`;

@@ -1,25 +1,64 @@
 /**
  * Route matching: the policy's `routes:` list, first match wins. Pure: tested by tables in
- * test/routes.test.ts; the delivery code only asks `targetFor`.
+ * test/routes.test.ts; delivery asks `routeFor` and gets a `RouteSpec`, a plain value that the queue
+ * stores with each recipient (the facts a route may depend on — tags, the listener — are gone once
+ * the transaction has ended).
  */
 import { asciiDomain } from "./address.js";
-import { NetworkList } from "./netaddr.js";
+import type { TlsMode } from "./delivery/smtp.js";
+import { NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 
 export interface RouteMatchConfig {
   readonly recipientDomain?: string | readonly string[];
+  /** Whole addresses; `*` matches any run of characters (`postmaster@*`, `*+bulk@example.test`). */
+  readonly recipient?: string | readonly string[];
   readonly senderDomain?: string | readonly string[];
   readonly clientNetwork?: string | readonly string[];
+  /** The listener the transaction came in on: a port (`587`) or `host:port`. */
+  readonly listener?: number | string | ReadonlyArray<number | string>;
+  /** Tags set by hooks or rules on the transaction; any one of them matches. */
+  readonly tag?: string | readonly string[];
+}
+
+export interface RouteTlsConfig {
+  readonly mode: TlsMode;
+  /** Verify the next hop's certificate; default: only in mode `required`. */
+  readonly verify?: boolean;
+  /** The TLS server name (SNI) and the name the certificate must carry. */
+  readonly sni?: string;
 }
 
 export interface RouteConfig {
   readonly match?: RouteMatchConfig;
-  readonly to: string;
+  /** One target, or several smtp/lmtp hosts tried in order. */
+  readonly to: string | readonly string[];
+  readonly tls?: TlsMode | RouteTlsConfig;
+  /** Most simultaneous connections to each next hop of this route. */
+  readonly connections?: number;
+  /** Local address outgoing connections are bound to. */
+  readonly sourceAddress?: string;
+}
+
+/**
+ * Where a recipient goes, and how: what the queue stores per recipient and what delivery reads.
+ * `to` is a list of route target texts (parsed with `parseRouteTarget` at delivery time).
+ */
+export interface RouteSpec {
+  readonly to: readonly string[];
+  readonly tls?: RouteTlsConfig;
+  readonly connections?: number;
+  readonly sourceAddress?: string;
 }
 
 export interface RouteQuery {
   readonly recipientDomain: string;
+  /** The whole recipient address; routes with `recipient:` conditions never match without it. */
+  readonly recipient?: string;
   readonly senderDomain: string;
-  readonly clientIp: string;
+  /** Undefined for mail this gateway makes itself (DSNs): `clientNetwork` conditions do not match it. */
+  readonly clientIp?: string;
+  readonly listener?: { readonly ip: string; readonly port: number };
+  readonly tags?: ReadonlySet<string>;
 }
 
 /** Matches a lower-case ASCII domain against exact names and `*.parent` wildcards (subdomains only). */
@@ -43,8 +82,30 @@ export class DomainSet {
   }
 }
 
-function list(value: string | readonly string[] | undefined): readonly string[] | undefined {
-  return value === undefined ? undefined : typeof value === "string" ? [value] : value;
+function list<T>(value: T | readonly T[] | undefined): readonly T[] | undefined {
+  return value === undefined ? undefined : Array.isArray(value) ? (value as readonly T[]) : [value as T];
+}
+
+/** `*` is the only wildcard; everything else matches itself, case-insensitively. */
+export function addressPattern(pattern: string): RegExp {
+  const body = pattern
+    .split("*")
+    .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+    .join(".*");
+  return new RegExp(`^${body}$`, "i");
+}
+
+/** A listener condition: a bare port matches that port on any address. */
+function listenerTest(spec: number | string): (listener: { ip: string; port: number }) => boolean {
+  if (typeof spec === "number" || /^\d+$/.test(spec)) {
+    const port = Number(spec);
+    return (listener) => listener.port === port;
+  }
+  const hostPort = parseHostPort(spec);
+  if (!hostPort) throw new Error(`"${spec}" is not a port or host:port`);
+  const ip = normalizeIp(hostPort.host);
+  const wildcard = ip === "0.0.0.0" || ip === "::";
+  return (listener) => listener.port === hostPort.port && (wildcard || normalizeIp(listener.ip) === ip);
 }
 
 type RouteTest = (query: RouteQuery) => boolean;
@@ -56,6 +117,10 @@ function compileMatch(match: RouteMatchConfig | undefined): RouteTest[] {
     const set = new DomainSet(recipientDomains);
     tests.push((q) => set.has(q.recipientDomain));
   }
+  const recipients = list(match?.recipient)?.map(addressPattern);
+  if (recipients) {
+    tests.push((q) => q.recipient !== undefined && recipients.some((pattern) => pattern.test(q.recipient!)));
+  }
   const senderDomains = list(match?.senderDomain);
   if (senderDomains) {
     const set = new DomainSet(senderDomains);
@@ -64,23 +129,56 @@ function compileMatch(match: RouteMatchConfig | undefined): RouteTest[] {
   const networks = list(match?.clientNetwork);
   if (networks) {
     const set = new NetworkList(networks);
-    tests.push((q) => set.has(q.clientIp));
+    tests.push((q) => q.clientIp !== undefined && set.has(q.clientIp));
+  }
+  const listeners = list(match?.listener)?.map(listenerTest);
+  if (listeners) {
+    tests.push((q) => q.listener !== undefined && listeners.some((test) => test(q.listener!)));
+  }
+  const tags = list(match?.tag);
+  if (tags) {
+    tests.push((q) => q.tags !== undefined && tags.some((tag) => q.tags!.has(tag)));
   }
   return tests;
 }
 
+function routeSpec(route: RouteConfig): RouteSpec {
+  const tls = typeof route.tls === "string" ? { mode: route.tls } : route.tls;
+  return {
+    to: list(route.to) ?? [],
+    ...(tls ? { tls } : {}),
+    ...(route.connections !== undefined ? { connections: route.connections } : {}),
+    ...(route.sourceAddress !== undefined ? { sourceAddress: route.sourceAddress } : {}),
+  };
+}
+
+/** The route of mail with no matching route, and of a hook's `ctx.transaction.route` override. */
+export function plainRoute(target: string): RouteSpec {
+  return { to: [target] };
+}
+
+/** One text per distinct route: recipients with equal keys are delivered together. */
+export function routeKey(route: RouteSpec): string {
+  return JSON.stringify([route.to, route.tls ?? null, route.connections ?? null, route.sourceAddress ?? null]);
+}
+
 export class Router {
-  readonly #routes: Array<{ tests: RouteTest[]; to: string }>;
+  readonly #routes: Array<{ tests: RouteTest[]; spec: RouteSpec }>;
 
   constructor(routes: readonly RouteConfig[]) {
-    this.#routes = routes.map((route) => ({ tests: compileMatch(route.match), to: route.to }));
+    this.#routes = routes.map((route) => ({ tests: compileMatch(route.match), spec: routeSpec(route) }));
   }
 
-  /** The route target for one recipient; `mx` when no route matches. */
-  targetFor(query: RouteQuery): string {
+  /** The route for one recipient; `mx` when no route matches. */
+  routeFor(query: RouteQuery): RouteSpec {
     for (const route of this.#routes) {
-      if (route.tests.every((test) => test(query))) return route.to;
+      if (route.tests.every((test) => test(query))) return route.spec;
     }
-    return "mx";
+    return plainRoute("mx");
+  }
+
+  /** The route's targets as one text (several hosts joined by ", "), for dry runs and logs. */
+  targetFor(query: RouteQuery): string {
+    return this.routeFor(query).to.join(", ");
   }
 }

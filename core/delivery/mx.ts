@@ -6,6 +6,7 @@
 import type { Readable } from "node:stream";
 import type { Reply } from "../decision.js";
 import type { DnsResolver } from "../dns.js";
+import { type MtaStsCache, mxMatches } from "./mta-sts.js";
 import { type DeliveryResult, sameForAll } from "./result.js";
 import { deliverSmtp, type SmtpDeliveryOptions, type SmtpEnvelope } from "./smtp.js";
 
@@ -83,6 +84,21 @@ export interface MxDeliveryOptions extends SmtpDeliveryOptions {
   readonly random?: () => number;
   /** For tests: the port to connect to (25 in real life). */
   readonly port?: number;
+  /** Whether an MX host is this gateway (its name, or one of its listening addresses on `port`). */
+  readonly isSelf?: (exchange: string, address: string) => boolean;
+  /** MTA-STS policies of recipient domains; none looked up when absent. */
+  readonly mtaSts?: Pick<MtaStsCache, "policyFor">;
+}
+
+/**
+ * RFC 5321 §5.1: when this gateway is itself one of the MX hosts, only hosts more preferred than
+ * ourselves may be tried; if none is, the mail would loop back to us. Pure.
+ */
+export function pruneSelf(hosts: readonly MxHost[], isSelf: (exchange: string, address: string) => boolean): MxHost[] {
+  const own = hosts.filter((host) => host.addresses.some((address) => isSelf(host.exchange, address)));
+  if (own.length === 0) return [...hosts];
+  const ownPriority = Math.min(...own.map((host) => host.priority));
+  return hosts.filter((host) => host.priority < ownPriority);
 }
 
 /**
@@ -109,21 +125,36 @@ export async function deliverMx(
     case "hosts":
       break;
   }
-  const candidates = plan.hosts
+  let hosts = plan.hosts;
+  if (options.isSelf) {
+    hosts = pruneSelf(hosts, options.isSelf);
+    if (hosts.length === 0 && plan.hosts.length > 0) {
+      return all({ code: 550, enhanced: "5.4.6", text: `Mail for ${domain} loops back to myself` });
+    }
+  }
+  // RFC 8461 §5: in enforce mode only MX hosts the policy names, only over verified TLS.
+  const sts = await options.mtaSts?.policyFor(domain, options.signal);
+  const enforce = sts?.mode === "enforce";
+  if (enforce) {
+    hosts = hosts.filter((host) => mxMatches(sts, host.exchange));
+    if (hosts.length === 0) {
+      return all({ code: 451, enhanced: "4.7.5", text: `No MX host of ${domain} matches its MTA-STS policy` });
+    }
+  }
+  const candidates = hosts
     .flatMap((host) => host.addresses.map((address) => ({ exchange: host.exchange, address })))
     .slice(0, MAX_ADDRESSES);
   if (candidates.length === 0) {
     return all({ code: 451, enhanced: "4.4.4", text: `No address found for any MX host of ${domain}` });
   }
+  const tls: Partial<SmtpDeliveryOptions> = enforce ? { tls: "required", rejectUnauthorized: true } : {};
   let last: DeliveryResult | undefined;
   for (const { exchange, address } of candidates) {
     if (options.signal?.aborted) break;
-    last = await deliverSmtp(
-      { host: address, port: options.port ?? 25, servername: exchange },
-      envelope,
-      message(),
-      options,
-    );
+    last = await deliverSmtp({ host: address, port: options.port ?? 25, servername: exchange }, envelope, message(), {
+      ...options,
+      ...tls,
+    });
     if (!last.unreachable) return last;
   }
   return last ?? all({ code: 451, enhanced: "4.4.1", text: "Delivery aborted" });

@@ -18,6 +18,7 @@ import SMTPConnection, {
 } from "nodemailer/lib/smtp-connection";
 import type { Reply } from "../decision.js";
 import { formatHostPort } from "../netaddr.js";
+import { type ConnectionPool, type Lease, Link } from "./pool.js";
 import { cleanText, type DeliveryResult, nextHopReply, outcome, type RecipientOutcome } from "./result.js";
 
 export interface SmtpTarget {
@@ -33,6 +34,13 @@ export interface SmtpEnvelope {
   /** "" is the null sender (bounces). */
   readonly from: string;
   readonly to: readonly string[];
+  /** RFC 3461 parameters, passed on when the next hop offers DSN (one NOTIFY/ORCPT for all recipients). */
+  readonly dsn?: {
+    readonly ret?: "FULL" | "HDRS";
+    readonly envid?: string;
+    readonly notify?: readonly string[];
+    readonly orcpt?: string;
+  };
 }
 
 export type TlsMode = "none" | "opportunistic" | "required";
@@ -47,6 +55,14 @@ export interface SmtpDeliveryOptions {
   readonly tls?: TlsMode;
   /** Default: false for opportunistic (a self-signed MX certificate beats plain text), true for required. */
   readonly rejectUnauthorized?: boolean;
+  /** Trusted CAs instead of Node's bundle (a private CA of internal next hops). */
+  readonly ca?: string | Buffer;
+  /** Local address to connect from. */
+  readonly localAddress?: string;
+  /** Keeps connections open between messages; without one each attempt opens and quits its own. */
+  readonly pool?: ConnectionPool;
+  /** Most connections to this next hop at once (the pool's default when unset). */
+  readonly connectionLimit?: number;
 }
 
 /** Outgoing commands are written on one line each; these would break a command or forge another. */
@@ -96,7 +112,41 @@ type ConnectionError = Error & { code?: string; originalCode?: string; response?
 /** What nodemailer records on the envelope object it is given (typed in its declarations). */
 type TrackedEnvelope = SMTPEnvelope & Partial<Pick<SMTPConnectionEnvelope, "accepted" | "rejectedErrors">>;
 
-function attempt(
+interface Connection {
+  readonly nextHop: string;
+  readonly rejectUnauthorized: boolean;
+  readonly servername: string | undefined;
+}
+
+function connectionOf(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode): Connection {
+  return {
+    nextHop: describeHop(target),
+    rejectUnauthorized: options.rejectUnauthorized ?? mode === "required",
+    servername: target.servername ?? (isIP(target.host) === 0 ? target.host : undefined),
+  };
+}
+
+/** Everything that makes two connections interchangeable. */
+function poolKey(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode, c: Connection): string {
+  return JSON.stringify([
+    target.lmtp === true,
+    target.host,
+    target.port,
+    mode,
+    c.rejectUnauthorized,
+    c.servername ?? null,
+    options.localAddress ?? null,
+    options.name,
+    options.ca ? String(options.ca).length : 0,
+  ]);
+}
+
+/**
+ * One attempt on one connection: a pooled idle one when there is one, else a new one. A pooled
+ * connection can turn out to be dead only now (the server dropped it as we wrote); when nothing of
+ * the transaction was answered, the attempt is made again on a fresh connection.
+ */
+async function attempt(
   target: SmtpTarget,
   envelope: SmtpEnvelope,
   message: Readable | Buffer,
@@ -104,110 +154,223 @@ function attempt(
   mode: TlsMode,
   deadline: number,
 ): Promise<Attempt> {
-  const nextHop = describeHop(target);
-  const remaining = Math.max(1, deadline - Date.now());
-  const rejectUnauthorized = options.rejectUnauthorized ?? mode === "required";
-  const servername = target.servername ?? (isIP(target.host) === 0 ? target.host : undefined);
-  const conn = new SMTPConnection({
-    host: target.host,
-    port: target.port,
-    name: options.name,
-    lmtp: target.lmtp === true,
-    ignoreTLS: mode === "none",
-    requireTLS: mode === "required",
-    opportunisticTLS: mode === "opportunistic",
-    servername,
-    tls: { rejectUnauthorized, servername },
-    connectionTimeout: remaining,
-    greetingTimeout: remaining,
-    socketTimeout: remaining,
-    socketCloseTimeout: 1000,
-    logger: false,
+  const c = connectionOf(target, options, mode);
+  const allDeferred = (text: string): Attempt => ({
+    kind: "done",
+    result: {
+      nextHop: c.nextHop,
+      unreachable: true,
+      recipients: envelope.to.map((r) => outcome(r, { code: 451, enhanced: "4.4.1", text })),
+    },
   });
-  const tracked: TrackedEnvelope = { from: envelope.from === "" ? false : envelope.from, to: [...envelope.to] };
-  let connected = false;
+  const pool = options.pool;
+  let lease: Lease | undefined;
+  if (pool) {
+    try {
+      const waitSignal = AbortSignal.any([
+        AbortSignal.timeout(Math.max(1, deadline - Date.now())),
+        ...(options.signal ? [options.signal] : []),
+      ]);
+      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, waitSignal);
+    } catch {
+      return allDeferred(
+        options.signal?.aborted ? "Delivery aborted" : `Timed out waiting for a connection to ${c.nextHop}`,
+      );
+    }
+  }
+  let link: Link | null = lease?.link ?? null;
+  let keep = false;
+  try {
+    if (link) {
+      const reused = await transact(link, c, envelope, message, options, deadline);
+      if (!reused.stale || (!Buffer.isBuffer(message) && message.readableDidRead)) {
+        keep = reused.reusable;
+        return { kind: "done", result: reused.result };
+      }
+      link.close();
+    }
+    const opened = await open(target, c, options, mode, deadline);
+    if ("unreachable" in opened) {
+      link = null;
+      return { kind: opened.tlsFailed ? "tls-failed" : "done", result: allDeferred(opened.unreachable).result };
+    }
+    link = opened.link;
+    const sent = await transact(link, c, envelope, message, options, deadline);
+    keep = sent.reusable;
+    return { kind: "done", result: sent.result };
+  } finally {
+    if (lease && pool) {
+      if (keep && link) resetThenRelease(pool, lease, link);
+      else pool.release(lease, null);
+      if (!keep) link?.close();
+    } else if (link) {
+      if (keep) link.conn.quit();
+      else link.close();
+    }
+  }
+}
 
-  return new Promise<Attempt>((resolve) => {
+/** RSET clears the envelope on the server; only a connection that answered it goes back to the pool. */
+function resetThenRelease(pool: ConnectionPool, lease: Lease, link: Link): void {
+  let released = false;
+  const release = (keep: boolean) => {
+    if (released) return;
+    released = true;
+    if (!keep) link.close();
+    pool.release(lease, keep ? link : null);
+  };
+  link.handler = () => release(false);
+  link.conn.reset((error) => release(!error));
+}
+
+/** Connects (and says EHLO, and STARTTLS per `mode`); a failure says why and whether TLS was the cause. */
+function open(
+  target: SmtpTarget,
+  c: Connection,
+  options: SmtpDeliveryOptions,
+  mode: TlsMode,
+  deadline: number,
+): Promise<{ link: Link } | { unreachable: string; tlsFailed: boolean }> {
+  const remaining = Math.max(1, deadline - Date.now());
+  const tls = {
+    rejectUnauthorized: c.rejectUnauthorized,
+    servername: c.servername,
+    ...(options.ca ? { ca: options.ca } : {}),
+  };
+  const link = new Link(
+    new SMTPConnection({
+      host: target.host,
+      port: target.port,
+      name: options.name,
+      lmtp: target.lmtp === true,
+      ignoreTLS: mode === "none",
+      requireTLS: mode === "required",
+      opportunisticTLS: mode === "opportunistic",
+      servername: c.servername,
+      localAddress: options.localAddress,
+      tls,
+      connectionTimeout: remaining,
+      greetingTimeout: remaining,
+      // Our own timers bound every transaction; this only reaps a pooled connection gone silent.
+      socketTimeout: 10 * 60_000,
+      socketCloseTimeout: 1000,
+      logger: false,
+    }),
+  );
+  return new Promise((resolve) => {
     let settled = false;
-    const finish = (value: Attempt, close: "quit" | "close") => {
+    const fail = (reason: string, tlsFailed = false) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
-      if (close === "quit") conn.quit();
-      else conn.close();
-      resolve(value);
+      link.close();
+      resolve({ unreachable: reason, tlsFailed });
     };
-
-    const unreachable = (reason: string, tlsFailed = false) =>
-      finish(
-        {
-          kind: tlsFailed ? "tls-failed" : "done",
-          result: {
-            nextHop,
-            unreachable: true,
-            recipients: envelope.to.map((r) => outcome(r, { code: 451, enhanced: "4.4.1", text: reason })),
-          },
-        },
-        "close",
-      );
-
-    /** The session broke mid-transaction: keep definite per-recipient answers, defer the rest. */
-    const lost = (reason: string) =>
-      finish(
-        {
-          kind: "done",
-          result: transactionResult(envelope, tracked, nextHop, { code: 451, enhanced: "4.4.2", text: reason }),
-        },
-        "close",
-      );
-
-    const timer = setTimeout(() => {
-      const text = `Timed out after ${options.timeoutMs} ms ${connected ? "talking to" : "connecting to"} ${nextHop}`;
-      if (connected) lost(text);
-      else unreachable(text);
-    }, remaining);
-
-    const onAbort = () => {
-      const text = "Delivery aborted";
-      if (connected) lost(text);
-      else unreachable(text);
-    };
+    const timer = setTimeout(
+      () => fail(`Timed out after ${options.timeoutMs} ms connecting to ${c.nextHop}`),
+      remaining,
+    );
+    const onAbort = () => fail("Delivery aborted");
     if (options.signal?.aborted) return onAbort();
     options.signal?.addEventListener("abort", onAbort, { once: true });
-
-    // nodemailer reports most failures only as 'error' events; without a listener they crash the process.
-    conn.on("error", (error: ConnectionError) => {
-      if (connected) lost(`Connection to ${nextHop} lost: ${describeError(error)}`);
+    link.handler = (event) => {
+      if (event.kind === "end") return fail(`Connection to ${c.nextHop} closed before the greeting`);
       // A failed handshake surfaces as a socket error while `upgrading`, a refused STARTTLS as ETLS.
-      else
-        unreachable(
-          `Cannot connect to ${nextHop}: ${describeError(error)}`,
-          error.code === "ETLS" || conn.upgrading === true,
-        );
+      const error = event.error as ConnectionError;
+      fail(
+        `Cannot connect to ${c.nextHop}: ${describeError(error)}`,
+        error.code === "ETLS" || link.conn.upgrading === true,
+      );
+    };
+    link.conn.connect((error) => {
+      if (error) return fail(`Cannot connect to ${c.nextHop}: ${describeError(error as ConnectionError)}`);
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      link.handler = null;
+      resolve({ link });
     });
-    conn.on("end", () => {
-      if (connected) lost(`Connection to ${nextHop} closed`);
-      else unreachable(`Connection to ${nextHop} closed before the greeting`);
-    });
+  });
+}
 
-    conn.connect((error) => {
-      if (error) return unreachable(`Cannot connect to ${nextHop}: ${describeError(error)}`);
-      connected = true;
-      conn.send(tracked, message, (sendError: ConnectionError | null, info?: SMTPConnectionSendInfo) => {
-        if (sendError) {
-          finish({ kind: "done", result: failedTransaction(envelope, tracked, nextHop, sendError) }, "close");
-          return;
+/**
+ * One transaction on an open link. `reusable`: the session is in a known state (a reply ended the
+ * transaction), so RSET makes it ready for the next message. `stale`: the link died before the
+ * server answered anything of this transaction.
+ */
+function transact(
+  link: Link,
+  c: Connection,
+  envelope: SmtpEnvelope,
+  message: Readable | Buffer,
+  options: SmtpDeliveryOptions,
+  deadline: number,
+): Promise<{ result: DeliveryResult; reusable: boolean; stale: boolean }> {
+  const { nextHop } = c;
+  const tracked: TrackedEnvelope = {
+    from: envelope.from === "" ? false : envelope.from,
+    to: [...envelope.to],
+    ...(envelope.dsn
+      ? {
+          dsn: {
+            ret: envelope.dsn.ret,
+            envid: envelope.dsn.envid,
+            notify: envelope.dsn.notify ? [...envelope.dsn.notify] : undefined,
+            orcpt: envelope.dsn.orcpt,
+          },
         }
-        const response = cleanText(info?.response ?? "");
-        // nodemailer hands over only LMTP's last reply, which belongs to the last recipient: the
-        // others get a plain 250 rather than a reply that names someone else or says "failed".
-        const delivered = target.lmtp
-          ? { code: 250, enhanced: "2.0.0", text: `Delivered by ${nextHop}` }
-          : nextHopReply(info?.response, { code: 250, enhanced: "2.0.0", text: "Accepted" });
-        const result = transactionResult(envelope, tracked, nextHop, delivered);
-        finish({ kind: "done", result: { ...result, response } }, "quit");
-      });
+      : {}),
+  };
+  link.uses++;
+  return new Promise((resolve) => {
+    let settled = false;
+    const finish = (result: DeliveryResult, reusable: boolean, stale = false) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+      link.handler = null;
+      if (!reusable) link.close();
+      resolve({ result, reusable, stale });
+    };
+    /** The session broke mid-transaction: keep definite per-recipient answers, defer the rest. */
+    const lost = (reason: string) => {
+      const answered = (tracked.accepted?.length ?? 0) + (tracked.rejectedErrors?.length ?? 0) > 0;
+      finish(
+        transactionResult(envelope, tracked, nextHop, { code: 451, enhanced: "4.4.2", text: reason }),
+        false,
+        !answered,
+      );
+    };
+    const timer = setTimeout(
+      () => lost(`Timed out after ${options.timeoutMs} ms talking to ${nextHop}`),
+      Math.max(1, deadline - Date.now()),
+    );
+    const onAbort = () => lost("Delivery aborted");
+    if (options.signal?.aborted) return onAbort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    link.handler = (event) =>
+      lost(
+        event.kind === "end"
+          ? `Connection to ${nextHop} closed`
+          : `Connection to ${nextHop} lost: ${describeError(event.error as ConnectionError)}`,
+      );
+    link.conn.send(tracked, message, (sendError: ConnectionError | null, info?: SMTPConnectionSendInfo) => {
+      if (sendError) {
+        // A reply ended the transaction (refused MAIL, RCPTs, DATA): the session itself is fine.
+        const replied = typeof sendError.response === "string" && sendError.code !== "ECONNECTION";
+        finish(failedTransaction(envelope, tracked, nextHop, sendError), replied && !link.dead);
+        return;
+      }
+      const response = cleanText(info?.response ?? "");
+      // nodemailer hands over only LMTP's last reply, which belongs to the last recipient: the
+      // others get a plain 250 rather than a reply that names someone else or says "failed".
+      const delivered = link.conn.options.lmtp
+        ? { code: 250, enhanced: "2.0.0", text: `Delivered by ${nextHop}` }
+        : nextHopReply(info?.response, { code: 250, enhanced: "2.0.0", text: "Accepted" });
+      finish({ ...transactionResult(envelope, tracked, nextHop, delivered), response }, !link.dead);
     });
   });
 }

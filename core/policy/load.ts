@@ -492,11 +492,11 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
     server: server.tls
       ? { ...server, tls: { cert: resolve(dir, server.tls.cert), key: resolve(dir, server.tls.key) } }
       : server,
-    routes: config.routes.map((route) =>
-      route.to.startsWith("maildir:")
-        ? { ...route, to: `maildir:${resolve(dir, route.to.slice("maildir:".length))}` }
-        : route,
-    ),
+    // `to` may be a list of targets since issue 6; only maildir targets hold paths.
+    routes: config.routes.map((route) => {
+      const anchor = (to: string) => (to.startsWith("maildir:") ? `maildir:${resolve(dir, to.slice(8))}` : to);
+      return { ...route, to: typeof route.to === "string" ? anchor(route.to) : route.to.map(anchor) };
+    }),
     delivery: { ...delivery, spool: resolve(dir, delivery.spool) },
     observability: observability.transactionLog
       ? { ...observability, transactionLog: { path: resolve(dir, observability.transactionLog.path) } }

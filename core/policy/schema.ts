@@ -242,12 +242,53 @@ const RouteMatch = z.strictObject({
     .optional()
     .describe('sender domain(s), exact and case-insensitive; "*.example.test" for subdomains'),
   clientNetwork: oneOrMany(Network).optional().describe("client address(es) or CIDR network(s)"),
+  // Issue 6: more route conditions (core/routes.ts compiles them).
+  recipient: oneOrMany(z.string().min(1))
+    .optional()
+    .describe('recipient address(es); "*" matches any characters, e.g. "postmaster@*" or "*+bulk@example.test"'),
+  listener: oneOrMany(z.union([z.int().min(1).max(65535), HostPort]))
+    .optional()
+    .describe('the listener the mail came in on: a port (587) or "host:port"'),
+  tag: oneOrMany(z.string().min(1))
+    .optional()
+    .describe("tag(s) a hook or rule set on the transaction; any one matches"),
 });
+
+// Issue 6: per-route outbound TLS, connection limit and source address; `to` may list hosts.
+const RouteTls = z.enum(["none", "opportunistic", "required"]);
 
 const Route = z
   .strictObject({
     match: RouteMatch.optional().describe("all given conditions must hold; none given matches everything"),
-    to: RouteTarget.describe(`the next hop: ${ROUTE_TARGET_HELP}; maildir paths are relative to the policy file`),
+    to: z
+      .union([RouteTarget, z.array(RouteTarget).min(1)])
+      .describe(
+        `the next hop: ${ROUTE_TARGET_HELP}, or a list of smtp:// / lmtp:// hosts tried in order; maildir paths are relative to the policy file`,
+      ),
+    tls: z
+      .union([
+        RouteTls,
+        z.strictObject({
+          mode: RouteTls.describe("none, opportunistic (STARTTLS when offered) or required (defer without it)"),
+          verify: z
+            .boolean()
+            .optional()
+            .describe("verify the next hop's certificate (default: only when mode is required)"),
+          sni: z.string().min(1).optional().describe("TLS server name to send and to expect in the certificate"),
+        }),
+      ])
+      .optional()
+      .describe("outbound TLS to this route's next hops (default: opportunistic, unverified)"),
+    connections: z
+      .int()
+      .positive()
+      .optional()
+      .describe("most simultaneous connections to each next hop of this route (default 4), reused between messages"),
+    sourceAddress: z
+      .string()
+      .refine((text) => isIP(text) !== 0, { error: "expected an IP address of this host" })
+      .optional()
+      .describe("local IP address outgoing connections of this route are made from"),
   })
   .describe("a next-hop override");
 
@@ -269,6 +310,31 @@ const Delivery = z.strictObject({
     .prefault({})
     .describe("retry schedule for deferred deliveries (queue mode)"),
   timeout: Duration.prefault("5m").describe('deadline for one attempt at the next hop, e.g. "5m"'),
+  // Issue 6: MX port for labs and tests, loop limit, spool limit, MTA-STS.
+  mxPort: z
+    .int()
+    .min(1)
+    .max(65535)
+    .default(25)
+    .describe("port MX hosts are contacted on; always 25 in real life, another port only for labs and tests"),
+  maxReceived: z
+    .int()
+    .positive()
+    .default(100)
+    .describe("a message with more Received headers than this is refused with 554 5.4.6 (a mail loop)"),
+  spoolLimit: Size.prefault("10GB").describe(
+    'most bytes the spool may hold; past it new mail gets 452 4.3.1, e.g. "10GB"',
+  ),
+  mtaSts: z
+    .strictObject({
+      enabled: z.boolean().default(true).describe("look up and enforce recipient domains' MTA-STS policies (RFC 8461)"),
+      policyUrl: z
+        .string()
+        .default("https://mta-sts.{domain}/.well-known/mta-sts.txt")
+        .describe("where a policy is fetched from, {domain} filled in; change it only for labs and tests"),
+    })
+    .prefault({})
+    .describe("MTA-STS for MX delivery"),
 });
 
 const Observability = z.strictObject({

@@ -1,0 +1,236 @@
+/**
+ * The delivery worker: takes due messages from the spool, delivers their pending recipients
+ * (`deliverPlanned`, the same routing as proxy mode), records per-recipient outcomes, reschedules
+ * deferrals on the policy's retry schedule, and when nothing is pending any more bounces the
+ * failures with a DSN and deletes the message.
+ *
+ * Invariants: a message is deleted only after its DSN (if any) is stored; an attempt cut short by
+ * `stop()` counts as a deferral and is retried after the restart; the null sender never gets a DSN.
+ */
+import type { Logger } from "pino";
+import type { Clock } from "../api.js";
+import { formatReply, type Reply } from "../decision.js";
+import { type DeliveryOptions, deliverPlanned } from "../forward.js";
+import type { Router } from "../routes.js";
+import { buildDsn, type DsnRecipient, headerSection } from "./dsn.js";
+import { nextAttemptAt, type RetryPolicy } from "./retry.js";
+import type { QueueEntry, RecipientState, Spool } from "./spool.js";
+
+/** Settings read at each attempt, so a policy reload applies to messages already queued. */
+export interface WorkerSettings {
+  readonly hostname: string;
+  readonly retry: RetryPolicy;
+  readonly delivery: Omit<DeliveryOptions, "signal">;
+  /** Routes DSNs to the original sender. */
+  readonly router: Router;
+}
+
+export interface WorkerOptions {
+  readonly spool: Spool;
+  readonly settings: () => WorkerSettings;
+  readonly log: Logger;
+  readonly clock: Clock;
+  readonly random?: () => number;
+  /** Messages in delivery at once. */
+  readonly concurrency?: number;
+}
+
+/** A DSN carries the whole original up to this size when the client asked for no RET; headers beyond. */
+const FULL_RETURN_LIMIT = 256 * 1024;
+
+export class DeliveryWorker {
+  readonly #active = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  readonly #held = new Set<string>();
+  #timer: NodeJS.Timeout | null = null;
+  #stopped = true;
+
+  constructor(private readonly options: WorkerOptions) {}
+
+  start(): void {
+    this.#stopped = false;
+    this.wake();
+  }
+
+  /** Stops taking messages, aborts attempts in flight (their recipients stay pending) and waits for them. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    for (const { controller } of this.#active.values()) controller.abort();
+    await Promise.all([...this.#active.values()].map((a) => a.done));
+  }
+
+  /** Messages in delivery now. */
+  get busy(): number {
+    return this.#active.size;
+  }
+
+  /** Starts every due message (up to the concurrency) and sets the timer for the next one. */
+  wake(): void {
+    if (this.#stopped) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    const now = this.options.clock.now();
+    const limit = this.options.concurrency ?? 20;
+    let next = Number.POSITIVE_INFINITY;
+    for (const entry of this.options.spool.entries()) {
+      if (this.#active.has(entry.envelope.id) || this.#held.has(entry.envelope.id)) continue;
+      if (entry.nextAt <= now && this.#active.size < limit) this.#begin(entry);
+      else next = Math.min(next, entry.nextAt);
+    }
+    if (next !== Number.POSITIVE_INFINITY && this.#active.size < limit) {
+      this.#timer = setTimeout(() => this.wake(), Math.max(0, next - now));
+    }
+  }
+
+  #begin(entry: QueueEntry): void {
+    const controller = new AbortController();
+    const id = entry.envelope.id;
+    const done = this.#attempt(entry, controller.signal)
+      .catch((error: Error) => {
+        // The spool failed under us (disk full…): try again later rather than lose track.
+        this.options.log.error({ id, err: error.message }, "delivery bookkeeping failed");
+        entry.nextAt = this.options.clock.now() + this.options.settings().retry.schedule[0];
+      })
+      .finally(() => {
+        this.#active.delete(id);
+        this.wake();
+      });
+    this.#active.set(id, { controller, done });
+  }
+
+  async #attempt(entry: QueueEntry, signal: AbortSignal): Promise<void> {
+    const { spool, log, clock } = this.options;
+    const settings = this.options.settings();
+    const { envelope } = entry;
+    const pending = envelope.recipients.filter((_, i) => entry.state[i].status === "pending");
+    if (pending.length > 0) {
+      const result = await deliverPlanned(envelope.from, pending, envelope.dsn, () => spool.read(entry), {
+        ...settings.delivery,
+        signal,
+      });
+      const now = clock.now();
+      const byAddress = new Map(result.outcomes.map((o) => [o.recipient, o]));
+      entry.state = envelope.recipients.map((recipient, i): RecipientState => {
+        const outcome = entry.state[i].status === "pending" ? byAddress.get(recipient.address) : undefined;
+        if (!outcome) return entry.state[i];
+        const status = outcome.status === "deferred" ? "pending" : outcome.status;
+        return { status, reply: outcome.reply, at: now, ...(outcome.nextHop ? { remoteMta: outcome.nextHop } : {}) };
+      });
+      if (!signal.aborted) entry.attempts++;
+      log.info(
+        {
+          event: "delivery",
+          id: envelope.id,
+          attempt: entry.attempts,
+          recipients: result.outcomes.map((o) => ({ to: o.recipient, status: o.status, reply: formatReply(o.reply) })),
+        },
+        "delivery attempt",
+      );
+    }
+    if (entry.state.some((s) => s.status === "pending")) {
+      const now = clock.now();
+      const next = signal.aborted
+        ? now
+        : nextAttemptAt(entry.attempts, envelope.arrivedAt, now, settings.retry, this.options.random);
+      if (next !== "expired") {
+        entry.nextAt = next;
+        await spool.update(entry);
+        log.info({ event: "deferred", id: envelope.id, attempts: entry.attempts, at: now, nextAt: next }, "deferred");
+        return;
+      }
+      entry.state = entry.state.map((s) =>
+        s.status === "pending" ? { ...s, status: "failed", reply: expired(s.reply), at: now } : s,
+      );
+    }
+    await this.finish(entry);
+  }
+
+  /** Every recipient is final: the DSN for the failures (if any) is stored, then the message goes. */
+  async finish(entry: QueueEntry): Promise<void> {
+    await this.#bounce(entry, this.options.settings());
+    await this.options.spool.complete(entry);
+    this.options.log.info({ event: "done", id: entry.envelope.id, attempts: entry.attempts }, "message done");
+  }
+
+  /** Runs `action` on a message while the worker leaves it alone (an attempt in flight is aborted first). */
+  async hold(id: string, action: () => Promise<void>): Promise<void> {
+    this.#held.add(id);
+    try {
+      const active = this.#active.get(id);
+      if (active) {
+        active.controller.abort();
+        await active.done;
+      }
+      await action();
+    } finally {
+      this.#held.delete(id);
+      this.wake();
+    }
+  }
+
+  /** Stores the DSN for the recipients that failed and asked for one (NOTIFY absent or with FAILURE). */
+  async #bounce(entry: QueueEntry, settings: WorkerSettings): Promise<void> {
+    const { envelope } = entry;
+    if (envelope.from === "") return;
+    const recipients: DsnRecipient[] = [];
+    envelope.recipients.forEach((recipient, i) => {
+      const state = entry.state[i];
+      if (state.status !== "failed") return;
+      if (recipient.notify && !recipient.notify.includes("FAILURE")) return;
+      recipients.push({
+        address: recipient.address,
+        ...(recipient.orcpt ? { orcpt: recipient.orcpt } : {}),
+        action: "failed",
+        reply: state.reply ?? { code: 550, enhanced: "5.0.0", text: "Undeliverable" },
+        ...(state.remoteMta ? { remoteMta: state.remoteMta } : {}),
+        ...(state.at ? { lastAttempt: new Date(state.at) } : {}),
+      });
+    });
+    if (recipients.length === 0) return;
+    const { spool, clock } = this.options;
+    const ret = envelope.dsn.ret ?? (envelope.size <= FULL_RETURN_LIMIT ? "FULL" : "HDRS");
+    const original = await spool.readAll(entry, ret === "FULL" ? Number.POSITIVE_INFINITY : 64 * 1024);
+    const now = clock.now();
+    const dsn = buildDsn({
+      reportingMta: settings.hostname,
+      to: envelope.from,
+      ...(envelope.dsn.envid !== undefined ? { envid: envelope.dsn.envid } : {}),
+      arrivalDate: new Date(envelope.arrivedAt),
+      date: new Date(now),
+      recipients,
+      returned:
+        ret === "FULL" ? { kind: "full", content: original } : { kind: "headers", content: headerSection(original) },
+    });
+    const domain = envelope.from.slice(envelope.from.lastIndexOf("@") + 1).toLowerCase();
+    const stored = await spool.store({
+      envelope: {
+        origin: envelope.id,
+        from: "",
+        dsn: {},
+        recipients: [
+          {
+            address: envelope.from,
+            route: settings.router.routeFor({ recipientDomain: domain, recipient: envelope.from, senderDomain: "" }),
+          },
+        ],
+        arrivedAt: now,
+        messageId: dsn.messageId,
+      },
+      head: Buffer.alloc(0),
+      source: dsn.raw,
+      bodyStart: 0,
+      nextAt: now,
+    });
+    this.options.log.info({ event: "dsn", id: envelope.id, dsn: stored.envelope.id, to: envelope.from }, "DSN queued");
+  }
+}
+
+/** A deferral that ran out of time: the last reply stays the diagnosis, the status says why it ended. */
+function expired(last: Reply | undefined): Reply {
+  return {
+    code: last?.code ?? 451,
+    enhanced: "4.4.7",
+    text: `Delivery time expired${last ? `; last reply: ${last.code} ${last.enhanced} ${last.text}` : ""}`,
+  };
+}
