@@ -1,0 +1,58 @@
+/**
+ * core/smtp-server.ts reaches into smtp-server internals (the hard-coded 100 ms greeting delay, the
+ * enhanced-status-code table, PROXY trust). smtp-server is pinned to an exact version; these tests
+ * make an upgrade that moves those internals fail here, loudly, instead of silently changing timing
+ * or replies.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { SMTPServer } from "smtp-server";
+import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import { GatewayConnection } from "../core/smtp-server.js";
+import { startGateway } from "./fixtures/gateway.js";
+import { SmtpTestClient } from "./fixtures/smtp-client.js";
+
+test("the smtp-server internals the gateway overrides are still there", () => {
+  for (const name of ["_setListeners", "connectionReady", "init", "send"] as const) {
+    assert.equal(typeof SMTPConnection.prototype[name], "function", `SMTPConnection#${name}`);
+  }
+  for (const name of ["_expectsProxyHeader", "_onError", "_onClientConnect", "connect"] as const) {
+    assert.equal(typeof SMTPServer.prototype[name], "function", `SMTPServer#${name}`);
+  }
+  // What GatewayConnection#init replaces: the fixed pre-greeting timer.
+  assert.match(SMTPConnection.prototype.init.toString(), /setTimeout\(\(\) => this\.connectionReady\(\), 100\)/);
+  assert.notEqual(GatewayConnection.prototype.init, SMTPConnection.prototype.init);
+});
+
+test("with a configured greeting delay a client that talks first is refused and closed; a polite one is greeted", async () => {
+  const gw = await startGateway(
+    "version: 1\nserver: { hostname: gw.test, greetingDelay: 300ms }\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n",
+  );
+  try {
+    const early = await SmtpTestClient.connect(gw.port, { greeting: false });
+    early.write("EHLO early.test\r\n");
+    assert.equal((await early.reply()).raw, "421 gw.test You talk too soon");
+    await early.waitClosed();
+    const polite = await SmtpTestClient.connect(gw.port);
+    assert.equal(polite.greeting.raw, "220 gw.test ESMTP Portcullis");
+    await polite.quit();
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("our enhanced status codes are sent as they are, smtp-server's own replies get theirs", async () => {
+  const gw = await startGateway(
+    "version: 1\nserver: { hostname: gw.test }\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n",
+  );
+  try {
+    const client = await SmtpTestClient.connect(gw.port);
+    assert.match((await client.command("EHLO client.test")).lines.join("\n"), /ENHANCEDSTATUSCODES/);
+    assert.equal((await client.command("MAIL FROM:<a@sender.test>")).raw, "250 2.1.0 Accepted");
+    assert.equal((await client.command("RCPT TO:<u@other.test>")).raw, "550 5.7.1 Relaying denied");
+    assert.equal((await client.command("RCPT TO:<u@example.test>")).raw, "250 2.1.5 Accepted");
+    await client.quit();
+  } finally {
+    await gw.stop();
+  }
+});
