@@ -1,39 +1,40 @@
 /**
- * Shared state for limits, greylisting and pass caches. The in-memory store is the embedded
- * default; a Redis store implements the same interface for several gateways (issue 5).
+ * Shared state for limits, greylisting and pass caches: one interface (core/state/types.ts), an
+ * embedded store (memory, one gateway) and a Redis store (shared by a cluster), chosen by the
+ * policy's `state:` section.
  */
-import { LRUCache } from "lru-cache";
+import type { Logger } from "pino";
+import type { Clock } from "./api.js";
+import type { PolicyConfig } from "./policy/schema.js";
+import { MemoryStore } from "./state/memory.js";
+import { RedisStore } from "./state/redis.js";
+import type { StateStore } from "./state/types.js";
 
-export interface StateStore {
-  /** The value stored under key, or null when absent or expired. */
-  get(key: string): Promise<string | null>;
-  /** Stores value under key for ttlMs milliseconds. */
-  set(key: string, value: string, ttlMs: number): Promise<void>;
-  delete(key: string): Promise<void>;
-  close(): Promise<void>;
-}
+export { gcra, greylistStep } from "./state/arithmetic.js";
+export { clientNet } from "./state/keys.js";
+export { MemoryStore, type MemoryStoreOptions } from "./state/memory.js";
+export { storeFailure } from "./state/outage.js";
+export { RedisStore, type RedisStoreOptions } from "./state/redis.js";
+export {
+  type BucketParams,
+  type BucketRequest,
+  type BucketResult,
+  type GreylistParams,
+  type GreylistResult,
+  type GreylistStatus,
+  type KeyReport,
+  type SlotResult,
+  type StateStore,
+  type StoreErrorPolicy,
+  StoreUnavailableError,
+} from "./state/types.js";
 
-export class MemoryStore implements StateStore {
-  readonly #entries: LRUCache<string, string>;
-
-  constructor(maxEntries = 100_000) {
-    this.#entries = new LRUCache({ max: maxEntries, ttlAutopurge: false });
-  }
-
-  async get(key: string): Promise<string | null> {
-    return this.#entries.get(key) ?? null;
-  }
-
-  async set(key: string, value: string, ttlMs: number): Promise<void> {
-    // lru-cache treats ttl 0 as "never expires"; a state entry always expires.
-    this.#entries.set(key, value, { ttl: Math.max(1, ttlMs) });
-  }
-
-  async delete(key: string): Promise<void> {
-    this.#entries.delete(key);
-  }
-
-  async close(): Promise<void> {
-    this.#entries.clear();
-  }
+/** The store a policy's `state:` section asks for. The memory store follows `clock`; Redis uses its own. */
+export function createStore(config: PolicyConfig["state"], services: { clock: Clock; log: Logger }): StateStore {
+  if (config.store === "memory") return new MemoryStore({ clock: services.clock, onStoreError: config.onStoreError });
+  return new RedisStore({
+    url: config.store.redis,
+    log: services.log.child({ store: "redis" }),
+    onStoreError: config.onStoreError,
+  });
 }

@@ -1,0 +1,82 @@
+/**
+ * concurrency: simultaneous connections per client IP through real sockets, on the memory store
+ * and on a real Redis. Slots must come back however a connection ends: QUIT, reset, idle timeout.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { eventually } from "../fixtures/eventually.js";
+import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { startRedis, type TestRedis } from "../fixtures/redis.js";
+import { SmtpTestClient } from "../fixtures/smtp-client.js";
+
+const connect = (port: number, ip: string) =>
+  SmtpTestClient.connect(port, { proxy: `PROXY TCP4 ${ip} 192.0.2.1 40000 25` });
+
+function policy(store: string): string {
+  return `
+version: 1
+server: { hostname: gw.test, proxyProtocol: true, limits: { idleTimeout: 1s } }
+state: { store: ${store} }
+relay: { domains: [example.test] }
+pipeline:
+  - plugin: concurrency
+    limits: [{ key: client.ip, max: 12 }, { key: client.net, max: 14 }]
+routes: [{ to: discard }]
+`;
+}
+
+describe("concurrency slots", () => {
+  let redis: TestRedis;
+  before(async () => {
+    redis = await startRedis();
+  });
+  after(() => redis.stop());
+
+  for (const store of ["memory", "redis"] as const) {
+    test(`${store}: the limit holds, and every slot comes back after QUIT, reset and timeout`, async () => {
+      let gw: TestGateway | undefined;
+      try {
+        gw = await startGateway(policy(store === "memory" ? "memory" : `{ redis: "${redis.url}" }`));
+        const state = gw.gateway.runtime.services.state;
+        const port = gw.port;
+        const clients = await Promise.all(Array.from({ length: 12 }, () => connect(port, "198.51.100.20")));
+        assert.ok(clients.every((c) => c.greeting.code === 220));
+        assert.equal((await state.inspect("client.ip:198.51.100.20")).slots?.held, 12);
+
+        const refused = await connect(port, "198.51.100.20");
+        assert.equal(refused.greeting.code, 421);
+        assert.match(refused.greeting.raw, /^421 4\.7\.0 /);
+        await refused.waitClosed();
+        const neighbours = await Promise.all([connect(port, "198.51.100.21"), connect(port, "198.51.100.22")]);
+        assert.ok(
+          neighbours.every((c) => c.greeting.code === 220),
+          "the /24 has room for two more",
+        );
+        const crowded = await connect(port, "198.51.100.23");
+        assert.equal(crowded.greeting.code, 421, "the /24 is full");
+        await crowded.waitClosed();
+
+        await Promise.all(
+          [...clients, ...neighbours].map(async (client, i) => {
+            await client.command("EHLO client.test");
+            if (i % 3 === 0) await client.quit();
+            else if (i % 3 === 1) client.destroy();
+            else await client.waitClosed(); // the idle timeout
+          }),
+        );
+        await eventually(async () => {
+          const reports = await Promise.all(
+            ["client.ip:198.51.100.20", "client.net:198.51.100.0/24"].map((key) => state.inspect(key)),
+          );
+          return reports.every((report) => report.slots === undefined);
+        }, "all slots released");
+        assert.equal(gw.gateway.openSessions().sessions, 0);
+        const again = await connect(port, "198.51.100.20");
+        assert.equal(again.greeting.code, 220);
+        await again.quit();
+      } finally {
+        await gw?.stop();
+      }
+    });
+  }
+});

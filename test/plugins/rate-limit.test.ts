@@ -1,0 +1,458 @@
+/**
+ * rate-limit: what a transaction costs (pure), limits through the test kit with an injected clock
+ * and the memory store, then real gateways on one real Redis: two gateway processes sharing a
+ * limit, and a Redis outage in the middle of a run.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { pino } from "pino";
+import type { Address, ConnectionContext } from "../../core/api.js";
+import { MemoryStore, RedisStore, type StateStore } from "../../core/state.js";
+import { runPlugin, runPolicy, type SimulatedTransaction } from "../../core/testkit.js";
+import { demand, growth, type LimitShape, type TransactionView } from "../../plugins/rate-limit/demand.js";
+import rateLimit from "../../plugins/rate-limit/index.js";
+import { manualClock } from "../fixtures/clock.js";
+import { eventually } from "../fixtures/eventually.js";
+import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { startRedis, type TestRedis } from "../fixtures/redis.js";
+import { SmtpTestClient } from "../fixtures/smtp-client.js";
+
+const HOUR = 3_600_000;
+
+function address(text: string): Address {
+  const at = text.lastIndexOf("@");
+  return { address: text, local: text.slice(0, at), domain: text.slice(at + 1).toLowerCase(), args: {} };
+}
+
+const connection = {
+  client: { ip: "192.0.2.10", port: 0, family: 4 },
+  helo: "mta.sender.test",
+  authUser: null,
+} as unknown as ConnectionContext;
+
+describe("what a transaction costs", () => {
+  const view = (recipients: string[], size = 0): TransactionView => ({
+    connection,
+    sender: address("a@sender.test"),
+    recipients: recipients.map(address),
+    size,
+  });
+  const costs = (shape: LimitShape, v: TransactionView) => Object.fromEntries(demand(shape, v));
+
+  test("a message counts once per key value, recipients per recipient, bytes per message", () => {
+    const to = ["x@one.test", "y@one.test", "z@two.test"];
+    assert.deepEqual(costs({ key: ["client.ip"], count: "messages" }, view(to)), { "192.0.2.10": 1 });
+    assert.deepEqual(costs({ key: ["client.net"], count: "recipients" }, view(to)), { "192.0.2.0/24": 3 });
+    assert.deepEqual(costs({ key: ["recipient.domain"], count: "messages" }, view(to)), {
+      "one.test": 1,
+      "two.test": 1,
+    });
+    assert.deepEqual(costs({ key: ["recipient.domain"], count: "recipients" }, view(to)), {
+      "one.test": 2,
+      "two.test": 1,
+    });
+    assert.deepEqual(costs({ key: ["sender.domain", "helo"], count: "bytes" }, view(to, 500)), {
+      "sender.test,mta.sender.test": 500,
+    });
+    assert.deepEqual(costs({ key: ["auth.user"], count: "messages" }, view(to)), {}, "no AUTH, no key");
+    assert.deepEqual(costs({ key: ["client.ip"], count: "connections" }, { connection, recipients: [], size: 0 }), {
+      "192.0.2.10": 1,
+    });
+  });
+
+  test("an attempt's step costs what it adds", () => {
+    const shape: LimitShape = { key: ["recipient.domain"], count: "messages" };
+    const before = demand(shape, view(["x@one.test"]));
+    assert.deepEqual(Object.fromEntries(growth(before, demand(shape, view(["x@one.test", "y@one.test"])))), {});
+    assert.deepEqual(Object.fromEntries(growth(before, demand(shape, view(["x@one.test", "z@two.test"])))), {
+      "two.test": 1,
+    });
+  });
+});
+
+function kit(options: unknown, state?: StateStore) {
+  const clock = manualClock();
+  const store = state ?? new MemoryStore({ clock });
+  const run = (input: Partial<SimulatedTransaction> = {}) =>
+    runPlugin(
+      rateLimit,
+      options,
+      { ip: "192.0.2.10", helo: "mta.sender.test", from: "a@sender.test", to: ["b@example.test"], ...input },
+      { clock, state: store },
+    );
+  return { clock, store, run };
+}
+
+describe("limits through the test kit (memory store, injected clock)", () => {
+  test("exactly the burst passes; the next is deferred 451 4.7.0 with a retry hint; time refills it", async () => {
+    const { clock, run } = kit({ limits: [{ key: "client.ip", rate: "3/1h" }] });
+    for (let i = 0; i < 3; i++) assert.equal((await run()).outcome, "accepted");
+    const over = await run();
+    assert.equal(over.outcome, "deferred");
+    assert.equal(over.phase, "mail", "refused at MAIL, before any data is sent");
+    assert.deepEqual(over.reply, {
+      code: 451,
+      enhanced: "4.7.0",
+      text: "Rate limit exceeded, try again in 1200 seconds",
+    });
+    assert.equal((over.facts.rateLimit as { exceeded: string }).exceeded, "client.ip/messages/3/1h");
+    clock.advance(20 * 60_000 - 1);
+    assert.equal((await run()).outcome, "deferred");
+    clock.advance(1);
+    assert.equal((await run()).outcome, "accepted");
+    assert.equal((await run()).outcome, "deferred");
+  });
+
+  test("only accepted transactions count by default; attempts count when configured", async () => {
+    // Greylisting after DATA defers every first attempt: with countAt accepted, the retries still get the quota.
+    const dir = await mkdtemp(join(tmpdir(), "portcullis-rl-"));
+    try {
+      const accepted: number[] = [];
+      for (const countAt of ["accepted", "attempts"]) {
+        const file = join(dir, `${countAt}.yaml`);
+        await writeFile(
+          file,
+          `version: 1
+server: { hostname: gw.test }
+relay: { networks: ["0.0.0.0/0"] }
+pipeline:
+  - { plugin: rate-limit, countAt: ${countAt}, limits: [{ key: client.ip, rate: 2/1h }] }
+  - { plugin: greylist, at: data, delay: 10m }
+routes: [{ to: discard }]
+`,
+        );
+        const clock = manualClock();
+        const state = new MemoryStore({ clock });
+        const send = (to: string) =>
+          runPolicy(file, { ip: "192.0.2.10", from: "a@sender.test", to: [to] }, { clock, state });
+        const recipients = ["1@example.test", "2@example.test", "3@example.test"];
+        for (const to of recipients) assert.equal((await send(to)).outcome, "deferred");
+        clock.advance(10 * 60_000);
+        const retries = [];
+        for (const to of recipients) retries.push((await send(to)).outcome);
+        accepted.push(retries.filter((outcome) => outcome === "accepted").length);
+      }
+      assert.deepEqual(accepted, [2, 0], "accepted mode: the quota is intact; attempts mode: greylisting used it up");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("recipients: each RCPT is checked against what the transaction already holds", async () => {
+    const { run } = kit({ limits: [{ key: "sender.domain", count: "recipients", rate: "5/1h" }] });
+    assert.equal((await run({ to: ["1@example.test", "2@example.test", "3@example.test"] })).outcome, "accepted");
+    const second = await run({ to: ["4@example.test", "5@example.test", "6@example.test"] });
+    assert.equal(second.outcome, "accepted");
+    assert.deepEqual(
+      second.recipients.map((r) => r.decision?.reply.code ?? 250),
+      [250, 250, 451],
+    );
+    assert.equal((await run()).outcome, "deferred");
+  });
+
+  test("per-recipient keys refuse only the recipient whose bucket is empty", async () => {
+    const { run } = kit({ limits: [{ key: "recipient.domain", rate: "1/1h" }] });
+    assert.equal((await run({ to: ["a@one.test"] })).outcome, "accepted");
+    const mixed = await run({ to: ["b@one.test", "c@two.test"] });
+    assert.equal(mixed.outcome, "accepted");
+    assert.deepEqual(
+      mixed.recipients.map((r) => r.decision?.reply.code ?? 250),
+      [451, 250],
+    );
+    assert.deepEqual(mixed.routes, { discard: ["c@two.test"] });
+  });
+
+  test("bytes count the message size, a message larger than the burst needs a full bucket", async () => {
+    const { clock, run } = kit({ countAt: "attempts", limits: [{ key: "client.ip", count: "bytes", rate: "1KB/1h" }] });
+    const big = `Subject: x\r\n\r\n${"x".repeat(2000)}\r\n`;
+    assert.equal((await run({ message: big })).outcome, "accepted");
+    assert.equal((await run({ message: "Subject: y\r\n\r\nsmall\r\n" })).outcome, "deferred");
+    clock.advance(HOUR);
+    assert.equal((await run({ message: "Subject: y\r\n\r\nsmall\r\n" })).outcome, "accepted");
+  });
+
+  test("composite keys, exemptions by network, authentication and allowlist", async () => {
+    const { run } = kit({
+      exempt: { networks: ["10.0.0.0/8"] },
+      limits: [
+        {
+          key: ["client.net", "sender.domain"],
+          rate: "1/1h",
+          exempt: { authenticated: true, keys: ["partner.test"] },
+        },
+      ],
+    });
+    assert.equal((await run({ ip: "192.0.2.1" })).outcome, "accepted");
+    assert.equal((await run({ ip: "192.0.2.2" })).outcome, "deferred", "same /24 and sender domain");
+    assert.equal((await run({ ip: "192.0.2.2", from: "a@other.test" })).outcome, "accepted");
+    assert.equal((await run({ ip: "198.51.100.1" })).outcome, "accepted");
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await run({ ip: "10.1.2.3" })).outcome, "accepted");
+      assert.equal((await run({ ip: "192.0.2.3", authUser: "alice" })).outcome, "accepted");
+      assert.equal((await run({ ip: "192.0.2.3", from: "x@partner.test" })).outcome, "accepted");
+    }
+  });
+
+  test("actions: reject with a reply, score, connections at connect", async () => {
+    const rejecting = kit({
+      limits: [{ key: "sender", rate: "1/1d", action: { reject: "550 5.7.1 Too much mail from {sender}" } }],
+    });
+    await rejecting.run();
+    const refused = await rejecting.run();
+    assert.deepEqual(refused.reply, { code: 550, enhanced: "5.7.1", text: "Too much mail from a@sender.test" });
+
+    const scoring = kit({ limits: [{ key: "client.ip", rate: "1/1h", action: { score: 7 } }] });
+    assert.equal((await scoring.run()).score, 0);
+    const scored = await scoring.run();
+    assert.equal(scored.outcome, "accepted");
+    assert.equal(scored.score, 7, "scored once, when the transaction is counted");
+
+    const connections = kit({ limits: [{ key: "client.ip", count: "connections", rate: "2/1m", burst: 2 }] });
+    assert.equal((await connections.run()).outcome, "accepted");
+    assert.equal((await connections.run()).outcome, "accepted");
+    const third = await connections.run();
+    assert.equal(third.outcome, "deferred");
+    assert.equal(third.reply?.enhanced, "4.7.0");
+  });
+
+  test("a tarpit waits and lets the transaction through", async () => {
+    const { run } = kit({ limits: [{ key: "client.ip", rate: "1/1h", action: { tarpit: "1ms" } }] });
+    await run();
+    const slowed = await run();
+    assert.equal(slowed.outcome, "accepted");
+    assert.equal((slowed.facts.rateLimit as { exceeded: string }).exceeded, "client.ip/messages/1/1h");
+  });
+
+  test("the options are checked: rates, keys per count, duplicate names", () => {
+    const parse = (options: unknown) => rateLimit.options.safeParse(options);
+    assert.equal(parse({ limits: [{ key: "client.ip", rate: "100/1m" }] }).success, true);
+    assert.equal(parse({ limits: [{ key: "client.ip", rate: "100/m" }] }).success, true);
+    assert.equal(parse({ limits: [{ key: "client.ip", rate: "100 per minute" }] }).success, false);
+    assert.equal(parse({ limits: [{ key: "sender", count: "connections", rate: "1/1m" }] }).success, false);
+    assert.equal(parse({ limits: [{ key: "ip", rate: "1/1m" }] }).success, false);
+    const twins = parse({
+      limits: [
+        { key: "client.ip", rate: "1/1m" },
+        { key: "client.ip", rate: "1/1m" },
+      ],
+    });
+    assert.equal(twins.success, false);
+  });
+
+  test("an unreachable store: onStoreError defer gives 451 4.3.0, allow lets mail through", async () => {
+    const closed = `redis://127.0.0.1:${await closedPort()}/0`;
+    const log = pino({ level: "silent" });
+    for (const [onStoreError, outcome] of [
+      ["defer", "deferred"],
+      ["allow", "accepted"],
+    ] as const) {
+      const store = new RedisStore({ url: closed, log, onStoreError });
+      const result = await kit({ limits: [{ key: "client.ip", rate: "1/1h" }] }, store).run();
+      assert.equal(result.outcome, outcome);
+      if (outcome === "deferred") assert.equal(result.reply?.enhanced, "4.3.0");
+      assert.equal((result.facts.rateLimit as { storeUnavailable: boolean }).storeUnavailable, true);
+      await store.close();
+    }
+  });
+});
+
+async function closedPort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const server = createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as { port: number };
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+const message = "From: <a@sender.test>\r\nTo: <b@example.test>\r\nSubject: load\r\n\r\nhello\r\n";
+
+/** One transaction from `ip` through the PROXY header; returns the DATA reply code (or the refusal's). */
+async function send(port: number, ip: string): Promise<number> {
+  const client = await SmtpTestClient.connect(port, { proxy: `PROXY TCP4 ${ip} 192.0.2.1 40000 25` });
+  try {
+    const result = await client.transaction({ from: "a@sender.test", to: ["b@example.test"], data: message });
+    return result.data?.code ?? (result.mail.code !== 250 ? result.mail.code : result.rcpts[0].code);
+  } finally {
+    await client.quit().catch(() => client.destroy());
+  }
+}
+
+function policy(redisUrl: string, extra: { onStoreError?: string; rate?: string } = {}): string {
+  return `
+version: 1
+server: { hostname: gw.test, proxyProtocol: true }
+state: { store: { redis: "${redisUrl}" }, onStoreError: ${extra.onStoreError ?? "defer"} }
+relay: { domains: [example.test] }
+pipeline:
+  - plugin: rate-limit
+    limits:
+      - { key: client.ip, count: messages, rate: ${extra.rate ?? "10/1h"} }
+routes: [{ to: discard }]
+`;
+}
+
+async function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [cli, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    stdout += chunk.toString();
+  });
+  child.stderr.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const [code] = await once(child, "exit");
+  return { code, stdout, stderr };
+}
+
+interface GatewayProcess {
+  readonly port: number;
+  stop(): Promise<void>;
+}
+
+const cli = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
+
+/** `portcullis start` as its own process; the port comes from its "listening on" line. */
+async function startProcess(policyFile: string): Promise<GatewayProcess> {
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [cli, "start", "--policy", policyFile, "--listen", "127.0.0.1:0"],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
+  let stderr = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stderr!.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+      const match = /portcullis: listening on 127\.0\.0\.1:(\d+)/.exec(stderr);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once("exit", (code) => reject(new Error(`gateway exited with ${code}:\n${stderr}`)));
+  });
+  child.removeAllListeners("exit");
+  return {
+    port,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = once(child, "exit");
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+describe("rate limits on a shared Redis", () => {
+  let redis: TestRedis;
+  let dir: string;
+  before(async () => {
+    redis = await startRedis();
+    dir = await mkdtemp(join(tmpdir(), "portcullis-rl-"));
+  });
+  after(async () => {
+    await redis.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test("two gateway processes share one limit: L accepted in total, not 2L", async () => {
+    const L = 10;
+    const N = 40;
+    const file = join(dir, "cluster.yaml");
+    await writeFile(file, policy(redis.url, { rate: `${L}/1h` }));
+    const gateways = await Promise.all([startProcess(file), startProcess(file)]);
+    try {
+      const codes: number[][] = [[], []];
+      // Eight clients at a time, alternating between the gateways as a load balancer would.
+      for (let wave = 0; wave < N / 8; wave++) {
+        await Promise.all(
+          Array.from({ length: 8 }, async (_, i) => {
+            const g = i % 2;
+            codes[g].push(await send(gateways[g].port, "198.51.100.7"));
+          }),
+        );
+      }
+      const accepted = codes.map((list) => list.filter((code) => code === 250).length);
+      const total = accepted[0] + accepted[1];
+      assert.ok(Math.abs(total - L) <= 1, `accepted ${total} of ${N} (per gateway: ${accepted.join(", ")})`);
+      assert.ok(accepted[0] > 0 && accepted[1] > 0, `both gateways accepted mail: ${accepted.join(", ")}`);
+      const refused = codes.flat().filter((code) => code !== 250);
+      assert.ok(
+        refused.every((code) => code === 451),
+        `refusals are 451: ${refused.join(",")}`,
+      );
+      assert.equal(await send(gateways[0].port, "198.51.100.8"), 250, "another client has its own bucket");
+    } finally {
+      await Promise.all(gateways.map((g) => g.stop()));
+    }
+  });
+
+  test("portcullis limits show and reset a bucket", async () => {
+    const file = join(dir, "cli.yaml");
+    await writeFile(file, policy(redis.url, { rate: "5/1h" }));
+    const gw = await startGateway(policy(redis.url, { rate: "5/1h" }));
+    try {
+      assert.equal(await send(gw.port, "192.0.2.77"), 250);
+      assert.equal(await send(gw.port, "192.0.2.77"), 250);
+    } finally {
+      await gw.stop();
+    }
+    const key = "client.ip/messages/5/1h:192.0.2.77";
+    const shown = await runCli(["limits", "show", key, "--policy", file]);
+    assert.equal(shown.code, 0, shown.stderr);
+    const report = JSON.parse(shown.stdout);
+    assert.equal(report.key, key);
+    assert.equal(report.bucket.burst, 5);
+    assert.equal(report.bucket.remaining, 3);
+    assert.deepEqual(await runCli(["limits", "reset", key, "--policy", file]), {
+      code: 0,
+      stdout: `${key}: cleared\n`,
+      stderr: "",
+    });
+    assert.equal((await runCli(["limits", "show", key, "--policy", file])).stdout, `${key}: nothing stored\n`);
+    const memory = join(dir, "memory.yaml");
+    await writeFile(memory, "version: 1\n");
+    const refused = await runCli(["limits", "show", key, "--policy", memory]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /keeps limits in memory/);
+    assert.equal((await runCli(["limits", "show"])).code, 2);
+  });
+
+  for (const onStoreError of ["defer", "allow"] as const) {
+    test(`Redis stopped mid-run: ${onStoreError}, no stuck connection; limits work again once it is back`, async () => {
+      let gw: TestGateway | undefined;
+      try {
+        gw = await startGateway(policy(redis.url, { onStoreError, rate: "3/1h" }));
+        const port = gw.port;
+        assert.equal(await send(port, "203.0.113.5"), 250);
+        await redis.stop();
+        const during = await Promise.all(Array.from({ length: 5 }, () => send(port, "203.0.113.5")));
+        assert.deepEqual(during, Array(5).fill(onStoreError === "defer" ? 451 : 250));
+        if (onStoreError === "defer") {
+          const refusal = gw.transactions().at(-1);
+          assert.match(String(refusal?.reply), /^451 4\.3\.0 /);
+        }
+        await eventually(() => gw!.gateway.openSessions().sessions === 0, "every connection ended on the gateway");
+        await redis.start();
+        // Reconnection runs on ioredis's backoff; the store says when it is back.
+        await eventually(
+          () => gw!.logs.some((line) => line.msg === "state store reachable again"),
+          "the gateway reconnected to Redis",
+        );
+        const after = [];
+        for (let i = 0; i < 4; i++) after.push(await send(port, "203.0.113.6"));
+        assert.deepEqual(after, [250, 250, 250, 451], "the limit holds again, without a restart");
+      } finally {
+        await redis.start();
+        await gw?.stop();
+      }
+    });
+  }
+});
