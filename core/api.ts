@@ -171,8 +171,15 @@ export type Hook<P extends Phase, V extends string = string> = (ctx: HookContext
 
 export type Hooks<V extends string = string> = { [P in Phase]: Hook<P, V> };
 
-/** What `setup` returns: any subset of the phases, and `pregreet`. */
+/** What a `close` hook sees: the connection that ended and the shared services. */
+export type CloseContext = Services & { readonly connection: ConnectionContext };
+
+/**
+ * What `setup` returns: any subset of the phases, `pregreet`, and `close`, which runs once when a
+ * connection ends however it ended (QUIT, reset, timeout, refusal) to give back what its hooks took.
+ */
 export type PluginHooks<V extends string = string> = Partial<Hooks<V>> & {
+  readonly close?: (ctx: CloseContext) => Promise<void>;
   /**
    * Before the banner, before any session exists: how many milliseconds this client's banner should
    * wait (the listener uses the longest answer). A client that talks during the wait is marked in

@@ -4,12 +4,14 @@
  */
 import { parseArgs } from "node:util";
 import { Gateway } from "./gateway.js";
+import { limitsCommand } from "./limits-cli.js";
 import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
 
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT]
   portcullis check FILE
+  portcullis limits show|reset KEY --policy FILE
   portcullis schema`;
 
 class UsageError extends Error {}
@@ -63,6 +65,8 @@ async function main(argv: string[]): Promise<number> {
         return await start(args);
       case "check":
         return await check(args);
+      case "limits":
+        return await limitsCommand(args);
       case "schema":
         process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
         return 0;

@@ -21,7 +21,7 @@ import { DeliveryQueue } from "./queue/queue.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
 import { Session } from "./session.js";
 import { GatewaySMTPServer } from "./smtp-server.js";
-import { MemoryStore } from "./state.js";
+import { createStore } from "./state.js";
 
 /** Bodies up to this size stay in memory; larger ones are spooled to a temporary file. */
 const SPILL_THRESHOLD = 256 * 1024;
@@ -70,7 +70,8 @@ export class Gateway {
     const config = applyOverrides(policy.config, options);
     const log = options.log ?? createLogger(config.observability.log.level);
     const clock = options.clock ?? systemClock;
-    const runtime = await buildRuntime({ ...policy, config }, { log, clock, state: new MemoryStore() });
+    const state = createStore(config.state, { clock, log });
+    const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
     return new Gateway(runtime, log, clock);
   }
 
@@ -355,6 +356,12 @@ export class Gateway {
     else this.#perIp.set(ip, remaining);
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
+    const { plugins, services } = session.runtime;
+    for (const { entry, hooks } of plugins) {
+      hooks.close?.({ ...services, connection: session.connection }).catch((err: Error) => {
+        session.log.warn({ plugin: entry.name, err: err.message }, "close hook failed");
+      });
+    }
   }
 }
 

@@ -66,10 +66,11 @@ const silent = pino({ level: "silent" });
 /** Builds the runtime of a policy (a file path or a loaded policy) for simulations. */
 export async function policyRuntime(policy: string | LoadedPolicy, options: KitOptions = {}): Promise<Runtime> {
   const loaded = typeof policy === "string" ? await loadPolicy(policy) : policy;
+  const clock = options.clock ?? { now: () => Date.now() };
   return buildRuntime(loaded, {
     log: options.log ?? silent,
-    clock: options.clock ?? { now: () => Date.now() },
-    state: options.state ?? new MemoryStore(),
+    clock,
+    state: options.state ?? new MemoryStore({ clock }),
     dns:
       options.dns ??
       (options.dnsServers ? createResolver({ servers: [...options.dnsServers], timeoutMs: 2000 }) : undefined),

@@ -11,13 +11,16 @@ import type { PluginDefinition } from "../core/api.js";
 export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({
   arc: () => import("./arc/index.js").then((module) => module.default),
   "auth-results": () => import("./auth-results/index.js").then((module) => module.default),
+  concurrency: () => import("./concurrency/index.js").then((module) => module.default),
   dkim: () => import("./dkim/index.js").then((module) => module.default),
   "dkim-sign": () => import("./dkim-sign/index.js").then((module) => module.default),
   dmarc: () => import("./dmarc/index.js").then((module) => module.default),
   dnsbl: () => import("./dnsbl/index.js").then((module) => module.default),
   "early-talker": () => import("./early-talker/index.js").then((module) => module.default),
   fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
+  greylist: () => import("./greylist/index.js").then((module) => module.default),
   helo: () => import("./helo/index.js").then((module) => module.default),
+  "rate-limit": () => import("./rate-limit/index.js").then((module) => module.default),
   spf: () => import("./spf/index.js").then((module) => module.default),
 });
 
