@@ -7,14 +7,23 @@ import { Gateway } from "./gateway.js";
 import { limitsCommand } from "./limits-cli.js";
 import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
+import { testCommand } from "./policy-test.js";
+import { checkPolicy } from "./static-checks.js";
+import { TryUsageError, tryCommand } from "./try.js";
 
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT]
-  portcullis check FILE
+  portcullis check FILE [--strict]
+  portcullis try --policy FILE --ip IP [--helo NAME] --from ADDR --to ADDR [--to ADDR…] [MESSAGE.eml] [--dns HOST:PORT] [--json]
+  portcullis test FILE.test.yaml [FILE.test.yaml…]
   portcullis limits show|reset KEY --policy FILE
   portcullis schema`;
 
 class UsageError extends Error {}
+
+const asUsageError = (error: unknown): never => {
+  throw error instanceof TryUsageError ? new UsageError(error.message) : error;
+};
 
 async function start(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -51,10 +60,12 @@ async function start(args: string[]): Promise<number> {
 }
 
 async function check(args: string[]): Promise<number> {
-  if (args.length !== 1) throw new UsageError("check needs exactly one FILE");
-  await loadPolicy(args[0]);
-  process.stdout.write(`${args[0]}: ok\n`);
-  return 0;
+  // Validation, then the static checks of core/static-checks.ts; --strict fails on warnings too.
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { strict: { type: "boolean" } } });
+  if (positionals.length !== 1) throw new UsageError("check needs exactly one FILE");
+  const result = await checkPolicy(positionals[0], { strict: values.strict });
+  process.stdout.write(`${result.lines.join("\n")}\n`);
+  return result.code;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -65,6 +76,16 @@ async function main(argv: string[]): Promise<number> {
         return await start(args);
       case "check":
         return await check(args);
+      case "try": // a dry run of one transaction (core/try.ts)
+        process.stdout.write(await tryCommand(args).catch(asUsageError));
+        return 0;
+      case "test": {
+        // policy test files (core/policy-test.ts)
+        if (args.length === 0) throw new UsageError("test needs at least one FILE.test.yaml");
+        const result = await testCommand(args);
+        process.stdout.write(result.output);
+        return result.code;
+      }
       case "limits":
         return await limitsCommand(args);
       case "schema":

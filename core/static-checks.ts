@@ -224,6 +224,7 @@ export async function checkPolicy(
 ): Promise<{ code: number; lines: string[] }> {
   const runtime = await policyRuntime(await loadPolicy(file));
   const findings = staticChecks(runtime, await builtinCatalogue());
+  await runtime.services.state.close();
   const lines = await formatFindings(runtime.policy.file, findings);
   const errors = findings.filter((f) => f.severity === "error").length;
   const warnings = findings.length - errors;

@@ -171,7 +171,11 @@ export async function tryCommand(args: string[]): Promise<string> {
     ...(positionals[0] ? { message: await readFile(positionals[0]) } : {}),
   };
   const runtime = await policyRuntime(await loadPolicy(values.policy), { dnsServers: values.dns });
-  const report = tryReport(runtime, input, await simulate(runtime, input));
+  const report = tryReport(
+    runtime,
+    input,
+    await simulate(runtime, input).finally(() => runtime.services.state.close()),
+  );
   if (values.json) {
     // The message itself is not echoed: it may be large, and the file name was on the command line.
     const { message: _message, ...shown } = report.input;
