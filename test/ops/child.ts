@@ -1,0 +1,108 @@
+/**
+ * A gateway as a child process (`portcullis start`), the way an operator runs it: signals, exit
+ * code, its JSON log lines, and the SMTP port it announced on stderr.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { SMTPServer } from "smtp-server";
+import { SmtpTestClient } from "../fixtures/smtp-client.js";
+
+const root = new URL("../..", import.meta.url).pathname;
+
+export interface ChildGateway {
+  readonly child: ChildProcess;
+  readonly port: number;
+  /** Log lines (JSON) written so far. */
+  logs(): Array<Record<string, unknown>>;
+  /** Resolves with the exit code (null when killed by a signal). */
+  readonly exited: Promise<number | null>;
+}
+
+export async function startChild(policyFile: string): Promise<ChildGateway> {
+  const child = spawn(
+    process.execPath,
+    [join(root, "bin/portcullis.js"), "start", "--policy", policyFile, "--listen", "127.0.0.1:0"],
+    { cwd: root, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const exited = once(child, "exit").then(([code]) => code as number | null);
+  let stdout = "";
+  child.stdout!.on("data", (chunk) => {
+    stdout += chunk;
+  });
+  let stderr = "";
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stderr!.on("data", (chunk) => {
+      stderr += chunk;
+      const match = /listening on 127\.0\.0\.1:(\d+)/.exec(stderr);
+      if (match) resolve(Number(match[1]));
+    });
+    exited.then((code) => reject(new Error(`gateway exited ${code}: ${stderr}`)));
+  });
+  const logs = () =>
+    stdout
+      .split("\n")
+      .filter((line) => line.startsWith("{"))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  return { child, port, logs, exited };
+}
+
+/** Whether a new connection to the port is refused (the listener is closed). */
+export function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ port, host: "127.0.0.1" });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code === "ECONNREFUSED"));
+  });
+}
+
+export interface Sink {
+  /** Message-IDs received, one entry per delivery (a duplicate appears twice). */
+  readonly ids: string[];
+  close(): Promise<void>;
+}
+
+/** A next hop on a given port that accepts everything and records each message's Message-ID. */
+export async function startSink(port: number): Promise<Sink> {
+  const ids: string[] = [];
+  const server = new SMTPServer({
+    logger: false,
+    disableReverseLookup: true,
+    disabledCommands: ["AUTH", "STARTTLS"],
+    closeTimeout: 200,
+    onData(stream, _session, callback) {
+      let raw = "";
+      stream.on("data", (chunk: Buffer) => {
+        raw += chunk.toString("latin1");
+      });
+      stream.on("end", () => {
+        const id = /^Message-ID:\s*(\S+)/im.exec(raw)?.[1];
+        if (id) ids.push(id);
+        callback();
+      });
+    },
+  });
+  server.on("error", () => undefined);
+  server.listen(port, "127.0.0.1");
+  await once(server.server, "listening");
+  return { ids, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+/** One message over its own connection; resolves with the DATA reply code (0 when it never got one). */
+export async function sendOne(port: number, id: string): Promise<number> {
+  const client = await SmtpTestClient.connect(port);
+  try {
+    const result = await client.transaction({
+      from: "load@sender.test",
+      to: ["user@example.test"],
+      data: `Message-ID: ${id}\r\nSubject: load\r\n\r\nbody\r\n`,
+    });
+    return result.data?.code ?? 0;
+  } finally {
+    await client.quit().catch(() => client.destroy());
+  }
+}
