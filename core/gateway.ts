@@ -14,6 +14,7 @@ import { receivedHeader } from "./delivery/received.js";
 import { composeMessage, tooManyHops } from "./forward.js";
 import { createLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
+import { GatewayMetrics } from "./metrics.js";
 import { formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
@@ -58,12 +59,21 @@ export class Gateway {
   #stopping = false;
   /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
   readonly queue: DeliveryQueue;
+  /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
+  readonly metrics: GatewayMetrics;
 
   private constructor(runtime: Runtime, log: Logger, clock: Clock) {
     this.#runtime = runtime;
     this.log = log;
     this.clock = clock;
-    this.queue = new DeliveryQueue({ runtime: () => this.#runtime, log, clock, listeners: () => this.addresses() });
+    this.metrics = new GatewayMetrics({ dns: () => this.#runtime.services.dns, queue: () => this.queue.spool, clock });
+    this.queue = new DeliveryQueue({
+      runtime: () => this.#runtime,
+      log,
+      clock,
+      listeners: () => this.addresses(),
+      observer: this.metrics,
+    });
   }
 
   static async create(policy: LoadedPolicy, options: GatewayOptions = {}): Promise<Gateway> {
@@ -107,14 +117,23 @@ export class Gateway {
     return this.#servers.map((s) => s.address);
   }
 
+  /** Issue 10 (/readyz): accepting connections, i.e. started and not stopping. */
+  get listening(): boolean {
+    return this.#servers.length > 0 && !this.#stopping;
+  }
+
   /** Swaps in a new policy for new connections; connections in flight keep theirs. */
   async reload(policy: LoadedPolicy): Promise<void> {
     this.#runtime = await buildRuntime(policy, {
       log: this.log,
       clock: this.clock,
       state: this.#runtime.services.state,
+    }).catch((error: unknown) => {
+      this.metrics.policyReload(false); // issue 10: a plugin refused its setup; the old policy stays
+      throw error;
     });
     this.log.info({ policy: policy.file }, "policy reloaded");
+    this.metrics.policyReload(true); // issue 10
     this.queue.reloaded(); // issue 6: pooled connections may follow old route settings
   }
 
@@ -193,6 +212,7 @@ export class Gateway {
   }
 
   #refuseNow(decision: RefusingDecision, session: SMTPServerSession): never {
+    this.metrics.refused(decision); // issue 10
     if (decision.kind === "disconnect") {
       for (const { server } of this.#servers) server.closeSession(session.id);
     }
@@ -256,8 +276,9 @@ export class Gateway {
       facts: {},
       score: 0,
     };
-    const session = new Session(runtime, connection, this.log.child({ cid: smtp.id }), this.clock);
+    const session = new Session(runtime, connection, this.log.child({ cid: smtp.id }), this.clock, this.metrics);
     this.#sessions.set(smtp.id, session);
+    this.metrics.connectionOpened(connection); // issue 10; closed in #onClose or #rekey
     const count = (this.#perIp.get(ip) ?? 0) + 1;
     this.#perIp.set(ip, count);
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
@@ -265,7 +286,10 @@ export class Gateway {
       throw new SmtpReply({ code: 421, enhanced: "4.7.0", text: "Too many connections from your address" });
     }
     const decision = await session.connect();
-    if (decision) throw new SmtpReply(decision.reply);
+    if (decision) {
+      this.metrics.refused(decision); // issue 10
+      throw new SmtpReply(decision.reply);
+    }
   }
 
   async #onMailFrom(address: SMTPServerAddress, smtp: SMTPServerSession): Promise<void> {
@@ -354,6 +378,7 @@ export class Gateway {
     const remaining = (this.#perIp.get(ip) ?? 1) - 1;
     if (remaining <= 0) this.#perIp.delete(ip);
     else this.#perIp.set(ip, remaining);
+    this.metrics.connectionClosed(session.connection); // issue 10
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
     const { plugins, services } = session.runtime;
