@@ -35,7 +35,7 @@ const Zone = z
     z.union(
       [
         z.enum(BEHAVIOURS),
-        z.record(
+        z.partialRecord(
           z.enum(["A", "AAAA", "MX", "TXT", "PTR", "CNAME", "NS"]),
           z.union([z.enum(BEHAVIOURS), z.array(RecordData)]),
         ),

@@ -5,8 +5,9 @@
  *
  * When a rule runs: from the first phase at which everything it names can be known. A subject
  * (client.ip, helo, sender…) is known from its phase; a finding from the first phase in which the
- * plugin that declares it (`PluginDefinition.findings`) has a hook; a finding no plugin declares
- * only at the queue phase, when every hook has run. A rule whose actions need a transaction (tag,
+ * plugin that declares it (`PluginDefinition.findings`; a plugin without a declaration is taken to
+ * write under its own name) has a hook; a finding no plugin declares only at the queue phase, when
+ * every hook has run. A rule whose actions need a transaction (tag,
  * headers, route, quarantine) runs from MAIL at the earliest. Rules that name `recipient` run in the
  * rcpt phase only, once per recipient. So `not: { dkim: pass }` never fires before DKIM was checked.
  */
@@ -94,7 +95,8 @@ export function findingCatalogue(
   for (const plugin of plugins) {
     const phase = PHASES.find((p) => plugin.phases.includes(p));
     if (!phase) continue;
-    for (const path of plugin.definition.findings ?? []) {
+    // Without a declaration, the architecture's convention: a plugin writes its findings under its own name.
+    for (const path of plugin.definition.findings ?? [plugin.definition.name]) {
       const [root, ...rest] = path.split(".");
       const known = catalogue.get(root) ?? { plugin: plugin.name, phase, fields: new Set<string>() };
       if (known.plugin !== plugin.name) continue;
