@@ -2,14 +2,17 @@
  * `portcullis start | check | schema`. Exit codes: 0 success, 1 a problem the user can fix (the
  * message says what), 2 bad usage.
  */
+import cluster from "node:cluster";
 import { parseArgs } from "node:util";
 import { Gateway } from "./gateway.js";
 import { limitsCommand } from "./limits-cli.js";
+import { createLogger } from "./log.js";
 import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
 import { testCommand } from "./policy-test.js";
 import { checkPolicy } from "./static-checks.js";
 import { TryUsageError, tryCommand } from "./try.js";
+import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT]
@@ -36,25 +39,41 @@ async function start(args: string[]): Promise<number> {
   });
   if (!values.policy) throw new UsageError("start needs --policy FILE");
   const policyFile = values.policy;
-  const gateway = await Gateway.create(await loadPolicy(policyFile), {
+  const policy = await loadPolicy(policyFile);
+  // Issue 10: with server.workers > 1 this process supervises; each worker runs the rest (core/workers.ts).
+  if (cluster.isPrimary && workerCount(policy.config) > 1) {
+    return superviseWorkers({ policy, log: createLogger(policy.config.observability.log.level) });
+  }
+  const gateway = await Gateway.create(workerPolicy(policy), {
     listen: values.listen,
     dnsServers: values.dns,
   });
   const addresses = await gateway.listen();
+  const ops = await startOperations(gateway); // issue 10: /metrics, /healthz, /readyz
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   let stops = 0;
   const stop = () => {
     stops++;
     if (stops > 1) process.exit(0);
-    gateway.stop(10_000).then(() => process.exit(0));
+    gateway
+      .stop(10_000)
+      .then(() => ops?.close())
+      .then(() => process.exit(0));
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
   process.on("SIGHUP", () => {
-    loadPolicy(policyFile).then(
-      (policy) => gateway.reload(policy),
-      (err: Error) => gateway.log.error({ err: err.message }, "policy reload refused; the previous policy stays"),
-    );
+    loadPolicy(policyFile)
+      .then(
+        (policy) => gateway.reload(workerPolicy(policy)),
+        (err: Error) => {
+          gateway.metrics.policyReload(false); // issue 10 (gateway.reload counts its own outcomes)
+          throw err;
+        },
+      )
+      .catch((err: Error) =>
+        gateway.log.error({ err: err.message }, "policy reload refused; the previous policy stays"),
+      );
   });
   return new Promise<number>(() => {});
 }

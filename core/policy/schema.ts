@@ -154,6 +154,15 @@ const Server = z
       'wait this long before the banner; clients that talk first are dropped (e.g. "2s"; 0 = off)',
     ),
     limits: Limits.prefault({}).describe("resource limits per connection and per message"),
+    // Issue 10: multi-core (core/workers.ts).
+    workers: z
+      .union([z.literal("auto"), z.number().int().min(1).max(256)])
+      .default(1)
+      .describe(
+        "processes serving the listeners (node:cluster): 1 = this process, N = N workers, auto = one per CPU. " +
+          "Each worker has its own spool folder under delivery.spool (workers/N; worker 1 uses delivery.spool itself) " +
+          "and a dead worker is replaced and resumes its spool; use a Redis state store so limits are shared",
+      ),
   })
   .superRefine((server, ctx) => {
     if (server.tls) return;
