@@ -10,6 +10,7 @@ import { createLogger } from "./log.js";
 import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
 import { testCommand } from "./policy-test.js";
+import { PolicyReloader } from "./reload.js";
 import { checkPolicy } from "./static-checks.js";
 import { TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
@@ -75,6 +76,8 @@ async function start(args: string[]): Promise<number> {
         gateway.log.error({ err: err.message }, "policy reload refused; the previous policy stays"),
       );
   });
+  // A change to the policy file or a list file it names reloads it too, validated first (core/reload.ts).
+  new PolicyReloader({ file: policyFile, log: gateway.log, apply: (next) => gateway.reload(next) }, gateway.runtime.policy);
   return new Promise<number>(() => {});
 }
 

@@ -5,13 +5,18 @@
  * a reload keeps the policy it started with.
  */
 import assert from "node:assert/strict";
-import { writeFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import { PolicyReloader, policyFiles } from "../core/reload.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
 import { SmtpTestClient } from "./fixtures/smtp-client.js";
+
+const cli = fileURLToPath(new URL("../bin/portcullis.js", import.meta.url));
 
 /** A policy whose answer to a probe sender names it; `extra` is appended to its rule list. */
 function policy(label: string, extra: string[] = []): string {
@@ -174,5 +179,40 @@ test("list files named by the policy are watched and reloaded with it", async ()
   } finally {
     reloader.close();
     await gw.stop();
+  }
+});
+
+test("portcullis start reloads on a file change and on SIGHUP, and refuses an invalid version", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "portcullis-reload-cli-"));
+  const file = join(dir, "policy.yaml");
+  await writeFile(file, policy("A"));
+  const child = spawn(process.execPath, [cli, "start", "--policy", file, "--listen", "127.0.0.1:0"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const lines: Array<Record<string, unknown>> = [];
+  let buffered = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    buffered += chunk.toString();
+    const complete = buffered.split("\n");
+    buffered = complete.pop() ?? "";
+    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line));
+  });
+  const reloads = () => lines.filter((l) => l.event === "reload");
+  try {
+    await until(() => lines.some((l) => l.msg === "listening"));
+    await writeFile(
+      file,
+      policy("B", ["  - { name: bad, when: { client.ip: { network: nonsense } }, action: reject }"]),
+    );
+    await until(() => reloads().length === 1);
+    assert.equal(reloads()[0].msg, "policy reload refused; the previous policy stays");
+    await writeFile(file, policy("B"));
+    await until(() => reloads().length === 2);
+    assert.deepEqual([reloads()[1].msg, reloads()[1].reason], ["policy reload applied", "file change"]);
+    child.kill("SIGHUP");
+    await until(() => lines.filter((l) => l.msg === "policy reloaded").length === 2);
+  } finally {
+    child.kill("SIGKILL");
+    await rm(dir, { recursive: true, force: true });
   }
 });
