@@ -77,7 +77,10 @@ async function start(args: string[]): Promise<number> {
       );
   });
   // A change to the policy file or a list file it names reloads it too, validated first (core/reload.ts).
-  new PolicyReloader({ file: policyFile, log: gateway.log, apply: (next) => gateway.reload(next) }, gateway.runtime.policy);
+  new PolicyReloader(
+    { file: policyFile, log: gateway.log, apply: (next) => gateway.reload(next) },
+    gateway.runtime.policy,
+  );
   return new Promise<number>(() => {});
 }
 

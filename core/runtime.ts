@@ -61,7 +61,9 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
     router: new Router(config.routes),
     rules: compileRules(
       config.rules,
-      findingCatalogue(plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition, phases: hookPhases(p) }))),
+      findingCatalogue(
+        plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition, phases: hookPhases(p) })),
+      ),
     ),
     services,
   };

@@ -85,10 +85,11 @@ test("reload under load: valid → invalid → valid, no transaction fails, the 
       file,
       policy("C", ["  - { name: bad, when: { client.ip: { network: 300.0.0.0/8 } }, action: reject }"]),
     );
-    await until(() => gw.logs.some((l) => l.event === "reload" && l.msg?.toString().includes("refused")));
-    const refused = gw.logs.find((l) => l.event === "reload" && String(l.msg).includes("refused"));
+    const isRefusal = (l: Record<string, unknown>) => l.event === "reload" && String(l.msg).includes("refused");
+    await until(() => gw.logs.some(isRefusal));
+    const problems = gw.logs.find(isRefusal)?.problems as string[];
     assert.match(
-      String((refused?.problems as string[])[0]),
+      problems[0],
       /policy\.yaml:9:\d+ rules\.1\.when\.client\.ip\.network: "300\.0\.0\.0\/8" is not an IP address/,
     );
     const afterInvalid = count();

@@ -10,8 +10,8 @@ import { hostname } from "node:os";
 import { z } from "zod";
 import { asciiDomain } from "../address.js";
 import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
-import { Duration, Size } from "../units.js";
 import { rulesSchema } from "../rules/schema.js";
+import { Duration, Size } from "../units.js";
 import { ActionSchema } from "./actions.js";
 
 /** What `proxyProtocol: true` trusts: only a load balancer on this host may claim another client address. */
