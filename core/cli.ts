@@ -11,6 +11,7 @@ import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
 import { testCommand } from "./policy-test.js";
 import { PolicyReloader } from "./reload.js";
+import { queueCommand } from "./queue/cli.js";
 import { checkPolicy } from "./static-checks.js";
 import { TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
@@ -21,6 +22,7 @@ const USAGE = `usage:
   portcullis try --policy FILE --ip IP [--helo NAME] --from ADDR --to ADDR [--to ADDR…] [MESSAGE.eml] [--dns HOST:PORT] [--json]
   portcullis test FILE.test.yaml [FILE.test.yaml…]
   portcullis limits show|reset KEY --policy FILE
+  portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
   portcullis schema`;
 
 class UsageError extends Error {}
@@ -113,6 +115,8 @@ async function main(argv: string[]): Promise<number> {
       }
       case "limits":
         return await limitsCommand(args);
+      case "queue": // issue 6: the spool (core/queue/cli.ts)
+        return await queueCommand(args, process.stdout, process.stderr);
       case "schema":
         process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
         return 0;

@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { Readable } from "node:stream";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import type { DeliveryResult } from "../../core/delivery/result.js";
 import { deliverSmtp, type SmtpDeliveryOptions } from "../../core/delivery/smtp.js";
-import { closedPort, type NextHop, startNextHop, startSilentServer } from "../fixtures/next-hop.js";
+import {
+  closedPort,
+  type NextHop,
+  selfSignedCertificate,
+  startNextHop,
+  startSilentServer,
+} from "../fixtures/next-hop.js";
 
 const OPTIONS: SmtpDeliveryOptions = { name: "gw.portcullis.test", timeoutMs: 10_000 };
 const SIMPLE = Buffer.from("From: a@a.test\r\nTo: b@b.test\r\nSubject: hi\r\n\r\nHello\r\n");
@@ -271,32 +273,10 @@ describe("deliverSmtp when the next hop is not there", () => {
 });
 
 describe("deliverSmtp and STARTTLS", () => {
-  let dir: string;
   let tls: { key: Buffer; cert: Buffer };
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), "portcullis-tls-"));
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=next-hop.test",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem"),
-      ],
-      { stdio: "ignore" },
-    );
-    tls = { key: readFileSync(join(dir, "key.pem")), cert: readFileSync(join(dir, "cert.pem")) };
+    tls = selfSignedCertificate("next-hop.test");
   });
-  after(() => rmSync(dir, { recursive: true, force: true }));
 
   it("uses TLS opportunistically, even with a self-signed certificate", async () => {
     await withHop({ tls }, async (hop) => {
