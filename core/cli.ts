@@ -80,7 +80,7 @@ async function start(args: string[]): Promise<number> {
   });
   // A change to the policy file or a list file it names reloads it too, validated first (core/reload.ts).
   new PolicyReloader(
-    { file: policyFile, log: gateway.log, apply: (next) => gateway.reload(next) },
+    { file: policyFile, log: gateway.log, apply: (next) => gateway.reload(workerPolicy(next)) },
     gateway.runtime.policy,
   );
   return new Promise<number>(() => {});
