@@ -65,24 +65,18 @@ async function start(args: string[]): Promise<number> {
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
-  process.on("SIGHUP", () => {
-    loadPolicy(policyFile)
-      .then(
-        (policy) => gateway.reload(workerPolicy(policy)),
-        (err: Error) => {
-          gateway.metrics.policyReload(false); // issue 10 (gateway.reload counts its own outcomes)
-          throw err;
-        },
-      )
-      .catch((err: Error) =>
-        gateway.log.error({ err: err.message }, "policy reload refused; the previous policy stays"),
-      );
-  });
-  // A change to the policy file or a list file it names reloads it too, validated first (core/reload.ts).
-  new PolicyReloader(
-    { file: policyFile, log: gateway.log, apply: (next) => gateway.reload(workerPolicy(next)) },
+  // SIGHUP and a change to the policy file (or a list file it names) reload the same way: validated
+  // first, one at a time, the running policy kept on any problem (core/reload.ts).
+  const reloader = new PolicyReloader(
+    {
+      file: policyFile,
+      log: gateway.log,
+      apply: (next) => gateway.reload(workerPolicy(next)),
+      onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest
+    },
     gateway.runtime.policy,
   );
+  process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
   return new Promise<number>(() => {});
 }
 

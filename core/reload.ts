@@ -21,6 +21,8 @@ export interface ReloaderOptions {
   readonly watch?: boolean;
   /** Quiet time after a change before reloading, so an editor's several writes make one reload. */
   readonly settleMs?: number;
+  /** Told when the new policy did not even load (a refusal by `apply` is `apply`'s to report). */
+  readonly onLoadRefused?: () => void;
 }
 
 export type ReloadResult =
@@ -67,11 +69,12 @@ export class PolicyReloader {
 
   async #reload(reason: string): Promise<ReloadResult> {
     const { file, log, apply } = this.#options;
-    let policy: LoadedPolicy;
+    let policy: LoadedPolicy | undefined;
     try {
       policy = await loadPolicy(file);
       await apply(policy);
     } catch (error) {
+      if (policy === undefined) this.#options.onLoadRefused?.();
       const problems =
         error instanceof PolicyError
           ? error.message.split("\n")
