@@ -62,7 +62,11 @@ export class Gateway {
   /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
   readonly metrics: GatewayMetrics;
 
-  private constructor(runtime: Runtime, log: Logger, clock: Clock) {
+  /** `--listen`/`--dns` from the command line: they hold for every policy version, reloads included. */
+  readonly #overrides: GatewayOptions;
+
+  private constructor(runtime: Runtime, log: Logger, clock: Clock, overrides: GatewayOptions) {
+    this.#overrides = overrides;
     this.#runtime = runtime;
     this.log = log;
     this.clock = clock;
@@ -82,7 +86,7 @@ export class Gateway {
     const clock = options.clock ?? systemClock;
     const state = createStore(config.state, { clock, log });
     const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
-    return new Gateway(runtime, log, clock);
+    return new Gateway(runtime, log, clock, options);
   }
 
   get runtime(): Runtime {
@@ -124,7 +128,8 @@ export class Gateway {
 
   /** Swaps in a new policy for new connections; connections in flight keep theirs. */
   async reload(policy: LoadedPolicy): Promise<void> {
-    this.#runtime = await buildRuntime(policy, {
+    const config = applyOverrides(policy.config, this.#overrides);
+    this.#runtime = await buildRuntime({ ...policy, config }, {
       log: this.log,
       clock: this.clock,
       state: this.#runtime.services.state,
