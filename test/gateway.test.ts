@@ -3,8 +3,10 @@
  * deadlines and errors, forwarding to a next hop byte for byte, next-hop failures, relay access.
  */
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { loadPolicy } from "../core/policy/load.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
 import { closedPort, type NextHop, startNextHop } from "./fixtures/next-hop.js";
 import { calls } from "./fixtures/plugins/recorder.js";
@@ -328,6 +330,21 @@ routes: [{ to: discard }]
       await outside.quit();
       const connects = gw.logs.filter((line) => line.event === "connect").map((line) => line.client);
       assert.deepEqual(connects, ["192.0.2.10", "198.51.100.7"]);
+    } finally {
+      await gw.stop();
+    }
+  });
+});
+
+describe("reload", () => {
+  test("keeps the command line's --dns override", async () => {
+    const gw = await startGateway("version: 1\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n", {
+      dnsServers: ["127.0.0.1:5399"],
+    });
+    try {
+      assert.deepEqual(gw.gateway.runtime.config.dns.servers, ["127.0.0.1:5399"]);
+      await gw.gateway.reload(await loadPolicy(join(gw.dir, "policy.yaml")));
+      assert.deepEqual(gw.gateway.runtime.config.dns.servers, ["127.0.0.1:5399"]);
     } finally {
       await gw.stop();
     }
