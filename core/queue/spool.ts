@@ -113,6 +113,8 @@ interface Write {
   readonly file: Appendable;
   readonly buffers: Buffer[];
   readonly dirs: readonly string[];
+  /** False: written with the batch but not worth an fsync of its own (see `complete`). */
+  readonly sync: boolean;
   resolve(offset: number): void;
   reject(error: Error): void;
 }
@@ -128,9 +130,9 @@ class GroupCommit {
   /** Flushes done and writes they covered, for tests and measurements. */
   readonly stats = { flushes: 0, writes: 0 };
 
-  write(file: Appendable, buffers: Buffer[], dirs: readonly string[] = []): Promise<number> {
+  write(file: Appendable, buffers: Buffer[], dirs: readonly string[] = [], sync = true): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.#pending.push({ file, buffers, dirs, resolve, reject });
+      this.#pending.push({ file, buffers, dirs, sync, resolve, reject });
       this.#flushing ??= this.#run();
     });
   }
@@ -165,7 +167,7 @@ class GroupCommit {
           const buffers = writes.flatMap((write) => write.buffers);
           const { bytesWritten } = await file.handle.writev(buffers, start);
           if (bytesWritten !== at - start) throw new SpoolUnavailable(`short write to ${file.path}`);
-          await file.handle.datasync();
+          if (writes.some((write) => write.sync)) await file.handle.datasync();
           file.offset = at;
         } catch (error) {
           // The bytes may be half on disk: nothing more is appended to this file.
@@ -243,6 +245,7 @@ interface Segment {
   /** Null once the process has stopped appending to it (segments of earlier runs). */
   data: Appendable | null;
   state: Appendable | null;
+  opening: Promise<Appendable> | null;
   live: number;
   size: number;
 }
@@ -400,8 +403,9 @@ export class Spool {
     const id = entry.envelope.id;
     if (!this.#entries.delete(id)) return;
     const segment = this.#segments.get(entry.location.segment)!;
-    // Losing this line in a crash means delivering again (a duplicate), never losing mail.
-    await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, true)]);
+    // Losing this line in a power loss means delivering again (a duplicate), never losing mail; so it
+    // is written with the next batch but fsynced only when a store or update shares the file's flush.
+    await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, true)], [], false);
     if (entry.location.large) {
       const size = (await stat(join(this.largeDir, id)).catch(() => ({ size: 0 }))).size;
       await rm(join(this.largeDir, id), { force: true });
@@ -485,7 +489,14 @@ export class Spool {
     const seq = this.#nextSeq++;
     const path = join(this.queueDir, `${segmentName(seq)}.seg`);
     const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    const segment: Segment = { seq, data: { path, handle, offset: 0, broken: false }, state: null, live: 0, size: 0 };
+    const segment: Segment = {
+      seq,
+      data: { path, handle, offset: 0, broken: false },
+      state: null,
+      opening: null,
+      live: 0,
+      size: 0,
+    };
     this.#segments.set(seq, segment);
     this.#active = segment;
     if (active) {
@@ -496,14 +507,20 @@ export class Spool {
     return segment;
   }
 
-  async #stateFile(segment: Segment): Promise<Appendable> {
-    if (segment.state && !segment.state.broken) return segment.state;
-    const path = join(this.queueDir, `${segmentName(segment.seq)}.state`);
-    const handle = await open(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
-    const { size } = await handle.stat();
-    await segment.state?.handle.close().catch(() => undefined);
-    segment.state = { path, handle, offset: size, broken: false };
-    return segment.state;
+  /** The segment's state file, opened once however many callers ask at the same time. */
+  #stateFile(segment: Segment): Promise<Appendable> {
+    if (segment.state && !segment.state.broken) return Promise.resolve(segment.state);
+    segment.opening ??= (async () => {
+      const path = join(this.queueDir, `${segmentName(segment.seq)}.state`);
+      const handle = await open(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
+      const { size } = await handle.stat();
+      await segment.state?.handle.close().catch(() => undefined);
+      segment.state = { path, handle, offset: size, broken: false };
+      return segment.state;
+    })().finally(() => {
+      segment.opening = null;
+    });
+    return segment.opening;
   }
 
   async #dropSegment(segment: Segment): Promise<void> {
@@ -528,7 +545,7 @@ export class Spool {
       this.#nextSeq = Math.max(this.#nextSeq, seq + 1);
       const base = join(this.queueDir, segmentName(seq));
       const data = await readFile(`${base}.seg`).catch(() => Buffer.alloc(0));
-      const segment: Segment = { seq, data: null, state: null, live: 0, size: data.length };
+      const segment: Segment = { seq, data: null, state: null, opening: null, live: 0, size: data.length };
       this.#segments.set(seq, segment);
       this.#bytes += data.length;
       const here = new Map<string, QueueEntry>();
