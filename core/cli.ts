@@ -4,6 +4,7 @@
  */
 import cluster from "node:cluster";
 import { parseArgs } from "node:util";
+import { DOCTOR_USAGE, doctorCommand } from "./doctor.js";
 import { Gateway } from "./gateway.js";
 import { limitsCommand } from "./limits-cli.js";
 import { createLogger } from "./log.js";
@@ -23,7 +24,8 @@ const USAGE = `usage:
   portcullis test FILE.test.yaml [FILE.test.yaml…]
   portcullis limits show|reset KEY --policy FILE
   portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
-  portcullis schema`;
+  portcullis schema
+  ${DOCTOR_USAGE}`;
 
 class UsageError extends Error {}
 
@@ -111,6 +113,8 @@ async function main(argv: string[]): Promise<number> {
         return await limitsCommand(args);
       case "queue": // issue 6: the spool (core/queue/cli.ts)
         return await queueCommand(args, process.stdout, process.stderr);
+      case "doctor": // issue 12: deliverability self-check (core/doctor.ts)
+        return await doctorCommand(args, process.stdout, process.stderr);
       case "schema":
         process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
         return 0;

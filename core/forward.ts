@@ -11,13 +11,14 @@ import { deliverMaildir } from "./delivery/maildir.js";
 import type { MtaStsCache } from "./delivery/mta-sts.js";
 import { deliverMx } from "./delivery/mx.js";
 import type { ConnectionPool } from "./delivery/pool.js";
-import type { DeliveryResult, RecipientOutcome } from "./delivery/result.js";
+import { type DeliveryResult, type RecipientOutcome, sameForAll } from "./delivery/result.js";
 import { deliverSmtp, type SmtpDeliveryOptions, type SmtpEnvelope } from "./delivery/smtp.js";
-import { parseRouteTarget, type RouteTarget } from "./delivery/target.js";
+import { formatRouteTarget, parseRouteTarget, type RouteTarget } from "./delivery/target.js";
 import type { DnsResolver } from "./dns.js";
 import type { HeaderField, SpooledMessage } from "./message.js";
 import type { GatewayObserver } from "./observe.js";
 import { plainRoute, type Router, type RouteSpec, routeKey } from "./routes.js";
+import { loadCredentials } from "./smarthost.js";
 
 export interface DeliveryOptions {
   readonly hostname: string;
@@ -233,13 +234,21 @@ export async function deliverTo(
   };
   switch (target.kind) {
     case "smtp":
-    case "lmtp":
+    case "lmtp": {
+      // Issue 12: a smarthost's password is read at each attempt and goes no further than the login;
+      // when it cannot be read the mail waits (4xx) under a reason naming the route and the source.
+      const login = route.auth ? await loadCredentials(route.auth) : undefined;
+      if (login && !login.ok) {
+        const text = `Smarthost ${formatRouteTarget(target)} as ${route.auth!.user}: ${login.problem}`;
+        return sameForAll(envelope.to, { code: 451, enhanced: "4.7.0", text }, formatRouteTarget(target));
+      }
       return deliverSmtp(
         { host: target.host, port: target.port, lmtp: target.kind === "lmtp", servername: route.tls?.sni },
         envelope,
         message(),
-        smtp,
+        login ? { ...smtp, auth: login.credentials } : smtp,
       );
+    }
     case "mx":
       return deliverMxGroups(envelope, message, smtp, options);
     case "maildir":

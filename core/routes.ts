@@ -7,6 +7,7 @@
 import { asciiDomain } from "./address.js";
 import type { TlsMode } from "./delivery/smtp.js";
 import { NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
+import type { SmarthostAuth } from "./smarthost.js";
 
 export interface RouteMatchConfig {
   readonly recipientDomain?: string | readonly string[];
@@ -37,6 +38,8 @@ export interface RouteConfig {
   readonly connections?: number;
   /** Local address outgoing connections are bound to. */
   readonly sourceAddress?: string;
+  /** Issue 12: AUTH at a smarthost; where the password is, not the password. */
+  readonly auth?: SmarthostAuth;
 }
 
 /**
@@ -48,6 +51,8 @@ export interface RouteSpec {
   readonly tls?: RouteTlsConfig;
   readonly connections?: number;
   readonly sourceAddress?: string;
+  /** Issue 12: safe to store in the spool, it holds no secret. */
+  readonly auth?: SmarthostAuth;
 }
 
 export interface RouteQuery {
@@ -143,12 +148,17 @@ function compileMatch(match: RouteMatchConfig | undefined): RouteTest[] {
 }
 
 function routeSpec(route: RouteConfig): RouteSpec {
-  const tls = typeof route.tls === "string" ? { mode: route.tls } : route.tls;
+  // Issue 12: a password never travels in clear text, so a smarthost route without `tls` requires it.
+  const tls =
+    typeof route.tls === "string"
+      ? { mode: route.tls }
+      : (route.tls ?? (route.auth ? { mode: "required" as const } : undefined));
   return {
     to: list(route.to) ?? [],
     ...(tls ? { tls } : {}),
     ...(route.connections !== undefined ? { connections: route.connections } : {}),
     ...(route.sourceAddress !== undefined ? { sourceAddress: route.sourceAddress } : {}),
+    ...(route.auth !== undefined ? { auth: route.auth } : {}),
   };
 }
 
@@ -159,7 +169,13 @@ export function plainRoute(target: string): RouteSpec {
 
 /** One text per distinct route: recipients with equal keys are delivered together. */
 export function routeKey(route: RouteSpec): string {
-  return JSON.stringify([route.to, route.tls ?? null, route.connections ?? null, route.sourceAddress ?? null]);
+  return JSON.stringify([
+    route.to,
+    route.tls ?? null,
+    route.connections ?? null,
+    route.sourceAddress ?? null,
+    route.auth ?? null, // issue 12
+  ]);
 }
 
 export class Router {

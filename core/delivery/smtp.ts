@@ -18,6 +18,7 @@ import SMTPConnection, {
 } from "nodemailer/lib/smtp-connection";
 import type { Reply } from "../decision.js";
 import { formatHostPort } from "../netaddr.js";
+import type { SmarthostCredentials } from "../smarthost.js";
 import { type ConnectionPool, type Lease, Link } from "./pool.js";
 import { cleanText, type DeliveryResult, nextHopReply, outcome, type RecipientOutcome } from "./result.js";
 
@@ -43,7 +44,8 @@ export interface SmtpEnvelope {
   };
 }
 
-export type TlsMode = "none" | "opportunistic" | "required";
+/** Issue 12: "implicit" is TLS from the first byte (port 465 submission), the others use STARTTLS. */
+export type TlsMode = "none" | "opportunistic" | "required" | "implicit";
 
 export interface SmtpDeliveryOptions {
   /** Our EHLO/LHLO name. */
@@ -63,6 +65,8 @@ export interface SmtpDeliveryOptions {
   readonly pool?: ConnectionPool;
   /** Most connections to this next hop at once (the pool's default when unset). */
   readonly connectionLimit?: number;
+  /** Issue 12: AUTH (PLAIN/LOGIN, whichever the server offers) after EHLO; needs tls required or implicit. */
+  readonly auth?: SmarthostCredentials;
 }
 
 /** Outgoing commands are written on one line each; these would break a command or forge another. */
@@ -92,6 +96,9 @@ export async function deliverSmtp(
   }
   const deadline = Date.now() + options.timeoutMs;
   const mode = options.tls ?? "opportunistic";
+  // Issue 12: the policy schema refuses this too; a password must never go out unencrypted.
+  if (options.auth && mode !== "required" && mode !== "implicit")
+    throw new TypeError(`deliverSmtp: AUTH needs tls "required" or "implicit", not "${mode}"`);
   try {
     const first = await attempt(target, envelope, message, options, mode, deadline);
     // Opportunistic TLS must never make mail undeliverable: a server whose STARTTLS handshake fails
@@ -121,7 +128,7 @@ interface Connection {
 function connectionOf(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode): Connection {
   return {
     nextHop: describeHop(target),
-    rejectUnauthorized: options.rejectUnauthorized ?? mode === "required",
+    rejectUnauthorized: options.rejectUnauthorized ?? (mode === "required" || mode === "implicit"),
     servername: target.servername ?? (isIP(target.host) === 0 ? target.host : undefined),
   };
 }
@@ -138,6 +145,7 @@ function poolKey(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode
     options.localAddress ?? null,
     options.name,
     options.ca ? String(options.ca).length : 0,
+    options.auth?.user ?? null, // issue 12: a connection is logged in as this user
   ]);
 }
 
@@ -155,12 +163,12 @@ async function attempt(
   deadline: number,
 ): Promise<Attempt> {
   const c = connectionOf(target, options, mode);
-  const allDeferred = (text: string): Attempt => ({
+  const allDeferred = (text: string, enhanced = "4.4.1"): Attempt => ({
     kind: "done",
     result: {
       nextHop: c.nextHop,
       unreachable: true,
-      recipients: envelope.to.map((r) => outcome(r, { code: 451, enhanced: "4.4.1", text })),
+      recipients: envelope.to.map((r) => outcome(r, { code: 451, enhanced, text })),
     },
   });
   const pool = options.pool;
@@ -192,7 +200,10 @@ async function attempt(
     const opened = await open(target, c, options, mode, deadline);
     if ("unreachable" in opened) {
       link = null;
-      return { kind: opened.tlsFailed ? "tls-failed" : "done", result: allDeferred(opened.unreachable).result };
+      return {
+        kind: opened.tlsFailed ? "tls-failed" : "done",
+        result: allDeferred(opened.unreachable, opened.enhanced).result,
+      };
     }
     link = opened.link;
     const sent = await transact(link, c, envelope, message, options, deadline);
@@ -230,7 +241,7 @@ function open(
   options: SmtpDeliveryOptions,
   mode: TlsMode,
   deadline: number,
-): Promise<{ link: Link } | { unreachable: string; tlsFailed: boolean }> {
+): Promise<{ link: Link } | { unreachable: string; tlsFailed: boolean; enhanced?: string }> {
   const remaining = Math.max(1, deadline - Date.now());
   const tls = {
     rejectUnauthorized: c.rejectUnauthorized,
@@ -245,6 +256,8 @@ function open(
       lmtp: target.lmtp === true,
       ignoreTLS: mode === "none",
       requireTLS: mode === "required",
+      // Issue 12: undefined keeps nodemailer's own default (implicit TLS on port 465).
+      secure: mode === "implicit" ? true : undefined,
       opportunisticTLS: mode === "opportunistic",
       servername: c.servername,
       localAddress: options.localAddress,
@@ -259,13 +272,13 @@ function open(
   );
   return new Promise((resolve) => {
     let settled = false;
-    const fail = (reason: string, tlsFailed = false) => {
+    const fail = (reason: string, tlsFailed = false, enhanced?: string) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       link.close();
-      resolve({ unreachable: reason, tlsFailed });
+      resolve({ unreachable: reason, tlsFailed, ...(enhanced ? { enhanced } : {}) });
     };
     const timer = setTimeout(
       () => fail(`Timed out after ${options.timeoutMs} ms connecting to ${c.nextHop}`),
@@ -283,14 +296,29 @@ function open(
         error.code === "ETLS" || link.conn.upgrading === true,
       );
     };
-    link.conn.connect((error) => {
-      if (error) return fail(`Cannot connect to ${c.nextHop}: ${describeError(error as ConnectionError)}`);
+    const opened = () => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       link.handler = null;
       resolve({ link });
+    };
+    link.conn.connect((error) => {
+      if (error) return fail(`Cannot connect to ${c.nextHop}: ${describeError(error as ConnectionError)}`);
+      if (settled) return;
+      if (!options.auth) return opened();
+      // Issue 12: a refused login defers (the operator can fix the credentials; nothing bounces).
+      // The reason names the user and the next hop; nodemailer's error text carries only the reply.
+      const { user } = options.auth;
+      link.conn.login(options.auth, (authError) => {
+        if (!authError) return opened();
+        fail(
+          `Authentication as ${user} at ${c.nextHop} failed: ${describeError(authError as ConnectionError)}`,
+          false,
+          "4.7.0",
+        );
+      });
     });
   });
 }

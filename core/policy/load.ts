@@ -495,7 +495,15 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
     // `to` may be a list of targets since issue 6; only maildir targets hold paths.
     routes: config.routes.map((route) => {
       const anchor = (to: string) => (to.startsWith("maildir:") ? `maildir:${resolve(dir, to.slice(8))}` : to);
-      return { ...route, to: typeof route.to === "string" ? anchor(route.to) : route.to.map(anchor) };
+      // Issue 12: a smarthost's password file.
+      const auth = route.auth?.passwordFile
+        ? { ...route.auth, passwordFile: resolve(dir, route.auth.passwordFile) }
+        : route.auth;
+      return {
+        ...route,
+        to: typeof route.to === "string" ? anchor(route.to) : route.to.map(anchor),
+        ...(auth ? { auth } : {}),
+      };
     }),
     delivery: { ...delivery, spool: resolve(dir, delivery.spool) },
     observability: observability.transactionLog

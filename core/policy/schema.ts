@@ -11,6 +11,7 @@ import { z } from "zod";
 import { asciiDomain } from "../address.js";
 import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
 import { rulesSchema } from "../rules/schema.js";
+import { SmarthostAuthSchema, smarthostRouteProblems } from "../smarthost.js";
 import { Duration, Size } from "../units.js";
 import { ActionSchema } from "./actions.js";
 
@@ -264,7 +265,8 @@ const RouteMatch = z.strictObject({
 });
 
 // Issue 6: per-route outbound TLS, connection limit and source address; `to` may list hosts.
-const RouteTls = z.enum(["none", "opportunistic", "required"]);
+// Issue 12: "implicit" is TLS from the first byte (port 465 smarthosts).
+const RouteTls = z.enum(["none", "opportunistic", "required", "implicit"]);
 
 const Route = z
   .strictObject({
@@ -278,7 +280,9 @@ const Route = z
       .union([
         RouteTls,
         z.strictObject({
-          mode: RouteTls.describe("none, opportunistic (STARTTLS when offered) or required (defer without it)"),
+          mode: RouteTls.describe(
+            "none, opportunistic (STARTTLS when offered), required (defer without it) or implicit (TLS from the first byte, port 465)",
+          ),
           verify: z
             .boolean()
             .optional()
@@ -298,6 +302,13 @@ const Route = z
       .refine((text) => isIP(text) !== 0, { error: "expected an IP address of this host" })
       .optional()
       .describe("local IP address outgoing connections of this route are made from"),
+    // Issue 12: smarthost AUTH; the policy names where the password is, never the password (core/smarthost.ts).
+    auth: SmarthostAuthSchema.optional().describe(
+      "log in to the next hop (a smarthost) with AUTH PLAIN/LOGIN; needs smtp:// targets and tls required or implicit",
+    ),
+  })
+  .superRefine((route, ctx) => {
+    for (const problem of smarthostRouteProblems(route)) ctx.addIssue({ code: "custom", ...problem });
   })
   .describe("a next-hop override");
 

@@ -19,7 +19,8 @@ interface SigningKey {
   readonly pem: string;
 }
 
-async function loadKey(
+/** Reads and type-checks a key file; also used by `portcullis doctor` (issue 12) to compare it with DNS. */
+export async function loadKey(
   entry: { domain: string; selector: string; key: string },
   dir: string,
   allowed: readonly string[],
