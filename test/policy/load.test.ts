@@ -89,6 +89,11 @@ test("a policy setting every key comes out as written, normalised and with absol
       spool: join(fixtures, "var/spool"),
       retry: { schedule: [30_000, 120_000], maxAge: 86_400_000 },
       timeout: 90_000,
+      // issue 6
+      mxPort: 2525,
+      maxReceived: 50,
+      spoolLimit: 1_000_000_000,
+      mtaSts: { enabled: false, policyUrl: "http://127.0.0.1:8080/{domain}" },
     },
     observability: {
       log: { level: "debug" },
@@ -150,6 +155,11 @@ test("a minimal policy gets every default", async () => {
     spool: "/srv/portcullis/var/spool",
     retry: { schedule: [60_000, 300_000, 900_000, 3_600_000, 14_400_000], maxAge: 5 * 86_400_000 },
     timeout: 300_000,
+    // issue 6
+    mxPort: 25,
+    maxReceived: 100,
+    spoolLimit: 10_000_000_000,
+    mtaSts: { enabled: true, policyUrl: "https://mta-sts.{domain}/.well-known/mta-sts.txt" },
   });
   assert.deepEqual(config.observability, { log: { level: "info" } });
 });
