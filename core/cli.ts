@@ -4,6 +4,7 @@
  */
 import cluster from "node:cluster";
 import { parseArgs } from "node:util";
+import { passwdCommand } from "./auth/passwd.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor.js";
 import { Gateway } from "./gateway.js";
 import { limitsCommand } from "./limits-cli.js";
@@ -24,6 +25,7 @@ const USAGE = `usage:
   portcullis test FILE.test.yaml [FILE.test.yaml…]
   portcullis limits show|reset KEY --policy FILE
   portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
+  portcullis passwd [NAME] < password
   portcullis schema
   ${DOCTOR_USAGE}`;
 
@@ -115,6 +117,8 @@ async function main(argv: string[]): Promise<number> {
         return await queueCommand(args, process.stdout, process.stderr);
       case "doctor": // issue 12: deliverability self-check (core/doctor.ts)
         return await doctorCommand(args, process.stdout, process.stderr);
+      case "passwd": // issue 9: a users-file hash (core/auth/passwd.ts)
+        return await passwdCommand(args, process.stdin, process.stdout);
       case "schema":
         process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
         return 0;

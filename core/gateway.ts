@@ -9,9 +9,11 @@ import { pipeline } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
 import type { Clock, ConnectionContext, Pregreet } from "./api.js";
+import { SubmissionAuth, submissionRefusal } from "./auth/index.js";
 import type { RefusingDecision, Reply } from "./decision.js";
 import { receivedHeader } from "./delivery/received.js";
 import { composeMessage, tooManyHops } from "./forward.js";
+import { messageRefusal } from "./hardening.js";
 import { createLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
 import { GatewayMetrics } from "./metrics.js";
@@ -57,6 +59,8 @@ export class Gateway {
   #sessions = new Map<string, Session>();
   #perIp = new Map<string, number>();
   #stopping = false;
+  /** Users of submission listeners (`server.auth`); loaded by listen(). */
+  #auth: SubmissionAuth | null = null;
   /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
   readonly queue: DeliveryQueue;
   /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
@@ -102,10 +106,12 @@ export class Gateway {
           cert: await readFile(resolve(policy.dir, config.server.tls.cert)),
         }
       : undefined;
+    const { auth } = config.server;
+    this.#auth = auth ? await SubmissionAuth.load(resolve(policy.dir, auth.users), auth, this.clock) : null;
     for (const listener of config.server.listen) {
       const address = parseHostPort(listener.address)!;
       const role: Role = listener.submission ? "submission" : "mx";
-      const server = this.#createServer(role, tls);
+      const server = this.#createServer(role, tls, listener.implicitTls);
       server.listen(address.port, address.host);
       await once(server.server, "listening");
       const bound = server.server.address();
@@ -165,7 +171,7 @@ export class Gateway {
     return { sessions: this.#sessions.size, ipSlots: this.#perIp.size };
   }
 
-  #createServer(role: Role, tls: { key: Buffer; cert: Buffer } | undefined): GatewaySMTPServer {
+  #createServer(role: Role, tls: { key: Buffer; cert: Buffer } | undefined, implicitTls = false): GatewaySMTPServer {
     const { config } = this.#runtime;
     const limits = config.server.limits;
     const server = new GatewaySMTPServer({
@@ -179,13 +185,26 @@ export class Gateway {
       maxClients: limits.maxClients,
       socketTimeout: limits.idleTimeout,
       closeTimeout: 30_000,
-      disabledCommands: tls ? ["AUTH"] : ["AUTH", "STARTTLS"],
+      // AUTH only on submission listeners, and only after TLS (GatewayConnection._isDisabled).
+      disabledCommands: [...(role === "submission" ? [] : ["AUTH"]), ...(tls ? [] : ["STARTTLS"])],
+      authMethods: ["PLAIN", "LOGIN"],
+      secure: implicitTls,
+      maxCommandLength: limits.maxCommandLength,
+      maxErrors: limits.maxErrors,
+      xclientTrusted: config.server.xclient === false ? undefined : new NetworkList(config.server.xclient),
       ...(tls ? { key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" as const } : {}),
       greetingDelay: (remoteAddress) => this.#greetingDelay(remoteAddress),
       holdEarlyTalk: () => this.#runtime.plugins.some(({ hooks }) => hooks.pregreet !== undefined),
       proxyTrusted: config.server.proxyProtocol === false ? undefined : new NetworkList(config.server.proxyProtocol),
       onConnect: (session, callback) => {
         this.#onConnect(session, role).then(() => callback(), callback);
+      },
+      onSecure: (_socket, session, callback) => {
+        this.#onSecure(session);
+        callback();
+      },
+      onAuth: (auth, session, callback) => {
+        this.#onAuth(auth.username ?? "", auth.password ?? "", session).then((user) => callback(null, user), callback);
       },
       onMailFrom: (address, session, callback) => {
         this.#onMailFrom(address, session).then(() => callback(), callback);
@@ -298,10 +317,49 @@ export class Gateway {
   }
 
   async #onMailFrom(address: SMTPServerAddress, smtp: SMTPServerSession): Promise<void> {
-    const session = this.#session(smtp);
+    let session = this.#session(smtp);
+    // XCLIENT named another client: its connect phase runs now, so that its address drives every check.
+    if (normalizeIp(smtp.remoteAddress) !== session.connection.client.ip) session = await this.#rekey(smtp, session);
     session.connection.tls = smtp.secure && smtp.tlsOptions ? tlsInfo(smtp.tlsOptions) : null;
+    if (session.connection.role === "submission") {
+      this.#refuse(submissionRefusal(this.#auth, session.connection, address.address), smtp);
+    }
     if (typeof smtp.hostNameAppearsAs === "string") await session.helo(smtp.hostNameAppearsAs);
     this.#refuse(await session.mail(address.address, address.args || {}), smtp);
+  }
+
+  /** XCLIENT: the session is opened again for the forwarded address, in that address's per-IP slot. */
+  async #rekey(smtp: SMTPServerSession, previous: Session): Promise<Session> {
+    this.#sessions.delete(smtp.id);
+    previous.finish("aborted", null);
+    this.#releaseIpSlot(previous.connection.client.ip);
+    try {
+      await this.#onConnect(smtp, previous.connection.role);
+    } catch (err) {
+      // Refused at connect: the connection ends, as it would have at the greeting.
+      for (const { server } of this.#servers) server.closeSession(smtp.id);
+      throw err;
+    }
+    return this.#session(smtp);
+  }
+
+  /** After STARTTLS the session starts over (RFC 3207): HELO, AUTH and any transaction are forgotten. */
+  #onSecure(smtp: SMTPServerSession): void {
+    const session = this.#sessions.get(smtp.id);
+    if (!session) return;
+    session.restart();
+    session.connection.tls = smtp.tlsOptions ? tlsInfo(smtp.tlsOptions) : null;
+  }
+
+  async #onAuth(username: string, password: string, smtp: SMTPServerSession): Promise<{ user: string }> {
+    const session = this.#session(smtp);
+    const result = this.#auth
+      ? await this.#auth.authenticate(session.connection.client.ip, username, password)
+      : { reply: { code: 454, enhanced: "4.7.0", text: "Authentication not available" } };
+    session.log.info({ event: "auth", user: username, ok: "user" in result }, "authentication");
+    if ("reply" in result) throw new SmtpReply(result.reply);
+    session.connection.authUser = result.user;
+    return { user: result.user };
   }
 
   async #onRcptTo(address: SMTPServerAddress, smtp: SMTPServerSession): Promise<void> {
@@ -319,12 +377,18 @@ export class Gateway {
       spillThreshold: SPILL_THRESHOLD,
       maxHeaderSize: limits.maxHeaderSize,
     });
+    // A sender trickling bytes never trips the idle timeout; this bounds the whole DATA phase.
+    const dataTimer = setTimeout(() => {
+      for (const { server } of this.#servers) server.abortSession(smtp.id, "4.4.2 DATA timeout, closing connection");
+    }, limits.dataTimeout);
     try {
       await pipeline(stream, writer);
     } catch (err) {
       await writer.discard();
       session.finish("aborted", null);
       throw err;
+    } finally {
+      clearTimeout(dataTimer);
     }
     const refuse = (decision: RefusingDecision): never => {
       session.finish(decision.kind === "defer" ? "deferred" : "rejected", decision);
@@ -340,6 +404,9 @@ export class Gateway {
     }
     const message = await writer.finish();
     try {
+      // Smuggling attempts and header limits are refused before any data hook runs (core/hardening.ts).
+      const refusal = messageRefusal(writer, message.headers.length, config.server);
+      if (refusal) return refuse(refusal);
       // Issue 6: a message that went around too often is a loop (554 5.4.6).
       const loop = tooManyHops(message.headers, config.delivery.maxReceived);
       if (loop) return refuse(loop);
@@ -373,16 +440,19 @@ export class Gateway {
     }
   }
 
+  #releaseIpSlot(ip: string): void {
+    const remaining = (this.#perIp.get(ip) ?? 1) - 1;
+    if (remaining <= 0) this.#perIp.delete(ip);
+    else this.#perIp.set(ip, remaining);
+  }
+
   #onClose(smtp: SMTPServerSession): void {
     const session = this.#sessions.get(smtp.id);
     // smtp-server also reports connections it refused before onConnect (maxClients): no state then.
     if (!session) return;
     this.#sessions.delete(smtp.id);
     session.finish("aborted", null);
-    const ip = session.connection.client.ip;
-    const remaining = (this.#perIp.get(ip) ?? 1) - 1;
-    if (remaining <= 0) this.#perIp.delete(ip);
-    else this.#perIp.set(ip, remaining);
+    this.#releaseIpSlot(session.connection.client.ip);
     this.metrics.connectionClosed(session.connection); // issue 10
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");

@@ -9,6 +9,7 @@ import { type FileHandle, mkdir, open, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import type { Message } from "./api.js";
+import { LineEndingScanner } from "./smuggling.js";
 
 /**
  * Header text is decoded as latin1 so that every byte maps to one character and back: a field can be
@@ -90,6 +91,8 @@ export class MessageWriter extends Writable {
   #headerBytes: Buffer[] = [];
   #headerLength = -1;
   #headerScanned = 0;
+  /** Smuggling defence: bare CR/LF are rewritten to CRLF before anything is stored (core/smuggling.ts). */
+  #lineEndings = new LineEndingScanner();
 
   constructor(
     private readonly spoolTmp: string,
@@ -107,15 +110,34 @@ export class MessageWriter extends Writable {
     return this.#size > this.limits.maxSize;
   }
 
+  /** The message held a line of just a dot next to a bare CR or LF (an SMTP smuggling attempt). */
+  get endOfDataLookalike(): boolean {
+    return this.#lineEndings.lookalike;
+  }
+
+  /** Bare CR and bare LF received (stored as CRLF). */
+  get bareLineEndings(): number {
+    return this.#lineEndings.bareLineEndings;
+  }
+
   /** True when the header section did not end within maxHeaderSize bytes. */
   get headerTooLarge(): boolean {
     return this.#headerLength < 0 && this.#headerScanned >= this.limits.maxHeaderSize;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    // The size limit counts bytes as received; what is stored is the normalised form.
     this.#size += chunk.length;
+    this.#store(this.#lineEndings.push(chunk), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.#store(this.#lineEndings.end(), callback);
+  }
+
+  #store(chunk: Buffer, callback: (error?: Error | null) => void): void {
     this.#scanHeader(chunk);
-    if (this.oversized) {
+    if (this.oversized || chunk.length === 0) {
       callback();
     } else if (this.#file === null && this.#stored + chunk.length <= this.limits.spillThreshold) {
       this.#chunks.push(chunk);
@@ -159,9 +181,9 @@ export class MessageWriter extends Writable {
       this.#file = null;
     }
     const headerBytes = Buffer.concat(this.#headerBytes);
-    const headerLength = this.#headerLength >= 0 ? this.#headerLength : Math.min(this.#size, headerBytes.length);
+    const headerLength = this.#headerLength >= 0 ? this.#headerLength : Math.min(this.#stored, headerBytes.length);
     const headers = parseHeaderSection(headerBytes.subarray(0, headerLength).toString("latin1"));
-    return new SpooledMessage(this.#size, headers, headerLength, this.#path ? null : this.#chunks, this.#path);
+    return new SpooledMessage(this.#stored, headers, headerLength, this.#path ? null : this.#chunks, this.#path);
   }
 
   /** Drops whatever was stored (after an error or a refused transaction). */

@@ -109,6 +109,18 @@ export class Session {
     return null;
   }
 
+  /**
+   * After STARTTLS (RFC 3207): whatever the client said in clear is forgotten (HELO, AUTH, a
+   * transaction in progress); what we found out about the client itself (connect phase) stays.
+   */
+  restart(): void {
+    this.finish("aborted", null);
+    this.#heloChecked = null;
+    this.#heloDecision = null;
+    this.connection.helo = null;
+    this.connection.authUser = null;
+  }
+
   /** Runs the helo hooks once per distinct HELO name. */
   async helo(name: string, trace: TraceEntry[] = this.connectionTrace): Promise<void> {
     if (name === this.#heloChecked) return;

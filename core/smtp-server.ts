@@ -14,7 +14,9 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import { ownReplyOverride } from "./hardening.js";
 import type { NetworkList } from "./netaddr.js";
+import { readProxyHeader } from "./proxy-v2.js";
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
@@ -23,6 +25,10 @@ export interface GatewayServerOptions extends SMTPServerOptions {
   greetingDelay(remoteAddress: string): number | Promise<number>;
   /** Peers allowed to send a PROXY header (a load balancer); everyone else speaks SMTP directly. */
   proxyTrusted?: NetworkList;
+  /** Peers allowed to send XCLIENT; smtp-server itself only matches exact addresses. */
+  xclientTrusted?: NetworkList;
+  /** Error replies (5xx) a client may collect before it is disconnected; an accepted message resets the count. */
+  maxErrors?: number;
   /**
    * Whether a command sent before the greeting is held until the greeting is out (and the connection
    * marked in `pregreet.talkedEarly` for a connect hook to judge). Otherwise smtp-server answers it
@@ -33,6 +39,7 @@ export interface GatewayServerOptions extends SMTPServerOptions {
 
 export class GatewayConnection extends SMTPConnection {
   declare _server: GatewaySMTPServer;
+  #errors = 0;
   /** The wait before the greeting; the gateway hands this object to the session as `ConnectionContext.pregreet`. */
   readonly pregreet = { delayMs: 0, talkedEarly: false };
   #holdEarlyTalk = false;
@@ -82,11 +89,39 @@ export class GatewayConnection extends SMTPConnection {
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    // smtp-server's own limit replies get our codes and texts (core/hardening.ts).
+    const own = typeof data === "string" ? ownReplyOverride(data) : undefined;
+    if (own) {
+      super.send(own.code, own.text, false);
+      if (code === 421) this.close();
+      return;
+    }
     if (typeof data === "string" && ENHANCED_PREFIX.test(data)) {
       super.send(code, data, false);
+      this.#countErrors(code, context);
       return;
     }
     super.send(code, data, context);
+    this.#countErrors(code, context);
+  }
+
+  /** Postfix's hard error limit: a client that only collects 5xx replies is cut off. */
+  #countErrors(code: number, context?: string | false): void {
+    if (context === "DATA_OK") this.#errors = 0;
+    else if (code >= 500 && ++this.#errors >= (this._server.gatewayOptions.maxErrors ?? Number.POSITIVE_INFINITY)) {
+      super.send(421, "4.7.0 Too many errors, closing connection", false);
+    }
+  }
+
+  /** XCLIENT only from trusted networks (smtp-server matches exact addresses); XFORWARD never. */
+  override _proxyCommandAllowed(command: string): boolean {
+    const trusted = this._server.gatewayOptions.xclientTrusted;
+    return command === "XCLIENT" && !this._xClient.has("ADDR") && (trusted?.has(this._originalRemoteAddress) ?? false);
+  }
+
+  /** AUTH is neither offered nor accepted before TLS: credentials never cross the wire in clear. */
+  override _isDisabled(command: string): boolean {
+    return (command === "AUTH" && !this.secure) || super._isDisabled(command);
   }
 }
 
@@ -110,6 +145,27 @@ export class GatewaySMTPServer extends SMTPServer {
     connection.on("error", (err: Error) => this._onError(err));
     connection.on("connect", (data) => this._onClientConnect(data));
     connection.init();
+  }
+
+  /** PROXY v2 (binary) is parsed here; a v1 text header goes on to smtp-server (core/proxy-v2.ts). */
+  override _handleProxy(
+    socket: Socket,
+    callback: (err: Error | null, socketOptions?: { id: string; remoteAddress?: string; remotePort?: number }) => void,
+  ): void {
+    if (!this._expectsProxyHeader(socket)) {
+      super._handleProxy(socket, callback);
+      return;
+    }
+    readProxyHeader(socket, (err, header) => {
+      if (err) callback(err);
+      else if (header === "v1") super._handleProxy(socket, callback);
+      else callback(null, header);
+    });
+  }
+
+  /** Ends a session now with a 421 (a limit ran out while the client was still sending). */
+  abortSession(id: string, text: string): void {
+    this.byId.get(id)?.send(421, text, false);
   }
 
   /** Sends nothing more and closes the connection (after a `disconnect` decision's reply). */

@@ -489,9 +489,12 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
   const { server, delivery, observability } = config;
   return {
     ...config,
-    server: server.tls
-      ? { ...server, tls: { cert: resolve(dir, server.tls.cert), key: resolve(dir, server.tls.key) } }
-      : server,
+    server: {
+      ...server,
+      ...(server.tls ? { tls: { cert: resolve(dir, server.tls.cert), key: resolve(dir, server.tls.key) } } : {}),
+      // The users file of submission listeners (issue 9).
+      ...(server.auth ? { auth: { ...server.auth, users: resolve(dir, server.auth.users) } } : {}),
+    },
     // `to` may be a list of targets since issue 6; only maildir targets hold paths.
     routes: config.routes.map((route) => {
       const anchor = (to: string) => (to.startsWith("maildir:") ? `maildir:${resolve(dir, to.slice(8))}` : to);

@@ -116,6 +116,47 @@ const Limits = z.strictObject({
   dataTimeout: Duration.prefault("10m").describe('deadline for receiving a whole message after DATA, e.g. "10m"'),
   maxHeaderSize: Size.prefault("64KiB").describe('largest header section accepted, e.g. "64KiB"'),
   maxHeaderCount: z.int().positive().default(1000).describe("most header fields accepted in one message"),
+  // Protocol hardening (issue 9): bounds on what a client may send outside DATA.
+  maxCommandLength: z
+    .int()
+    .min(512)
+    .default(4096)
+    .describe("longest command line in bytes (RFC 5321 allows 512 plus extensions); longer gets 500 and a close"),
+  maxErrors: z
+    .int()
+    .positive()
+    .default(20)
+    .describe("error replies (5xx) a client may collect without sending a message; then 421 and a close"),
+});
+
+/** Trusted peers for a protocol that lets the peer name another client address (PROXY, XCLIENT). */
+const TrustedPeers = (what: string) =>
+  z
+    .union([z.boolean(), z.array(Network).min(1)], {
+      error: `expected true, false or a list of networks allowed to send ${what}`,
+    })
+    .default(false)
+    .transform((value) => (value === true ? [...LOOPBACK_NETWORKS] : value));
+
+const Auth = z.strictObject({
+  users: z
+    .string()
+    .min(1)
+    .describe(
+      "users file, relative to the policy file: one `name:scrypt-hash[:sender,...]` per line (portcullis passwd)",
+    ),
+  senders: z
+    .enum(["own", "any"])
+    .default("own")
+    .describe(
+      "own: MAIL FROM must be the user's name or a sender listed for the user (an address or @domain); any: no check",
+    ),
+  maxFailures: z
+    .int()
+    .positive()
+    .default(5)
+    .describe("failed AUTH attempts allowed per client IP within failureWindow; then AUTH is refused with 454"),
+  failureWindow: Duration.prefault("15m").describe('how long a failed AUTH attempt counts, e.g. "15m"'),
 });
 
 /** Exported so the JSON Schema can leave out its default, which is the host that generates the schema. */
@@ -140,21 +181,27 @@ const Server = z
       })
       .optional()
       .describe("certificate and key; enables STARTTLS on every listener"),
-    proxyProtocol: z
-      .union([z.boolean(), z.array(Network).min(1)], {
-        error: "expected true, false or a list of networks allowed to send a PROXY header",
-      })
-      .default(false)
-      .transform((value) => (value === true ? [...LOOPBACK_NETWORKS] : value))
-      .describe(
-        "expect a PROXY v1/v2 header from these peers (a load balancer); the client address it names replaces the peer's. " +
-          `true trusts only loopback (${LOOPBACK_NETWORKS.join(", ")}); list the balancer's networks otherwise. ` +
-          "Connections from other peers are refused, since a forged header would choose its own client address",
-      ),
+    proxyProtocol: TrustedPeers("a PROXY header").describe(
+      "expect a PROXY v1/v2 header from these peers (a load balancer); the client address it names replaces the peer's. " +
+        `true trusts only loopback (${LOOPBACK_NETWORKS.join(", ")}); list the balancer's networks otherwise. ` +
+        "Connections from other peers are refused, since a forged header would choose its own client address",
+    ),
     greetingDelay: Duration.prefault(0).describe(
       'wait this long before the banner; clients that talk first are dropped (e.g. "2s"; 0 = off)',
     ),
     limits: Limits.prefault({}).describe("resource limits per connection and per message"),
+    xclient: TrustedPeers("XCLIENT").describe(
+      "accept XCLIENT (Postfix) from these peers (a content filter or proxy in front); the address it names drives every check. " +
+        `true trusts only loopback (${LOOPBACK_NETWORKS.join(", ")}); other peers get 550`,
+    ),
+    bareLineEndings: z
+      .enum(["normalize", "reject"])
+      .default("normalize")
+      .describe(
+        "a bare CR or LF in a message: normalize (rewrite to CRLF before forwarding) or reject (550 5.5.2). " +
+          "A dot line next to one (an SMTP smuggling attempt) is always rejected",
+      ),
+    auth: Auth.optional().describe("AUTH PLAIN/LOGIN on submission listeners, after TLS only"),
     // Issue 10: multi-core (core/workers.ts).
     workers: z
       .union([z.literal("auto"), z.number().int().min(1).max(256)])
@@ -166,7 +213,18 @@ const Server = z
       ),
   })
   .superRefine((server, ctx) => {
-    if (server.tls) return;
+    if (server.tls) {
+      server.listen.forEach((listener, index) => {
+        if (listener.submission && !server.auth) {
+          ctx.addIssue({
+            code: "custom",
+            path: ["listen", index, "submission"],
+            message: "submission: true needs users to authenticate: add server.auth { users }",
+          });
+        }
+      });
+      return;
+    }
     server.listen.forEach((listener, index) => {
       for (const key of ["submission", "implicitTls"] as const) {
         if (listener[key]) {

@@ -53,7 +53,12 @@ test("a policy setting every key comes out as written, normalised and with absol
         dataTimeout: 120_000,
         maxHeaderSize: 32 * 1024,
         maxHeaderCount: 500,
+        maxCommandLength: 2048,
+        maxErrors: 10,
       },
+      xclient: ["192.0.2.25"],
+      bareLineEndings: "reject",
+      auth: { users: join(fixtures, "users"), senders: "any", maxFailures: 3, failureWindow: 300_000 },
     },
     dns: { servers: ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"], timeout: 1500, cacheSize: 100 },
     state: { store: { redis: "redis://127.0.0.1:6379/2" }, onStoreError: "allow" },
@@ -140,7 +145,12 @@ test("a minimal policy gets every default", async () => {
     dataTimeout: 600_000,
     maxHeaderSize: 65_536,
     maxHeaderCount: 1000,
+    maxCommandLength: 4096,
+    maxErrors: 20,
   });
+  assert.equal(config.server.xclient, false);
+  assert.equal(config.server.bareLineEndings, "normalize");
+  assert.equal(config.server.auth, undefined);
   assert.deepEqual(config.dns, { timeout: 3000, cacheSize: 50_000 });
   assert.deepEqual(config.state, { store: "memory", onStoreError: "defer" });
   assert.deepEqual(config.relay, { domains: [], networks: [], authenticatedUsersMayRelay: true });

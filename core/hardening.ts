@@ -1,0 +1,55 @@
+/**
+ * Protocol hardening decisions that do not belong to any plugin: what a received message must not
+ * contain (end-of-data lookalikes, bare line endings when the policy forbids them, an oversized
+ * header section), and the enhanced codes for the replies smtp-server writes on its own.
+ */
+import type { RefusingDecision, Reply } from "./decision.js";
+import type { PolicyConfig } from "./policy/schema.js";
+
+/** What the DATA stream showed, as counted by MessageWriter. */
+export interface ReceivedShape {
+  readonly endOfDataLookalike: boolean;
+  readonly bareLineEndings: number;
+  readonly headerTooLarge: boolean;
+}
+
+function limit(reply: Reply): RefusingDecision {
+  return { kind: "reject", reply, by: { source: "core", name: "limits" } };
+}
+
+/** Why a received message is refused before any data hook sees it; null when it is not. */
+export function messageRefusal(
+  shape: ReceivedShape,
+  headerCount: number,
+  server: PolicyConfig["server"],
+): RefusingDecision | null {
+  if (shape.endOfDataLookalike) {
+    // Another MTA might take the lookalike for the end of DATA and the rest for a second message.
+    return limit({ code: 550, enhanced: "5.5.2", text: "Message contains an end-of-data lookalike (bare CR or LF)" });
+  }
+  if (shape.bareLineEndings > 0 && server.bareLineEndings === "reject") {
+    return limit({ code: 550, enhanced: "5.5.2", text: "Bare CR or LF not allowed; lines must end with CRLF" });
+  }
+  if (shape.headerTooLarge) {
+    return limit({ code: 552, enhanced: "5.3.4", text: "Message header section too large" });
+  }
+  if (headerCount > server.limits.maxHeaderCount) {
+    return limit({ code: 552, enhanced: "5.3.4", text: "Too many header fields" });
+  }
+  return null;
+}
+
+/**
+ * smtp-server's own replies that carry a limit, with the enhanced code and text we send instead
+ * (its table would give `421 4.4.2` to every 421, whatever the cause). Keyed by its exact text.
+ */
+const OWN_REPLIES: ReadonlyMap<string, { code: number; text: string }> = new Map([
+  ["Error: Command line too long", { code: 500, text: "5.5.2 Line too long" }],
+  ["Error: too many unrecognized commands", { code: 421, text: "4.7.0 Too many unrecognized commands" }],
+  ["Timeout - closing connection", { code: 421, text: "4.4.2 Idle timeout, closing connection" }],
+]);
+
+/** Our reply for one of smtp-server's own; undefined for any other text. */
+export function ownReplyOverride(text: string): { code: number; text: string } | undefined {
+  return OWN_REPLIES.get(text);
+}
