@@ -3,6 +3,7 @@
  * message says what), 2 bad usage.
  */
 import cluster from "node:cluster";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { passwdCommand } from "./auth/passwd.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor.js";
@@ -12,17 +13,19 @@ import { createLogger } from "./log.js";
 import { formatHostPort } from "./netaddr.js";
 import { loadPolicy, PolicyError, policyJsonSchema } from "./policy/load.js";
 import { testCommand } from "./policy-test.js";
-import { PolicyReloader } from "./reload.js";
 import { queueCommand } from "./queue/cli.js";
+import { PolicyReloader } from "./reload.js";
+import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
 import { checkPolicy } from "./static-checks.js";
 import { TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
 const USAGE = `usage:
-  portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT]
+  portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE]
   portcullis check FILE [--strict]
   portcullis try --policy FILE --ip IP [--helo NAME] --from ADDR --to ADDR [--to ADDR…] [MESSAGE.eml] [--dns HOST:PORT] [--json]
   portcullis test FILE.test.yaml [FILE.test.yaml…]
+  ${REPLAY_USAGE}
   portcullis limits show|reset KEY --policy FILE
   portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
   portcullis passwd [NAME] < password
@@ -42,6 +45,7 @@ async function start(args: string[]): Promise<number> {
       policy: { type: "string" },
       listen: { type: "string" },
       dns: { type: "string", multiple: true },
+      shadow: { type: "string" }, // issue 8: a candidate policy evaluated beside this one (core/shadow.ts)
     },
   });
   if (!values.policy) throw new UsageError("start needs --policy FILE");
@@ -54,6 +58,7 @@ async function start(args: string[]): Promise<number> {
   const gateway = await Gateway.create(workerPolicy(policy), {
     listen: values.listen,
     dnsServers: values.dns,
+    shadow: values.shadow ? resolve(values.shadow) : undefined,
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // issue 10: /metrics, /healthz, /readyz
@@ -119,6 +124,10 @@ async function main(argv: string[]): Promise<number> {
         return await doctorCommand(args, process.stdout, process.stderr);
       case "passwd": // issue 9: a users-file hash (core/auth/passwd.ts)
         return await passwdCommand(args, process.stdin, process.stdout);
+      case "replay": // issue 8: a candidate policy over the transaction log (core/replay.ts)
+        return await replayCommand(args, process.stdout).catch((error: unknown) => {
+          throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
+        });
       case "schema":
         process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
         return 0;

@@ -23,6 +23,7 @@ import type { PolicyConfig } from "./policy/schema.js";
 import { DeliveryQueue } from "./queue/queue.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
 import { Session } from "./session.js";
+import { Rollout } from "./shadow.js";
 import { GatewaySMTPServer } from "./smtp-server.js";
 import { createStore } from "./state.js";
 
@@ -36,6 +37,8 @@ export interface GatewayOptions {
   readonly listen?: string;
   /** Overrides `dns.servers` (`--dns`). */
   readonly dnsServers?: readonly string[];
+  /** Overrides `shadow:` (`--shadow`, issue 8): an absolute path to a candidate policy. */
+  readonly shadow?: string;
 }
 
 /** An error that carries the SMTP reply smtp-server sends for a refused command. */
@@ -65,6 +68,8 @@ export class Gateway {
   readonly queue: DeliveryQueue;
   /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
   readonly metrics: GatewayMetrics;
+  /** Issue 8: the transaction log and the shadow policy, following the policy across reloads. */
+  readonly #rollout: Rollout;
 
   /** `--listen`/`--dns` from the command line: they hold for every policy version, reloads included. */
   readonly #overrides: GatewayOptions;
@@ -82,6 +87,7 @@ export class Gateway {
       listeners: () => this.addresses(),
       observer: this.metrics,
     });
+    this.#rollout = new Rollout({ log, clock, registry: this.metrics.registry });
   }
 
   static async create(policy: LoadedPolicy, options: GatewayOptions = {}): Promise<Gateway> {
@@ -90,7 +96,9 @@ export class Gateway {
     const clock = options.clock ?? systemClock;
     const state = createStore(config.state, { clock, log });
     const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
-    return new Gateway(runtime, log, clock, options);
+    const gateway = new Gateway(runtime, log, clock, options);
+    await gateway.#rollout.apply(runtime); // issue 8
+    return gateway;
   }
 
   get runtime(): Runtime {
@@ -135,14 +143,23 @@ export class Gateway {
   /** Swaps in a new policy for new connections; connections in flight keep theirs. */
   async reload(policy: LoadedPolicy): Promise<void> {
     const config = applyOverrides(policy.config, this.#overrides);
-    this.#runtime = await buildRuntime({ ...policy, config }, {
-      log: this.log,
-      clock: this.clock,
-      state: this.#runtime.services.state,
-    }).catch((error: unknown) => {
-      this.metrics.policyReload(false); // issue 10: a plugin refused its setup; the old policy stays
-      throw error;
-    });
+    this.#runtime = await buildRuntime(
+      { ...policy, config },
+      {
+        log: this.log,
+        clock: this.clock,
+        state: this.#runtime.services.state,
+      },
+    )
+      // Issue 8: a shadow candidate that does not load refuses the reload too (the old policy stays).
+      .then(async (runtime) => {
+        await this.#rollout.apply(runtime);
+        return runtime;
+      })
+      .catch((error: unknown) => {
+        this.metrics.policyReload(false); // issue 10: a plugin refused its setup; the old policy stays
+        throw error;
+      });
     this.log.info({ policy: policy.file }, "policy reloaded");
     this.metrics.policyReload(true); // issue 10
     this.queue.reloaded(); // issue 6: pooled connections may follow old route settings
@@ -163,6 +180,7 @@ export class Gateway {
     );
     await this.queue.stop(); // issue 6: the worker ends its attempts, the spool is closed
     await this.#runtime.services.state.close();
+    this.#rollout.close(); // issue 8
     this.log.info("stopped");
   }
 
@@ -300,7 +318,9 @@ export class Gateway {
       facts: {},
       score: 0,
     };
-    const session = new Session(runtime, connection, this.log.child({ cid: smtp.id }), this.clock, this.metrics);
+    const log = this.log.child({ cid: smtp.id });
+    // Issue 8: the recorder of the policy version this connection runs under.
+    const session = new Session(runtime, connection, log, this.clock, this.metrics, this.#rollout.recorder());
     this.#sessions.set(smtp.id, session);
     this.metrics.connectionOpened(connection); // issue 10; closed in #onClose or #rekey
     const count = (this.#perIp.get(ip) ?? 0) + 1;
@@ -479,5 +499,10 @@ function applyOverrides(config: PolicyConfig, options: GatewayOptions): PolicyCo
     ? [{ ...config.server.listen[0], address: options.listen }, ...config.server.listen.slice(1)]
     : config.server.listen;
   const dns = options.dnsServers ? { ...config.dns, servers: [...options.dnsServers] } : config.dns;
-  return { ...config, server: { ...config.server, listen }, dns };
+  return {
+    ...config,
+    server: { ...config.server, listen },
+    dns,
+    ...(options.shadow ? { shadow: options.shadow } : {}),
+  };
 }

@@ -37,6 +37,8 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #hookErrors: Counter<"plugin" | "phase" | "error">;
   readonly #verdicts: Counter<"plugin" | "verdict">;
   readonly #ruleMatches: Counter<"rule" | "phase">;
+  /** Issue 8: matches of rules in `mode: observe`, which acted nowhere. */
+  readonly #ruleObserved: Counter<"rule" | "phase">;
   readonly #dnsblListings: Counter<"zone">;
   readonly #rateLimitHits: Counter<"phase" | "kind">;
   readonly #deliveries: Counter<"route" | "status">;
@@ -98,6 +100,12 @@ export class GatewayMetrics implements GatewayObserver {
       labelNames: ["rule", "phase"] as const,
       registers,
     });
+    this.#ruleObserved = new Counter({
+      name: "portcullis_rule_observed_total",
+      help: "Rules in mode: observe that matched and would have acted (they act nowhere), by rule and phase",
+      labelNames: ["rule", "phase"] as const,
+      registers,
+    });
     this.#dnsblListings = new Counter({
       name: "portcullis_dnsbl_listings_total",
       help: "DNSBL listed verdicts, by the zone whose listing decided",
@@ -146,6 +154,8 @@ export class GatewayMetrics implements GatewayObserver {
     for (const run of runs) {
       if (run.source === "rule") {
         this.#ruleMatches.inc({ rule: run.plugin, phase });
+        // core/rules/apply.ts traces an observe-mode match with an "observe: …" verdict and no decision.
+        if (run.verdict?.startsWith("observe: ")) this.#ruleObserved.inc({ rule: run.plugin, phase });
         continue;
       }
       this.#hookSeconds.observe({ plugin: run.plugin, phase }, run.ms / 1000);

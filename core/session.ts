@@ -11,6 +11,7 @@ import { type GatewayObserver, NO_OBSERVER, type TransactionSummary } from "./ob
 import { runPhase } from "./pipeline.js";
 import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "./rules/apply.js";
 import type { Runtime } from "./runtime.js";
+import type { SessionRecorder } from "./transaction-log.js";
 
 export type TransactionOutcome = "accepted" | "rejected" | "deferred" | "refused" | "aborted";
 
@@ -61,6 +62,8 @@ export class Session {
     private readonly clock: Clock,
     /** Issue 10: the gateway's metrics; engines without a gateway count nothing. */
     private readonly observer: GatewayObserver = NO_OBSERVER,
+    /** Issue 8: records each phase for the transaction log and the shadow policy; null records nothing. */
+    private readonly recorder: SessionRecorder | null = null,
   ) {
     this.#services = { ...runtime.services, log };
   }
@@ -90,7 +93,10 @@ export class Session {
     const services = this.#transaction ? { ...this.#services, log: this.#transaction.log } : this.#services;
     const rules = this.#transaction?.rules ?? this.#connectionRules;
     const from = trace.length;
+    // Issue 8: what this phase's hooks find is recorded apart from what its rules then do (core/transaction-log.ts).
+    const step = this.recorder?.step(phase, input, this.runtime.plugins, rules.skip);
     const decision = await runPhase(phase, this.runtime.plugins, input, services, trace, rules.skip);
+    step?.hooksRan();
     // The policy's rules act after the hooks of every phase that no hook ended (core/rules/apply.ts).
     const final =
       decision.kind !== "continue"
@@ -98,6 +104,7 @@ export class Session {
         : await applyRules(this.runtime.rules, phase, input, rules, services, trace);
     // Issue 10: this phase's hook timings, verdicts and rule matches, for the metrics.
     this.observer.phase(phase, trace.slice(from), input.transaction?.facts ?? input.connection.facts);
+    step?.end(final, trace.slice(from));
     return final;
   }
 
@@ -245,5 +252,6 @@ export class Session {
     };
     tx.log.info(summary, "transaction");
     this.observer.transaction(summary);
+    this.recorder?.finish(context, summary, tx.log); // issue 8
   }
 }

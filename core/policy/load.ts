@@ -510,7 +510,11 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
     }),
     delivery: { ...delivery, spool: resolve(dir, delivery.spool) },
     observability: observability.transactionLog
-      ? { ...observability, transactionLog: { path: resolve(dir, observability.transactionLog.path) } }
+      ? {
+          ...observability,
+          // Issue 8: keeps the rotation and privacy settings next to the anchored path.
+          transactionLog: { ...observability.transactionLog, path: resolve(dir, observability.transactionLog.path) },
+        }
       : observability,
   };
 }

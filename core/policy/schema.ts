@@ -431,9 +431,25 @@ const Observability = z.strictObject({
   transactionLog: z
     .strictObject({
       path: z.string().min(1).describe("JSON-lines file, relative to the policy file"),
+      // Issue 8: rotation and privacy (core/transaction-log.ts).
+      maxSize: Size.prefault("100MB").describe(
+        'a line that would grow the file past this starts a new file, e.g. "100MB"',
+      ),
+      maxAge: Duration.prefault("1d").describe('a file whose first record is older than this is rotated, e.g. "1d"'),
+      keep: z
+        .int()
+        .min(1)
+        .default(7)
+        .describe("rotated files kept (named with their rotation time); older ones are deleted"),
+      hashLocalParts: z
+        .boolean()
+        .default(false)
+        .describe(
+          "record envelope local parts as hashes (domains stay readable; rules testing local parts cannot match)",
+        ),
     })
     .optional()
-    .describe("one line per transaction: findings and decision (for replay)"),
+    .describe("one line per transaction: findings and decision, enough to replay rules (`portcullis replay`)"),
 });
 
 export const PolicySchema = z
@@ -455,6 +471,14 @@ export const PolicySchema = z
       .describe('next-hop overrides, first match wins (default: [{ to: "mx" }])'),
     delivery: Delivery.prefault({}).describe("how accepted mail reaches the next hop"),
     observability: Observability.prefault({}).describe("logs, metrics and the transaction log"),
+    // Issue 8: a candidate policy evaluated beside this one (core/shadow.ts).
+    shadow: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "a candidate policy file (relative to this one) whose rules are evaluated on every transaction's findings beside this policy's, never acting; differences are logged and counted",
+      ),
   })
   .describe("A Portcullis policy file");
 

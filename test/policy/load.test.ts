@@ -103,7 +103,14 @@ test("a policy setting every key comes out as written, normalised and with absol
     observability: {
       log: { level: "debug" },
       metrics: "127.0.0.1:9464",
-      transactionLog: { path: join(fixtures, "var/log/transactions.jsonl") },
+      // Issue 8: rotation and privacy defaults.
+      transactionLog: {
+        path: join(fixtures, "var/log/transactions.jsonl"),
+        maxSize: 100_000_000,
+        maxAge: 86_400_000,
+        keep: 7,
+        hashLocalParts: false,
+      },
     },
   });
   assert.equal(entries.length, 2);
