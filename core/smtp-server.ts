@@ -158,8 +158,14 @@ export class GatewaySMTPServer extends SMTPServer {
     }
     readProxyHeader(socket, (err, header) => {
       if (err) callback(err);
-      else if (header === "v1") super._handleProxy(socket, callback);
-      else callback(null, header);
+      else if (header === "v1") {
+        super._handleProxy(socket, (v1Error, options) => {
+          // smtp-server ends a refused socket but stops reading it: the client's FIN would go unread
+          // (and the socket stay open, keeping server.close() waiting) until an unref'd 1 s linger.
+          if (v1Error) socket.resume();
+          callback(v1Error, options);
+        });
+      } else callback(null, header);
     });
   }
 
