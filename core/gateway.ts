@@ -62,10 +62,10 @@ export class Gateway {
   #sessions = new Map<string, Session>();
   #perIp = new Map<string, number>();
   #stopping = false;
-  /** Users of submission listeners (`server.auth`); loaded by listen(). */
-  #auth: SubmissionAuth | null = null;
   /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
   readonly queue: DeliveryQueue;
+  /** Users of submission listeners (`server.auth`); loaded by listen(). */
+  #auth: SubmissionAuth | null = null;
   /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
   readonly metrics: GatewayMetrics;
   /** Issue 8: the transaction log and the shadow policy, following the policy across reloads. */
@@ -353,6 +353,7 @@ export class Gateway {
     this.#sessions.delete(smtp.id);
     previous.finish("aborted", null);
     this.#releaseIpSlot(previous.connection.client.ip);
+    this.metrics.connectionClosed(previous.connection); // issue 10: #onConnect opens the forwarded client's
     try {
       await this.#onConnect(smtp, previous.connection.role);
     } catch (err) {
