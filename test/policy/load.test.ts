@@ -58,6 +58,7 @@ test("a policy setting every key comes out as written, normalised and with absol
       },
       xclient: ["192.0.2.25"],
       bareLineEndings: "reject",
+      workers: 2,
       auth: { users: join(fixtures, "users"), senders: "any", maxFailures: 3, failureWindow: 300_000 },
     },
     dns: { servers: ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"], timeout: 1500, cacheSize: 100 },
