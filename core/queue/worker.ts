@@ -75,8 +75,15 @@ export class DeliveryWorker {
     let next = Number.POSITIVE_INFINITY;
     for (const entry of this.options.spool.entries()) {
       if (this.#active.has(entry.envelope.id) || this.#held.has(entry.envelope.id)) continue;
-      if (entry.nextAt <= now && this.#active.size < limit) this.#begin(entry);
-      else next = Math.min(next, entry.nextAt);
+      if (entry.nextAt > now) {
+        next = Math.min(next, entry.nextAt);
+      } else if (this.#active.size < limit) {
+        this.#begin(entry);
+      } else {
+        // Every slot is busy: each delivery that ends calls wake() again, so the rest of the queue
+        // need not be walked now (walking it on every message made intake O(queue length)).
+        return;
+      }
     }
     if (next !== Number.POSITIVE_INFINITY && this.#active.size < limit) {
       this.#timer = setTimeout(() => this.wake(), Math.max(0, next - now));

@@ -59,11 +59,10 @@ export class MemoryStore implements StateStore {
   #read<K extends Kind>(kind: K, key: string, now: number): { value: Kinds[K]; expiresAt: number } | null {
     const id = `${kind}:${key}`;
     const stored = this.#entries.get(id);
-    if (!stored) return null;
-    if (stored.expiresAt <= now) {
-      this.#entries.delete(id);
-      return null;
-    }
+    // An expired record reads as absent and is left for the next write (or the LRU bound) to
+    // replace: lru-cache's delete() of the last entry clears arrays sized to `max`, which made one
+    // busy bucket cost O(maxEntries) per message.
+    if (!stored || stored.expiresAt <= now) return null;
     return stored as { value: Kinds[K]; expiresAt: number };
   }
 
@@ -128,7 +127,8 @@ export class MemoryStore implements StateStore {
     const now = this.#clock.now();
     const holders = this.#liveHolders(key, now);
     holders.delete(holder);
-    if (holders.size === 0) this.#entries.delete(`cc:${key}`);
+    // Marked expired rather than deleted: see #read on lru-cache's delete of the last entry.
+    if (holders.size === 0) this.#write("cc", key, holders, now);
     return holders.size;
   }
 

@@ -25,6 +25,7 @@ const tiny: BenchOptions = {
   sink: "lean",
   configs: CONFIGS,
   logLevel: "warn",
+  workers: 1,
 };
 
 test("one run measures (a), (b) and (c), and every message reaches the sink", async () => {

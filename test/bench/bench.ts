@@ -38,6 +38,8 @@ export interface BenchOptions {
   readonly logLevel: string;
   /** Write a CPU profile of each gateway run into this folder and summarise it. */
   readonly profileDir?: string;
+  /** Gateway worker processes (`server.workers`); CPU and RSS are summed over all of them. */
+  readonly workers: number;
 }
 
 export interface LatencySummary {
@@ -108,6 +110,7 @@ export async function runBench(
       spool: join(dir, "spool"),
       logLevel: options.logLevel,
       maxConnections: Math.max(1000, options.sessions * 4),
+      workers: options.workers,
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
@@ -288,7 +291,8 @@ export function formatBench(result: BenchResult): string {
   const lines = [
     `Portcullis relay benchmark: ${o.sessions} sessions, ${o.messages} messages of ${o.messageBytes} bytes, ` +
       `${o.perConnection === 1 ? "one message per connection" : `${o.perConnection} messages per connection`}, ` +
-      `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}`,
+      `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}` +
+      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

@@ -83,8 +83,40 @@ export async function startGatewayProcess(options: GatewayProcessOptions): Promi
   };
 }
 
-/** Linux only: /proc holds the numbers without asking the process (which would cost it CPU). */
+/**
+ * Linux only: /proc holds the numbers without asking the process (which would cost it CPU). With
+ * `server.workers` the gateway is a process tree (a supervisor and its workers): the numbers are
+ * summed over it, so CPU per message stays comparable with a single process.
+ */
 export function processStats(pid: number): ProcessStats {
+  const totals = [pid, ...descendants(pid)].map(ownStats).filter((stats) => stats !== null);
+  return {
+    rssKb: totals.reduce((sum, s) => sum + s.rssKb, 0),
+    peakRssKb: totals.reduce((sum, s) => sum + s.peakRssKb, 0),
+    cpuMs: totals.reduce((sum, s) => sum + s.cpuMs, 0),
+  };
+}
+
+function descendants(pid: number): number[] {
+  let children: number[];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").split(" ").filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+  return children.flatMap((child) => [child, ...descendants(child)]);
+}
+
+/** One process's own numbers; null when it has just exited. */
+function ownStats(pid: number): ProcessStats | null {
+  try {
+    return readStats(pid);
+  } catch {
+    return null;
+  }
+}
+
+function readStats(pid: number): ProcessStats {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN);
   // Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the command name.

@@ -56,6 +56,7 @@ export async function runIdle(requested: number, progress: (line: string) => voi
         spool: join(dir, "spool"),
         logLevel: "warn",
         maxConnections: count + 100,
+        workers: 1,
       }),
     );
     gateway = await startGatewayProcess({ policyFile, dns: dns.address, logFile: join(dir, "idle.log") });

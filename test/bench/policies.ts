@@ -17,6 +17,8 @@ export interface PolicySettings {
   readonly logLevel: string;
   /** Room for this many simultaneous connections from 127.0.0.1. */
   readonly maxConnections: number;
+  /** `server.workers`: gateway processes sharing the listener (1 = no cluster). */
+  readonly workers: number;
 }
 
 /** One part of the edge policy and whether this run has it. */
@@ -41,6 +43,7 @@ export function relayPolicy(settings: PolicySettings, overrides: Record<string, 
       hostname: BENCH.gatewayName,
       listen: [{ address: "127.0.0.1:0" }],
       greetingDelay: 0,
+      workers: settings.workers,
       limits: {
         maxClients: settings.maxConnections,
         maxConnectionsPerIp: settings.maxConnections,

@@ -19,7 +19,8 @@ const USAGE = `usage: npm run bench -- [options]
   --profile DIR        CPU-profile every gateway run into DIR and print its hot spots
   --quick              a small run (1000 messages, 200 warm-up)
   --json               print the result as JSON on stdout
-  --idle N             instead: hold N idle connections and report RSS per connection`;
+  --idle N             instead: hold N idle connections and report RSS per connection
+  --workers N          run the gateway with server.workers: N (default 1)`;
 
 const { values } = parseArgs({
   options: {
@@ -36,6 +37,7 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
     idle: { type: "string" },
+    workers: { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
@@ -85,6 +87,7 @@ if (values.idle !== undefined) {
     configs: [...new Set<ConfigName>(configs)],
     logLevel: oneOf("log-level", values["log-level"], ["trace", "debug", "info", "warn", "error", "silent"], "info"),
     profileDir: values.profile,
+    workers: Math.max(1, count("workers", values.workers, 1)),
   };
   const result = await runBench(options, progress);
   if (values.json) {
