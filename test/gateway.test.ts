@@ -8,8 +8,9 @@ import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadPolicy } from "../core/policy/load.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
-import { closedPort, type NextHop, startNextHop } from "./fixtures/next-hop.js";
+import { closedPort, type NextHop } from "./fixtures/next-hop.js";
 import { calls } from "./fixtures/plugins/recorder.js";
+import { type Relay, startRelay } from "./fixtures/relay.js";
 import { SmtpTestClient } from "./fixtures/smtp-client.js";
 
 const recorder = fileURLToPath(new URL("./fixtures/plugins/recorder.ts", import.meta.url));
@@ -33,12 +34,12 @@ async function send(port: number, input: { from?: string; to: string[]; data?: s
 }
 
 describe("pipeline through the wire", () => {
-  let hop: NextHop;
+  let relay: Relay;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop({ rejectRecipients: { "gone@example.test": "550 5.1.1 no such user here" } });
-    gw = await startGateway(`
+    relay = await startRelay(
+      (hop) => `
 version: 1
 server: { hostname: gw.test }
 relay: { domains: [example.test] }
@@ -52,12 +53,12 @@ pipeline:
     onError: { defer: "451 4.3.0 third is broken" }
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
-`);
+`,
+      { hop: { rejectRecipients: { "gone@example.test": "550 5.1.1 no such user here" } } },
+    );
+    ({ gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
   beforeEach(() => {
     calls.length = 0;
   });
@@ -105,8 +106,8 @@ routes:
 
 describe("a throwing hook", () => {
   test("yields the entry's onError reply and never crashes the process", async () => {
-    const hop = await startNextHop();
-    const gw = await startGateway(`
+    const { hop, gw, stop } = await startRelay(
+      (hop) => `
 version: 1
 relay: { domains: [example.test] }
 pipeline:
@@ -115,7 +116,8 @@ pipeline:
     throwIn: mail
     onError: { defer: "451 4.3.0 thrower is broken" }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`);
+`,
+    );
     try {
       for (let i = 0; i < 3; i++) {
         const result = await send(gw.port, { to: ["x@example.test"] });
@@ -123,29 +125,29 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
       }
       assert.equal(hop.messages.length, 0);
     } finally {
-      await gw.stop();
-      await hop.close();
+      await stop();
     }
   });
 });
 
 describe("forwarding to the next hop (proxy mode)", () => {
+  let relay: Relay;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop({ rejectRecipients: { "gone@example.test": "550 5.1.1 no such user here" } });
-    gw = await startGateway(`
+    relay = await startRelay(
+      (hop) => `
 version: 1
 server: { hostname: gw.test }
 relay: { domains: [example.test] }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`);
+`,
+      { hop: { rejectRecipients: { "gone@example.test": "550 5.1.1 no such user here" } } },
+    );
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
 
   test("the message arrives byte for byte after one Received header", async () => {
     const body = Buffer.concat([
@@ -210,39 +212,39 @@ routes: [{ to: "smtp://127.0.0.1:${port}" }]
   });
 
   test("a next hop that rejects the whole message with 550 → 550", async () => {
-    const hop = await startNextHop({ rejectData: "550 5.7.1 content refused" });
-    const gw = await startGateway(`
+    const { gw, stop } = await startRelay(
+      (hop) => `
 version: 1
 relay: { domains: [example.test] }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`);
+`,
+      { hop: { rejectData: "550 5.7.1 content refused" } },
+    );
     try {
       const result = await send(gw.port, { to: ["b@example.test"] });
       assert.equal(result.data?.raw, "550 5.7.1 content refused");
     } finally {
-      await gw.stop();
-      await hop.close();
+      await stop();
     }
   });
 });
 
 describe("relay access through the wire", () => {
-  let hop: NextHop;
+  let relay: Relay;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop();
     // The test client connects from 127.0.0.1, which is deliberately not a relay network here.
-    gw = await startGateway(`
+    relay = await startRelay(
+      (hop) => `
 version: 1
 relay: { domains: [example.test, bücher.example], networks: [192.0.2.0/24] }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`);
+`,
+    );
+    ({ gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
 
   const refused: Array<[string, string]> = [
     ["other.test", "user@other.test"],

@@ -4,8 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import type { TestGateway } from "../fixtures/gateway.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type Relay, startRelay } from "../fixtures/relay.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 
 /** The Received field the next hop got (unfolded), and the header section after it. */
@@ -17,22 +18,22 @@ function received(raw: Buffer): { field: string; rest: string } {
 }
 
 describe("header injection", () => {
+  let relay: Relay;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop();
-    gw = await startGateway(`
+    relay = await startRelay(
+      (hop) => `
 version: 1
 server: { hostname: gw.test, xclient: true }
 relay: { domains: [example.test] }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`);
+`,
+    );
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
 
   const cases: Record<string, { helo: string; to: string; expect: RegExp; absent: RegExp }> = {
     "comment, clause and angle characters in HELO": {

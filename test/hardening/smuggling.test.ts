@@ -6,8 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import type { TestGateway } from "../fixtures/gateway.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type Relay, startRelay } from "../fixtures/relay.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 
 const HEAD = "From: <a@sender.test>\r\nTo: <b@example.test>\r\nSubject: smuggling\r\n\r\nfirst line\r\n";
@@ -64,17 +65,15 @@ const lookalikes: Record<string, ReadonlyArray<string>> = {
 };
 
 describe("SMTP smuggling", () => {
+  let relay: Relay;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop();
-    gw = await startGateway(policy(hop));
+    relay = await startRelay((hop) => policy(hop));
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
 
   for (const [name, pieces] of Object.entries(lookalikes)) {
     test(`${name}: refused with 550 5.5.2, nothing reaches the next hop`, async () => {
@@ -101,8 +100,7 @@ describe("SMTP smuggling", () => {
 
 describe("bareLineEndings: reject", () => {
   test("any bare LF or bare CR is refused with 550 5.5.2; CRLF mail still passes", async () => {
-    const hop = await startNextHop();
-    const gw = await startGateway(policy(hop, ", bareLineEndings: reject"));
+    const { hop, gw, stop } = await startRelay((hop) => policy(hop, ", bareLineEndings: reject"));
     try {
       for (const body of ["Subject: x\n\nbody\r\n", "Subject: x\r\n\r\nbo\rdy\r\n"]) {
         const { data } = await sendRaw(gw.port, [body]);
@@ -113,8 +111,7 @@ describe("bareLineEndings: reject", () => {
       assert.equal(data.code, 250);
       await hop.waitForMessages(1);
     } finally {
-      await gw.stop();
-      await hop.close();
+      await stop();
     }
   });
 });

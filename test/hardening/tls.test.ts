@@ -9,8 +9,9 @@ import { after, before, beforeEach, describe, test } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import { fileURLToPath } from "node:url";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import type { NextHop } from "../fixtures/next-hop.js";
 import { calls } from "../fixtures/plugins/recorder.js";
+import { type Relay, startRelay } from "../fixtures/relay.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { testCertificate, upgradeToTls } from "../fixtures/tls.js";
 
@@ -25,13 +26,13 @@ async function startTls(client: SmtpTestClient, pipelined = ""): Promise<SmtpTes
 }
 
 describe("TLS", () => {
+  let relay: Relay;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    hop = await startNextHop();
-    gw = await startGateway(
-      `
+    relay = await startRelay(
+      (hop) => `
 version: 1
 server:
   hostname: gw.test
@@ -45,11 +46,9 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
 `,
       { files: testCertificate().files },
     );
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-  });
+  after(() => relay.stop());
   beforeEach(() => {
     calls.length = 0;
   });

@@ -7,11 +7,12 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/http.js";
 import { loadPolicy } from "../../core/policy/load.js";
-import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { eventually } from "../fixtures/eventually.js";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
-import { closedConnections, connectAs } from "../plugins/connection-checks.js";
+import type { TestGateway } from "../fixtures/gateway.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
+import { sendAs } from "../fixtures/sender-auth.js";
+import { closedConnections } from "../plugins/connection-checks.js";
 import { scrape } from "./scrape.js";
 
 const CLEAN = "192.0.2.10";
@@ -32,39 +33,34 @@ routes: [{ to: "smtp://127.0.0.1:${nextHopPort}" }]
 delivery: { mode: queue, spool: ./spool }
 `;
 
-async function send(port: number, ip: string, from: string) {
-  const client = await connectAs(port, ip);
-  try {
-    return await client.transaction({
-      helo: "client.sender.test",
-      from,
-      to: ["user@example.test"],
-      data: `Subject: metrics test\r\nMessage-ID: <${Math.random()}@sender.test>\r\n\r\nHello\r\n`,
-    });
-  } finally {
-    await client.quit().catch(() => client.destroy());
-  }
+function send(port: number, ip: string, from: string) {
+  return sendAs(port, ip, {
+    helo: "client.sender.test",
+    from,
+    to: ["user@example.test"],
+    data: `Subject: metrics test\r\nMessage-ID: <${Math.random()}@sender.test>\r\n\r\nHello\r\n`,
+  });
 }
 
 describe("metrics after a known mix of traffic", () => {
-  let dns: TestDnsServer;
+  let relay: DnsRelay;
   let hop: NextHop;
   let gw: TestGateway;
   let ops: OpsServer;
   let base: string;
 
   before(async () => {
-    dns = await startDnsServer({ "66.2.0.192.bl.test": { A: ["127.0.0.2"], TXT: ["listed for the metrics test"] } });
-    hop = await startNextHop();
-    gw = await startGateway(policy(hop.port), { dnsServers: [dns.address] });
+    relay = await startDnsRelay(
+      { "66.2.0.192.bl.test": { A: ["127.0.0.2"], TXT: ["listed for the metrics test"] } },
+      (hop) => policy(hop.port),
+    );
+    ({ hop, gw } = relay);
     ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
     base = `http://127.0.0.1:${ops.address.port}`;
   });
   after(async () => {
     await ops.close();
-    await gw.stop();
-    await hop.close();
-    await dns.close();
+    await relay.stop();
   });
 
   test("counters match the traffic exactly", async () => {

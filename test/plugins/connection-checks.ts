@@ -1,15 +1,9 @@
 /**
- * Shared by the connection-check tests (fcrdns, dnsbl, helo, early-talker): clients that connect as
- * any address through a PROXY line, and the findings the plugins log for each connection.
+ * Shared by the connection-check tests (fcrdns, dnsbl, helo, early-talker): EHLO and MAIL as any
+ * address (through a PROXY line), and the findings the plugins log for each connection.
  */
 import type { TestGateway } from "../fixtures/gateway.js";
-import { SmtpTestClient } from "../fixtures/smtp-client.js";
-
-/** Connects as `ip`; the test policy must say `proxyProtocol: true` (loopback may send the PROXY line). */
-export function connectAs(port: number, ip: string, options: { greeting?: boolean } = {}): Promise<SmtpTestClient> {
-  const proxy = ip.includes(":") ? `PROXY TCP6 ${ip} 2001:db8::1 40000 25` : `PROXY TCP4 ${ip} 192.0.2.1 40000 25`;
-  return SmtpTestClient.connect(port, { proxy, ...options });
-}
+import { connectAs } from "../fixtures/smtp-client.js";
 
 /** EHLO and MAIL FROM as `ip`, then QUIT: connect- and helo-phase decisions are answered at MAIL. */
 export async function tryMail(port: number, ip: string, input: { helo?: string; from?: string } = {}) {

@@ -11,23 +11,25 @@ import { authenticate, dkimVerify } from "mailauth";
 import { createResolver } from "../../core/dns.js";
 import { SpooledMessage } from "../../core/message.js";
 import { parsePolicy } from "../../core/policy/load.js";
-import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
+import type { TestDnsServer } from "../../core/testing/dns-server.js";
 import { policyRuntime, simulate } from "../../core/testkit.js";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import type { TestGateway } from "../fixtures/gateway.js";
 import { generateKey } from "../fixtures/keys.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { fieldValues, message, sendAs } from "../fixtures/sender-auth.js";
 
 const INSIDE = "10.0.0.7";
 const OUTSIDE = "192.0.2.10";
 
 describe("dkim-sign", () => {
+  let env: DnsRelay;
   let dns: TestDnsServer;
   let hop: NextHop;
   let gw: TestGateway;
   let resolve: (name: string, type: string) => Promise<string[][]>;
 
-  const policy = () => `
+  const policy = (nextHop = hop) => `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
 relay: { domains: [example.test], networks: [10.0.0.0/8] }
@@ -44,32 +46,34 @@ pipeline:
       - { domain: other.test, selector: o1, key: keys/rsa.pem }
     arcSeal: { domain: gw.test, selector: arc, key: keys/arc.pem }
 routes:
-  - { to: "smtp://127.0.0.1:${hop.port}" }
+  - { to: "smtp://127.0.0.1:${nextHop.port}" }
 `;
 
   before(async () => {
     const rsa = generateKey("rsa");
     const ed25519 = generateKey("ed25519");
     const arc = generateKey("rsa");
-    dns = await startDnsServer({
-      "r2026._domainkey.corp.test": { TXT: [rsa.txt] },
-      "e2026._domainkey.corp.test": { TXT: [ed25519.txt] },
-      "arc._domainkey.gw.test": { TXT: [arc.txt] },
-      "sender.test": { TXT: [`v=spf1 ip4:${OUTSIDE} -all`] },
-    });
+    env = await startDnsRelay(
+      {
+        "r2026._domainkey.corp.test": { TXT: [rsa.txt] },
+        "e2026._domainkey.corp.test": { TXT: [ed25519.txt] },
+        "arc._domainkey.gw.test": { TXT: [arc.txt] },
+        "sender.test": { TXT: [`v=spf1 ip4:${OUTSIDE} -all`] },
+      },
+      policy,
+      {
+        files: {
+          "keys/rsa.pem": rsa.privateKey,
+          "keys/ed25519.pem": ed25519.privateKey,
+          "keys/arc.pem": arc.privateKey,
+        },
+      },
+    );
+    ({ dns, hop, gw } = env);
     const resolver = createResolver({ servers: [dns.address] });
     resolve = (name, type) => resolver.resolve(name, type) as Promise<string[][]>;
-    hop = await startNextHop();
-    gw = await startGateway(policy(), {
-      dnsServers: [dns.address],
-      files: { "keys/rsa.pem": rsa.privateKey, "keys/ed25519.pem": ed25519.privateKey, "keys/arc.pem": arc.privateKey },
-    });
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-    await dns.close();
-  });
+  after(() => env.stop());
 
   async function relay(ip: string, from: string, data: string) {
     const count = hop.messages.length;

@@ -7,11 +7,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
+import type { TestDnsServer, ZoneData } from "../../core/testing/dns-server.js";
 import { alignedDomain, applyPolicy, type PolicyInput } from "../../plugins/dmarc/evaluate.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { generateKey, type TestKey } from "../fixtures/keys.js";
 import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { fieldValues, message, parseAuthResults, sendAs, signed } from "../fixtures/sender-auth.js";
 
 const SENDER_IP = "192.0.2.10";
@@ -34,6 +35,7 @@ function zone(key: TestKey): ZoneData {
 }
 
 describe("dmarc", () => {
+  let relay: DnsRelay;
   let dns: TestDnsServer;
   let hop: NextHop;
   let quarantineHop: NextHop;
@@ -42,11 +44,10 @@ describe("dmarc", () => {
 
   before(async () => {
     key = generateKey("rsa");
-    dns = await startDnsServer(zone(key));
-    hop = await startNextHop();
     quarantineHop = await startNextHop();
-    gw = await startGateway(
-      `
+    relay = await startDnsRelay(
+      zone(key),
+      (hop) => `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
 relay: { domains: [example.test], networks: [10.0.0.0/8] }
@@ -59,14 +60,12 @@ pipeline:
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
 `,
-      { dnsServers: [dns.address] },
     );
+    ({ dns, hop, gw } = relay);
   });
   after(async () => {
-    await gw.stop();
-    await hop.close();
+    await relay.stop();
     await quarantineHop.close();
-    await dns.close();
   });
 
   async function send(input: { ip: string; from: string; headerFrom: string; helo?: string; data?: string }) {
@@ -214,17 +213,16 @@ routes:
 });
 
 describe("Authentication-Results", () => {
-  let dns: TestDnsServer;
+  let relay: DnsRelay;
   let hop: NextHop;
   let gw: TestGateway;
   let key: TestKey;
 
   before(async () => {
     key = generateKey("rsa");
-    dns = await startDnsServer(zone(key));
-    hop = await startNextHop();
-    gw = await startGateway(
-      `
+    relay = await startDnsRelay(
+      zone(key),
+      (hop) => `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
 relay: { domains: [example.test] }
@@ -237,14 +235,10 @@ pipeline:
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
 `,
-      { dnsServers: [dns.address] },
     );
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-    await dns.close();
-  });
+  after(() => relay.stop());
 
   test("one field under our authserv-id, result by result; forged ones with our id are removed", async () => {
     const data = await signed(

@@ -9,7 +9,8 @@ import { after, before, describe, test } from "node:test";
 import { judgePregreet } from "../../plugins/early-talker/check.js";
 import type { EarlyTalkerFacts } from "../../plugins/early-talker/index.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { closedConnections, connectAs, lastFinding, tryMail } from "./connection-checks.js";
+import { connectAs } from "../fixtures/smtp-client.js";
+import { closedConnections, lastFinding, tryMail } from "./connection-checks.js";
 
 describe("early-talker judgement", () => {
   const cases: Array<[string, { delayMs: number; talkedEarly: boolean }, boolean, EarlyTalkerFacts]> = [

@@ -8,8 +8,10 @@ import type { DnsOutcome } from "../../core/lookup.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { candidateNames, type FcrdnsFacts, iprevOf, judgeFcrdns } from "../../plugins/fcrdns/check.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
-import { connectAs, lastFinding, tryMail } from "./connection-checks.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
+import { connectAs } from "../fixtures/smtp-client.js";
+import { lastFinding, tryMail } from "./connection-checks.js";
 
 const answer = (...value: string[]): DnsOutcome<string[]> => ({ kind: "answer", value });
 const none: DnsOutcome<string[]> = { kind: "none", code: "ENOTFOUND" };
@@ -103,28 +105,28 @@ describe("fcrdns judgement", () => {
 });
 
 describe("fcrdns through the wire", () => {
+  let relay: DnsRelay;
   let dns: TestDnsServer;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    dns = await startDnsServer({
-      "10.2.0.192.in-addr.arpa": { PTR: ["mail.sender.test"] },
-      "mail.sender.test": { A: ["192.0.2.10"] },
-      "11.2.0.192.in-addr.arpa": { PTR: ["elsewhere.sender.test"] },
-      "elsewhere.sender.test": { A: ["198.51.100.7"] },
-      "13.2.0.192.in-addr.arpa": "servfail",
-      "14.2.0.192.in-addr.arpa": "timeout",
-      "15.2.0.192.in-addr.arpa": { PTR: ["flaky.sender.test"] },
-      "flaky.sender.test": "servfail",
-      "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": { PTR: ["v6.sender.test"] },
-      "v6.sender.test": { AAAA: ["2001:db8::10"] },
-      "16.2.0.192.in-addr.arpa": { PTR: ["cached.sender.test"] },
-      "cached.sender.test": { A: ["192.0.2.16"] },
-    });
-    hop = await startNextHop();
-    gw = await startGateway(
-      `
+    relay = await startDnsRelay(
+      {
+        "10.2.0.192.in-addr.arpa": { PTR: ["mail.sender.test"] },
+        "mail.sender.test": { A: ["192.0.2.10"] },
+        "11.2.0.192.in-addr.arpa": { PTR: ["elsewhere.sender.test"] },
+        "elsewhere.sender.test": { A: ["198.51.100.7"] },
+        "13.2.0.192.in-addr.arpa": "servfail",
+        "14.2.0.192.in-addr.arpa": "timeout",
+        "15.2.0.192.in-addr.arpa": { PTR: ["flaky.sender.test"] },
+        "flaky.sender.test": "servfail",
+        "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": { PTR: ["v6.sender.test"] },
+        "v6.sender.test": { AAAA: ["2001:db8::10"] },
+        "16.2.0.192.in-addr.arpa": { PTR: ["cached.sender.test"] },
+        "cached.sender.test": { A: ["192.0.2.16"] },
+      },
+      (hop) => `
 version: 1
 server: { hostname: mx.gateway.test, proxyProtocol: true }
 dns: { timeout: 300ms }
@@ -134,14 +136,10 @@ pipeline:
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
 `,
-      { dnsServers: [dns.address] },
     );
+    ({ dns, hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-    await dns.close();
-  });
+  after(() => relay.stop());
 
   test("PTR with a matching A passes and names the client in the Received header", async () => {
     const client = await connectAs(gw.port, "192.0.2.10");

@@ -21,7 +21,7 @@ import { manualClock } from "../fixtures/clock.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
-import { SmtpTestClient } from "../fixtures/smtp-client.js";
+import { connectAs } from "../fixtures/smtp-client.js";
 
 const HOUR = 3_600_000;
 
@@ -276,7 +276,7 @@ const message = "From: <a@sender.test>\r\nTo: <b@example.test>\r\nSubject: load\
 
 /** One transaction from `ip` through the PROXY header; returns the DATA reply code (or the refusal's). */
 async function send(port: number, ip: string): Promise<number> {
-  const client = await SmtpTestClient.connect(port, { proxy: `PROXY TCP4 ${ip} 192.0.2.1 40000 25` });
+  const client = await connectAs(port, ip);
   try {
     const result = await client.transaction({ from: "a@sender.test", to: ["b@example.test"], data: message });
     return result.data?.code ?? (result.mail.code !== 250 ? result.mail.code : result.rcpts[0].code);

@@ -5,32 +5,31 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import type { TestGateway } from "../fixtures/gateway.js";
+import type { NextHop } from "../fixtures/next-hop.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { fieldValues, message, parseAuthResults, sendAs } from "../fixtures/sender-auth.js";
 
 const PERMITTED = "192.0.2.10";
 const STRANGER = "198.51.100.9";
 
 describe("spf", () => {
-  let dns: TestDnsServer;
+  let relay: DnsRelay;
   let hop: NextHop;
   let gw: TestGateway;
 
   before(async () => {
-    dns = await startDnsServer({
-      "pass.test": { TXT: [`v=spf1 ip4:${PERMITTED} -all`] },
-      "soft.test": { TXT: [`v=spf1 ip4:${PERMITTED} ~all`] },
-      "neutral.test": { TXT: ["v=spf1 ?all"] },
-      "none.test": { A: ["192.0.2.99"] },
-      "temp.test": "servfail",
-      "perm.test": { TXT: ["v=spf1 ip4:not-an-address -all"] },
-      "mail.bounce.test": { TXT: [`v=spf1 ip4:${PERMITTED} -all`] },
-    });
-    hop = await startNextHop();
-    gw = await startGateway(
-      `
+    relay = await startDnsRelay(
+      {
+        "pass.test": { TXT: [`v=spf1 ip4:${PERMITTED} -all`] },
+        "soft.test": { TXT: [`v=spf1 ip4:${PERMITTED} ~all`] },
+        "neutral.test": { TXT: ["v=spf1 ?all"] },
+        "none.test": { A: ["192.0.2.99"] },
+        "temp.test": "servfail",
+        "perm.test": { TXT: ["v=spf1 ip4:not-an-address -all"] },
+        "mail.bounce.test": { TXT: [`v=spf1 ip4:${PERMITTED} -all`] },
+      },
+      (hop) => `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
 relay: { domains: [example.test], networks: [10.0.0.0/8] }
@@ -42,14 +41,10 @@ pipeline:
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
 `,
-      { dnsServers: [dns.address] },
     );
+    ({ hop, gw } = relay);
   });
-  after(async () => {
-    await gw.stop();
-    await hop.close();
-    await dns.close();
-  });
+  after(() => relay.stop());
 
   async function send(ip: string, from: string, helo = "client.test") {
     return sendAs(gw.port, ip, {

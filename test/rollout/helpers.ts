@@ -4,21 +4,16 @@
  */
 import { readFile } from "node:fs/promises";
 import type { TransactionRecord } from "../../core/transaction-log.js";
-import { connectAs } from "../plugins/connection-checks.js";
+import { sendAs } from "../fixtures/sender-auth.js";
 
 /** One transaction as `ip` (the policy must say `proxyProtocol: true`); the replies, then QUIT. */
-export async function send(port: number, ip: string, input: { helo?: string; from: string; to: readonly string[] }) {
-  const client = await connectAs(port, ip);
-  try {
-    return await client.transaction({
-      helo: input.helo ?? "client.sender.test",
-      from: input.from,
-      to: input.to,
-      data: `Subject: roll-out test\r\nMessage-ID: <${Math.random()}@sender.test>\r\n\r\nHello\r\n`,
-    });
-  } finally {
-    await client.quit().catch(() => client.destroy());
-  }
+export function send(port: number, ip: string, input: { helo?: string; from: string; to: readonly string[] }) {
+  return sendAs(port, ip, {
+    helo: input.helo ?? "client.sender.test",
+    from: input.from,
+    to: input.to,
+    data: `Subject: roll-out test\r\nMessage-ID: <${Math.random()}@sender.test>\r\n\r\nHello\r\n`,
+  });
 }
 
 /** The code that ended a transaction as the client saw it: MAIL's, or DATA's (or the last RCPT's when none passed). */
