@@ -13,7 +13,8 @@ import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { PolicyError, parsePolicy } from "../core/policy/load.js";
 import { Router } from "../core/routes.js";
-import { startGateway, type TestGateway } from "./fixtures/gateway.js";
+import { cleanupAfterAll } from "./fixtures/cleanups.js";
+import type { TestGateway } from "./fixtures/gateway.js";
 import { type SubmissionServer, startSubmissionServer } from "./fixtures/submission-server.js";
 import { message, send, until } from "./queue/helpers.js";
 
@@ -21,22 +22,19 @@ const USER = "relay-user@example.test";
 const PASSWORD = "s3cret-Smarthost-Pa55";
 const ENV = "PORTCULLIS_TEST_SMARTHOST_PASSWORD";
 
-const cleanups: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
+const cleanups = cleanupAfterAll();
+after(() => {
   delete process.env[ENV];
 });
 
 async function provider(implicitTls = false): Promise<SubmissionServer> {
   const server = await startSubmissionServer({ user: USER, password: PASSWORD, implicitTls });
-  cleanups.push(() => server.close());
+  cleanups.add(() => server.close());
   return server;
 }
 
-async function gateway(policy: string, files: Record<string, string> = {}): Promise<TestGateway> {
-  const gw = await startGateway(policy, { files });
-  cleanups.push(() => gw.stop());
-  return gw;
+function gateway(policy: string, files: Record<string, string> = {}): Promise<TestGateway> {
+  return cleanups.gateway(policy, { files });
 }
 
 /** The test certificate is self-signed, so the route checks TLS is on but not whose certificate it is. */
@@ -194,7 +192,7 @@ describe("smarthost route", () => {
   it("check and try print where the password is, never the password", async () => {
     const root = fileURLToPath(new URL("..", import.meta.url));
     const dir = await mkdtemp(join(tmpdir(), "portcullis-smarthost-"));
-    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    cleanups.add(() => rm(dir, { recursive: true, force: true }));
     const file = join(dir, "policy.yaml");
     await writeFile(file, policy(2525, { mode: "proxy", auth: `{ user: "${USER}", passwordFile: smarthost.pw }` }));
     await writeFile(join(dir, "smarthost.pw"), PASSWORD);

@@ -6,28 +6,21 @@ import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { Gateway } from "../../core/gateway.js";
 import { createLogger } from "../../core/log.js";
 import { loadPolicy } from "../../core/policy/load.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { closedPort, type NextHop, selfSignedCertificate, startNextHop } from "../fixtures/next-hop.js";
+import { cleanupAfterAll } from "../fixtures/cleanups.js";
+import type { TestGateway } from "../fixtures/gateway.js";
+import { closedPort, type NextHop, selfSignedCertificate } from "../fixtures/next-hop.js";
 import { message, send } from "../queue/helpers.js";
 
-const cleanups: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-});
+const cleanups = cleanupAfterAll();
+const hop = cleanups.hop;
 
-async function hop(options: Parameters<typeof startNextHop>[0] = {}): Promise<NextHop> {
-  const next = await startNextHop(options);
-  cleanups.push(() => next.close());
-  return next;
-}
-
-async function gateway(body: string, dns?: TestDnsServer): Promise<TestGateway> {
-  const gw = await startGateway(
+function gateway(body: string, dns?: TestDnsServer): Promise<TestGateway> {
+  return cleanups.gateway(
     `
 version: 1
 server: { hostname: gw.test }
@@ -36,8 +29,6 @@ ${body}
 `,
     dns ? { dnsServers: [dns.address] } : {},
   );
-  cleanups.push(() => gw.stop());
-  return gw;
 }
 
 describe("routes", () => {
@@ -101,7 +92,7 @@ describe("MX delivery", () => {
       "loop.test": { MX: [{ priority: 10, exchange: "gw.test" }] },
       "gw.test": { A: ["127.0.0.1"] },
     });
-    cleanups.push(() => dns.close());
+    cleanups.add(() => dns.close());
     gw = await gateway(`delivery: { mode: proxy, mxPort: ${mxPort} }`, dns);
   });
 
@@ -140,9 +131,9 @@ describe("MX delivery", () => {
       "self.test": { MX: [{ priority: 10, exchange: "relay.self.test" }] },
       "relay.self.test": { A: ["127.0.0.1"] },
     });
-    cleanups.push(() => selfDns.close());
+    cleanups.add(() => selfDns.close());
     const dir = await mkdtemp(join(tmpdir(), "portcullis-loop-"));
-    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    cleanups.add(() => rm(dir, { recursive: true, force: true }));
     await writeFile(
       join(dir, "policy.yaml"),
       `version: 1
@@ -157,7 +148,7 @@ delivery: { mode: proxy, mxPort: ${port} }
       dnsServers: [selfDns.address],
     });
     await self.listen();
-    cleanups.push(() => self.stop(200));
+    cleanups.add(() => self.stop(200));
     const reply = await send(port, { to: ["a@self.test"], data: message("mx6") });
     assert.equal(reply.code, 550);
     assert.match(reply.text, /^5\.4\.6 /);

@@ -7,27 +7,14 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { after, describe, it } from "node:test";
-import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { closedPort, type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import { describe, it } from "node:test";
+import { cleanupAfterAll } from "../fixtures/cleanups.js";
+import { startGateway } from "../fixtures/gateway.js";
+import { closedPort } from "../fixtures/next-hop.js";
 import { message, parseDsn, send, until } from "./helpers.js";
 
-const cleanups: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-});
-
-async function hop(options: Parameters<typeof startNextHop>[0] = {}): Promise<NextHop> {
-  const next = await startNextHop(options);
-  cleanups.push(() => next.close());
-  return next;
-}
-
-async function gateway(policy: string, options: Parameters<typeof startGateway>[1] = {}): Promise<TestGateway> {
-  const gw = await startGateway(policy, options);
-  cleanups.push(() => gw.stop());
-  return gw;
-}
+const cleanups = cleanupAfterAll();
+const { hop, gateway } = cleanups;
 
 function policy(routes: string, delivery = "", extra = ""): string {
   return `
@@ -162,7 +149,7 @@ describe("queue mode", () => {
     const text = policy(`  - { to: "smtp://127.0.0.1:${port}" }`, `  spool: ../${name}`);
     const first = await startGateway(text);
     const spoolDir = join(first.dir, "..", name);
-    cleanups.push(() => rm(spoolDir, { recursive: true, force: true }));
+    cleanups.add(() => rm(spoolDir, { recursive: true, force: true }));
     assert.equal((await send(first.port, { to: ["b@example.test"], data: message("r1") })).code, 250);
     assert.equal(
       (await send(first.port, { to: ["b@example.test"], data: message("r2", "y".repeat(300_000)) })).code,
