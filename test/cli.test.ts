@@ -3,7 +3,7 @@
  * maildir, `check` and `schema` answer, a bad policy is refused with its location, SIGTERM exits 0.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { SmtpTestClient } from "./fixtures/smtp-client.js";
+import { startChild } from "./ops/child.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const cli = join(root, "bin/portcullis.js");
@@ -20,31 +21,12 @@ function run(...args: string[]) {
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
-/** Starts the CLI and resolves with the port it listens on (parsed from its stderr line). */
-async function startCli(args: string[]): Promise<{ child: ChildProcess; port: number; stdout: () => string }> {
-  const child = spawn(process.execPath, [cli, "start", ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  child.stdout!.on("data", (chunk) => {
-    stdout += chunk;
-  });
-  let stderr = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stderr!.on("data", (chunk) => {
-      stderr += chunk;
-      const match = /listening on 127\.0\.0\.1:(\d+)/.exec(stderr);
-      if (match) resolve(Number(match[1]));
-    });
-    child.once("exit", (code) => reject(new Error(`gateway exited ${code}: ${stderr}`)));
-  });
-  return { child, port, stdout: () => stdout };
-}
-
 test("npm start's default policy takes a message for postmaster@localhost into its maildir", async () => {
   // A copy of the shipped policy in a scratch tree, so its ../var paths land in the scratch tree.
   const scratch = await mkdtemp(join(tmpdir(), "portcullis-cli-"));
   await mkdir(join(scratch, "policies"));
   await copyFile(join(root, "policies/default.yaml"), join(scratch, "policies/default.yaml"));
-  const gateway = await startCli(["--policy", join(scratch, "policies/default.yaml"), "--listen", "127.0.0.1:0"]);
+  const gateway = await startChild(join(scratch, "policies/default.yaml"));
   try {
     const client = await SmtpTestClient.connect(gateway.port);
     assert.match(client.greeting.raw, /^220 localhost ESMTP Portcullis$/);

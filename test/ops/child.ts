@@ -16,6 +16,8 @@ export interface ChildGateway {
   readonly port: number;
   /** Log lines (JSON) written so far. */
   logs(): Array<Record<string, unknown>>;
+  /** Everything written to stdout so far, as written. */
+  stdout(): string;
   /** Resolves with the exit code (null when killed by a signal). */
   readonly exited: Promise<number | null>;
 }
@@ -45,7 +47,7 @@ export async function startChild(policyFile: string): Promise<ChildGateway> {
       .split("\n")
       .filter((line) => line.startsWith("{"))
       .map((line) => JSON.parse(line) as Record<string, unknown>);
-  return { child, port, logs, exited };
+  return { child, port, logs, stdout: () => stdout, exited };
 }
 
 /** Whether a new connection to the port is refused (the listener is closed). */
