@@ -278,14 +278,16 @@ describe("deliverSmtp and STARTTLS", () => {
     tls = selfSignedCertificate("next-hop.test");
   });
 
+  /** SIMPLE from a@a.test to b@b.test through `hop`. */
+  const deliverSimple = (hop: NextHop, options: Partial<SmtpDeliveryOptions> = {}, servername?: string) =>
+    deliverSmtp({ host: hop.host, port: hop.port, servername }, { from: "a@a.test", to: ["b@b.test"] }, SIMPLE, {
+      ...OPTIONS,
+      ...options,
+    });
+
   it("uses TLS opportunistically, even with a self-signed certificate", async () => {
     await withHop({ tls }, async (hop) => {
-      const result = await deliverSmtp(
-        { host: hop.host, port: hop.port },
-        { from: "a@a.test", to: ["b@b.test"] },
-        SIMPLE,
-        OPTIONS,
-      );
+      const result = await deliverSimple(hop);
       assert.equal(result.recipients[0].status, "delivered");
       assert.equal(hop.messages[0].secure, true);
     });
@@ -294,54 +296,25 @@ describe("deliverSmtp and STARTTLS", () => {
   it("falls back to plain text when an opportunistic STARTTLS handshake fails", async () => {
     // Node's client refuses anything below TLS 1.2, so this handshake cannot succeed.
     await withHop({ tls: { ...tls, maxVersion: "TLSv1.1" } }, async (hop) => {
-      const result = await deliverSmtp(
-        { host: hop.host, port: hop.port },
-        { from: "a@a.test", to: ["b@b.test"] },
-        SIMPLE,
-        OPTIONS,
-      );
+      const result = await deliverSimple(hop);
       assert.equal(result.recipients[0].status, "delivered");
       assert.equal(hop.messages[0].secure, false);
     });
   });
 
   it("with TLS required, refuses an unverifiable certificate and a next hop without STARTTLS", async () => {
-    await withHop({ tls }, async (hop) => {
-      const result = await deliverSmtp(
-        { host: hop.host, port: hop.port },
-        { from: "a@a.test", to: ["b@b.test"] },
-        SIMPLE,
-        {
-          ...OPTIONS,
-          tls: "required",
-        },
-      );
-      assert.deepEqual(summary(result), [["b@b.test", "deferred", 451, "4.4.1"]]);
-      assert.equal(hop.messages.length, 0);
-    });
-    await withHop({}, async (hop) => {
-      const result = await deliverSmtp(
-        { host: hop.host, port: hop.port },
-        { from: "a@a.test", to: ["b@b.test"] },
-        SIMPLE,
-        {
-          ...OPTIONS,
-          tls: "required",
-        },
-      );
-      assert.deepEqual(summary(result), [["b@b.test", "deferred", 451, "4.4.1"]]);
-      assert.equal(hop.messages.length, 0);
-    });
+    for (const hopOptions of [{ tls }, {}]) {
+      await withHop(hopOptions, async (hop) => {
+        const result = await deliverSimple(hop, { tls: "required" });
+        assert.deepEqual(summary(result), [["b@b.test", "deferred", 451, "4.4.1"]]);
+        assert.equal(hop.messages.length, 0);
+      });
+    }
   });
 
   it("with TLS required, delivers when the certificate verifies for the expected name", async () => {
     await withHop({ tls }, async (hop) => {
-      const result = await deliverSmtp(
-        { host: hop.host, port: hop.port, servername: "next-hop.test" },
-        { from: "a@a.test", to: ["b@b.test"] },
-        SIMPLE,
-        { ...OPTIONS, tls: "required", rejectUnauthorized: false },
-      );
+      const result = await deliverSimple(hop, { tls: "required", rejectUnauthorized: false }, "next-hop.test");
       assert.equal(result.recipients[0].status, "delivered");
       assert.equal(result.nextHop, `next-hop.test[127.0.0.1]:${hop.port}`);
       assert.equal(hop.messages[0].secure, true);
