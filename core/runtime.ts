@@ -5,8 +5,9 @@
 import type { Logger } from "pino";
 import type { Clock, Services } from "./api.js";
 import { createResolver, type DnsResolver } from "./dns.js";
+import { moduleLogger } from "./log.js";
 import type { ActivePlugin } from "./pipeline.js";
-import type { LoadedPolicy } from "./policy/load.js";
+import { type LoadedPolicy, PolicyError, problemAt } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
 import { compileRelayAccess, type RelayAccess } from "./relay.js";
 import { Router } from "./routes.js";
@@ -47,10 +48,15 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
   };
   const plugins: ActivePlugin[] = [];
   for (const entry of policy.pipeline) {
-    const hooks = await entry.definition.setup(entry.options, {
-      ...services,
-      log: deps.log.child({ plugin: entry.name }),
-    });
+    let hooks: ActivePlugin["hooks"];
+    try {
+      hooks = await entry.definition.setup(entry.options, { ...services, log: moduleLogger(deps.log, `plugin:${entry.name}`, config.observability.log.levels, { plugin: entry.name }) });
+    } catch (error) {
+      // Located like a load problem, so `check` and `start` say which entry failed and what to do.
+      const at = ["pipeline", entry.index, "plugin"];
+      const problem = await problemAt(policy.file, at, setupFailure(entry.name, error), "key");
+      throw new PolicyError([{ ...problem, path: `pipeline.${entry.index}` }]);
+    }
     plugins.push({ entry, hooks });
   }
   return {
@@ -67,4 +73,15 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
     ),
     services,
   };
+}
+
+/** What a plugin's failed setup means for the operator: what went wrong and what to do. */
+function setupFailure(name: string, error: unknown): string {
+  const { code, path } = (error ?? {}) as NodeJS.ErrnoException;
+  if (typeof code === "string" && typeof path === "string") {
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code;
+    return `plugin ${name}: cannot read ${path} (${why}) — create the file, or correct its path in this entry's options (relative paths start at the policy's folder)`;
+  }
+  const text = (error instanceof Error ? error.message : String(error)).replace(`${name}: `, "");
+  return `plugin ${name}: setup failed: ${text} — correct this entry's options (see the plugin's README)`;
 }

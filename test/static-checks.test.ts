@@ -3,12 +3,13 @@
  * error), findings of a plugin not in the pipeline, duplicate plugin entries, unknown finding names.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { parsePolicy } from "../core/policy/load.js";
+import { PolicyError, parsePolicy } from "../core/policy/load.js";
 import { type CheckFinding, catalogueOf, checkPolicy, formatFindings, staticChecks } from "../core/static-checks.js";
 import { policyRuntime } from "../core/testkit.js";
 import sample from "./rules/fixtures/sample.js";
@@ -157,6 +158,42 @@ test("check prints each finding at its line; an error (or a warning with --stric
       { severity: "warning", path: ["rules", 0, "when", "nothing.here"], message: "m" },
     ]);
     assert.equal(line, `${file}:3:38 rules.0.when.nothing.here: warning: m`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a plugin whose setup fails is a located problem for check and start alike", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "portcullis-setup-"));
+  try {
+    const file = join(dir, "policy.yaml");
+    await writeFile(
+      file,
+      [
+        "version: 1",
+        "pipeline:",
+        "  - plugin: dkim-sign",
+        "    keys: [{ domain: example.test, selector: s1, key: ./missing.pem }]",
+      ].join("\n"),
+    );
+    const expected = new RegExp(
+      `^${file}:3:5 pipeline\\.0: plugin dkim-sign: cannot read ${join(dir, "missing.pem")} \\(no such file\\) — create the file`,
+    );
+    await assert.rejects(checkPolicy(file), (error: Error) => {
+      assert.ok(error instanceof PolicyError);
+      assert.match(error.message, expected);
+      return true;
+    });
+    // Through the CLI: check and start both refuse the policy with that line and exit 1.
+    const cli = fileURLToPath(new URL("../bin/portcullis.js", import.meta.url));
+    for (const args of [
+      ["check", file],
+      ["start", "--policy", file, "--listen", "127.0.0.1:0"],
+    ]) {
+      const result = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", timeout: 20_000 });
+      assert.equal(result.status, 1, `${args[0]}: ${result.stderr}`);
+      assert.match(result.stderr, new RegExp(expected.source, "m"), args[0]);
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -79,6 +79,27 @@ export async function loadPolicy(file: string): Promise<LoadedPolicy> {
   return parsePolicy(source, file);
 }
 
+/**
+ * A problem found after loading (a plugin's setup failing), at the key `at: "key"` or the value of
+ * `path` in the policy file, which is read again to locate it (line 1 when it cannot be read).
+ */
+export async function problemAt(
+  file: string,
+  path: readonly (string | number)[],
+  message: string,
+  at: "node" | "key" = "node",
+): Promise<Problem> {
+  let position = { line: 1, col: 1 };
+  const source = await readFile(file, "utf8").catch(() => undefined);
+  if (source !== undefined) {
+    const lineCounter = new LineCounter();
+    const doc = parseDocument(source, { lineCounter, prettyErrors: false });
+    const node = at === "key" ? keyNodeAt(doc, path) : nodeAt(doc, path);
+    if (node?.range) position = lineCounter.linePos(node.range[0]);
+  }
+  return { file, ...position, path: path.join("."), message };
+}
+
 /** Validates policy text; `file` names it in messages and anchors its relative paths. */
 export async function parsePolicy(source: string, file: string): Promise<LoadedPolicy> {
   const absolute = resolve(file);
