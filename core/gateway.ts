@@ -14,7 +14,7 @@ import type { RefusingDecision, Reply } from "./decision.js";
 import { receivedHeader } from "./delivery/received.js";
 import { composeMessage, tooManyHops } from "./forward.js";
 import { messageRefusal } from "./hardening.js";
-import { createLogger } from "./log.js";
+import { createLogger, moduleLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
 import { GatewayMetrics } from "./metrics.js";
 import { formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
@@ -74,15 +74,25 @@ export class Gateway {
   /** `--listen`/`--dns` from the command line: they hold for every policy version, reloads included. */
   readonly #overrides: GatewayOptions;
 
+  /** Issue 10: the queue's logger, at `observability.log.levels.queue` (set again on reload). */
+  readonly #queueLog: Logger;
+
   private constructor(runtime: Runtime, log: Logger, clock: Clock, overrides: GatewayOptions) {
     this.#overrides = overrides;
     this.#runtime = runtime;
     this.log = log;
     this.clock = clock;
-    this.metrics = new GatewayMetrics({ dns: () => this.#runtime.services.dns, queue: () => this.queue.spool, clock });
+    this.metrics = new GatewayMetrics({
+      dns: () => this.#runtime.services.dns,
+      queue: () => this.queue.spool,
+      auth: () => this.#auth, // issue 9: failed AUTH attempts
+      state: () => this.#runtime.services.state, // issue 5: store outages
+      clock,
+    });
+    this.#queueLog = moduleLogger(log, "queue", runtime.config.observability.log.levels);
     this.queue = new DeliveryQueue({
       runtime: () => this.#runtime,
-      log,
+      log: this.#queueLog,
       clock,
       listeners: () => this.addresses(),
       observer: this.metrics,
@@ -94,7 +104,10 @@ export class Gateway {
     const config = applyOverrides(policy.config, options);
     const log = options.log ?? createLogger(config.observability.log.level);
     const clock = options.clock ?? systemClock;
-    const state = createStore(config.state, { clock, log });
+    const state = createStore(config.state, {
+      clock,
+      log: moduleLogger(log, "state", config.observability.log.levels),
+    });
     const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
     const gateway = new Gateway(runtime, log, clock, options);
     await gateway.#rollout.apply(runtime); // issue 8
@@ -160,6 +173,7 @@ export class Gateway {
         this.metrics.policyReload(false); // issue 10: a plugin refused its setup; the old policy stays
         throw error;
       });
+    this.#queueLog.level = this.#runtime.config.observability.log.levels?.queue ?? this.log.level; // issue 10
     this.log.info({ policy: policy.file }, "policy reloaded");
     this.metrics.policyReload(true); // issue 10
     this.queue.reloaded(); // issue 6: pooled connections may follow old route settings
@@ -318,7 +332,7 @@ export class Gateway {
       facts: {},
       score: 0,
     };
-    const log = this.log.child({ cid: smtp.id });
+    const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id }); // issue 10
     // Issue 8: the recorder of the policy version this connection runs under.
     const session = new Session(runtime, connection, log, this.clock, this.metrics, this.#rollout.recorder());
     this.#sessions.set(smtp.id, session);

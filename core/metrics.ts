@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics of one gateway: a GatewayObserver that counts events as the core reports them,
- * plus gauges and counters read from their components when scraped (DNS resolver, spool). Each
+ * plus gauges and counters read from their components when scraped (DNS resolver, spool, AUTH,
+ * state store). Each
  * gateway owns its Registry, so several gateways in one process (tests) never collide; under
  * `server.workers` the supervisor sums the workers' registries (core/workers.ts).
  *
@@ -19,6 +20,13 @@ export interface MetricSources {
   readonly dns: () => DnsResolver;
   /** The open spool's messages; null while the spool is not open. */
   readonly queue: () => { entries(): readonly QueueEntry[]; readonly bytes: number } | null;
+  /** Issue 9: the submission AUTH checker (core/auth), null without `server.auth` or before listening. */
+  readonly auth?: () => { readonly failed: number } | null;
+  /**
+   * Issue 5: the shared state store; one that can fail (RedisStore) counts its failed operations
+   * in `failures`. The store lives as long as the gateway (reloads keep it).
+   */
+  readonly state?: () => object;
   readonly clock: Clock;
 }
 
@@ -256,6 +264,29 @@ export class GatewayMetrics implements GatewayObserver {
       registers,
       collect() {
         this.set(queue()?.bytes ?? 0);
+      },
+    });
+    // Issue 9: failed AUTH attempts (wrong user or password; attempts refused while locked out are not checked).
+    const auth = this.sources.auth;
+    new Counter({
+      name: "portcullis_auth_failures_total",
+      help: "Failed AUTH attempts on submission listeners (unknown user or wrong password)",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(auth?.()?.failed ?? 0);
+      },
+    });
+    // Issue 5: state store operations that failed (store unreachable or too slow); onStoreError applied.
+    const state = this.sources.state;
+    new Counter({
+      name: "portcullis_state_store_errors_total",
+      help: "State store operations that failed because the store was unreachable or too slow (state.onStoreError applied)",
+      registers,
+      collect() {
+        this.reset();
+        const store = state?.();
+        this.inc(store && "failures" in store && typeof store.failures === "number" ? store.failures : 0);
       },
     });
     const clock = this.sources.clock;

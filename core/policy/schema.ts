@@ -422,6 +422,18 @@ const Observability = z.strictObject({
         .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
         .default("info")
         .describe("least severe level written (JSON lines on stdout)"),
+      // Issue 10: per-module levels (core/log.ts moduleLogger).
+      levels: z
+        .record(
+          z.string().regex(/^(smtp|queue|state|plugin:.+)$/, {
+            error: "a log module is smtp, queue, state or plugin:NAME (a pipeline entry's name)",
+          }),
+          z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+        )
+        .optional()
+        .describe(
+          'levels per module, overriding `level` for it (lower or higher): smtp (session lines: connect, auth, transaction summary, close), queue (spool and delivery worker), state (state store), plugin:NAME (a pipeline entry by name), e.g. { queue: debug, "plugin:dnsbl": warn }',
+        ),
     })
     .prefault({})
     .describe("structured log"),

@@ -102,7 +102,11 @@ test("a policy setting every key comes out as written, normalised and with absol
       mtaSts: { enabled: false, policyUrl: "http://127.0.0.1:8080/{domain}" },
     },
     observability: {
-      log: { level: "debug" },
+      // Issue 10: per-module levels.
+      log: {
+        level: "debug",
+        levels: { smtp: "info", queue: "trace", state: "warn", "plugin:./plugins/check.ts": "error" },
+      },
       metrics: "127.0.0.1:9464",
       // Issue 8: rotation and privacy defaults.
       transactionLog: {
