@@ -98,8 +98,23 @@ async function check(args: string[]): Promise<number> {
   return result.code;
 }
 
+/** The usage lines of one command (all of them for none or an unknown one). */
+function usageOf(command: string | undefined): string {
+  const lines = USAGE.split("\n")
+    .slice(1)
+    .map((line) => line.trim())
+    .filter((line) => command && (line === `portcullis ${command}` || line.startsWith(`portcullis ${command} `)));
+  return lines.length > 0 ? `usage:\n  ${lines.join("\n  ")}` : USAGE;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
+  // --help or -h (before any "--") on any command: its usage on stdout, exit 0, nothing else done.
+  const end = argv.indexOf("--");
+  if ((end < 0 ? argv : argv.slice(0, end)).some((arg) => arg === "--help" || arg === "-h")) {
+    process.stdout.write(`${usageOf(command?.startsWith("-") ? undefined : command)}\n`);
+    return 0;
+  }
   try {
     switch (command) {
       case "start":
