@@ -8,10 +8,12 @@ import { execFileSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { hashPassword, parseUsersFile, verifyPassword } from "../../core/auth/index.js";
+import { gatewayEndpoints, startOpsServer } from "../../core/http.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { testCertificate, upgradeToTls } from "../fixtures/tls.js";
+import { scrape } from "../ops/scrape.js";
 
 /** Cheap scrypt parameters: these tests check behaviour, not cost. */
 const FAST = { N: 1024, r: 8, p: 1 };
@@ -144,6 +146,14 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
     await client.quit();
     const failures = gw.logs.filter((line) => line.event === "auth" && line.ok === false);
     assert.equal(failures.length, 4);
+    // Issue 9: counted for /metrics too; the locked-out attempt was refused unchecked, so not a failure.
+    const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
+    try {
+      const metrics = await scrape(`http://127.0.0.1:${ops.address.port}`);
+      assert.equal(metrics.value("portcullis_auth_failures_total"), 3);
+    } finally {
+      await ops.close();
+    }
   });
 });
 

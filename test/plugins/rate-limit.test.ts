@@ -13,6 +13,7 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import type { Address, ConnectionContext } from "../../core/api.js";
+import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/http.js";
 import { MemoryStore, RedisStore, type StateStore } from "../../core/state.js";
 import { runPlugin, runPolicy, type SimulatedTransaction } from "../../core/testkit.js";
 import { demand, growth, type LimitShape, type TransactionView } from "../../plugins/rate-limit/demand.js";
@@ -22,6 +23,7 @@ import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 import { connectAs } from "../fixtures/smtp-client.js";
+import { scrape } from "../ops/scrape.js";
 
 const HOUR = 3_600_000;
 
@@ -428,13 +430,21 @@ describe("rate limits on a shared Redis", () => {
   for (const onStoreError of ["defer", "allow"] as const) {
     test(`Redis stopped mid-run: ${onStoreError}, no stuck connection; limits work again once it is back`, async () => {
       let gw: TestGateway | undefined;
+      let ops: OpsServer | undefined;
       try {
         gw = await startGateway(policy(redis.url, { onStoreError, rate: "3/1h" }));
+        ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
+        const base = `http://127.0.0.1:${ops.address.port}`;
+        const storeErrors = async () => (await scrape(base)).value("portcullis_state_store_errors_total");
         const port = gw.port;
         assert.equal(await send(port, "203.0.113.5"), 250);
+        assert.equal(await storeErrors(), 0);
         await redis.stop();
         const during = await Promise.all(Array.from({ length: 5 }, () => send(port, "203.0.113.5")));
         assert.deepEqual(during, Array(5).fill(onStoreError === "defer" ? 451 : 250));
+        // Issue 5: the outage is counted, at least once per transaction that met it.
+        const counted = await storeErrors();
+        assert.ok(counted >= 5, `store errors counted: ${counted}`);
         if (onStoreError === "defer") {
           const refusal = gw.transactions().at(-1);
           assert.match(String(refusal?.reply), /^451 4\.3\.0 /);
@@ -449,8 +459,10 @@ describe("rate limits on a shared Redis", () => {
         const after = [];
         for (let i = 0; i < 4; i++) after.push(await send(port, "203.0.113.6"));
         assert.deepEqual(after, [250, 250, 250, 451], "the limit holds again, without a restart");
+        assert.equal(await storeErrors(), counted, "nothing more counted once Redis is back");
       } finally {
         await redis.start();
+        await ops?.close();
         await gw?.stop();
       }
     });
