@@ -4,7 +4,8 @@
  * a refusal is answered, a transaction's summary line is written, a delivery attempt ends, a policy
  * reload is tried — and never waits for them: an observer only counts, it cannot change a decision.
  *
- * Numbers that live in a component (DNS cache, spool, state store) are not pushed through here;
+ * Numbers that live in a component (DNS cache, spool, state store failures, AUTH failures) are not
+ * pushed through here;
  * the metrics read them when scraped (core/metrics.ts).
  */
 import type { ConnectionContext, Facts, Phase, TraceEntry } from "./api.js";

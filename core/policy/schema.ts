@@ -425,10 +425,14 @@ const Observability = z.strictObject({
       // Issue 10: per-module levels (core/log.ts moduleLogger).
       levels: z
         .record(
-          z.string().regex(/^(smtp|queue|state|plugin:.+)$/, {
-            error: "a log module is smtp, queue, state or plugin:NAME (a pipeline entry's name)",
-          }),
+          z.string().regex(/^(smtp|queue|state|plugin:.+)$/),
           z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+          {
+            error: (issue) =>
+              issue.code === "invalid_key"
+                ? "a log module is smtp, queue, state or plugin:NAME (a pipeline entry's name)"
+                : undefined,
+          },
         )
         .optional()
         .describe(

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { parsePolicy } from "../../core/policy/load.js";
 import { eventually } from "../fixtures/eventually.js";
 import { type Relay, startRelay } from "../fixtures/relay.js";
 import { message, sendAs } from "../fixtures/sender-auth.js";
@@ -155,4 +156,11 @@ describe("the transaction summary line at debug level", () => {
     const leaking = logs.filter((l) => JSON.stringify(l).includes(MARKER));
     assert.deepEqual(leaking, []);
   });
+});
+
+test("a log module that is none of smtp, queue, state, plugin:NAME is refused with what is allowed", async () => {
+  await assert.rejects(
+    parsePolicy("version: 1\nobservability: { log: { levels: { sessions: debug } } }\n", "p.yaml"),
+    /observability\.log\.levels\.sessions: a log module is smtp, queue, state or plugin:NAME/,
+  );
 });
