@@ -50,7 +50,10 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
   for (const entry of policy.pipeline) {
     let hooks: ActivePlugin["hooks"];
     try {
-      hooks = await entry.definition.setup(entry.options, { ...services, log: moduleLogger(deps.log, `plugin:${entry.name}`, config.observability.log.levels, { plugin: entry.name }) });
+      hooks = await entry.definition.setup(entry.options, {
+        ...services,
+        log: moduleLogger(deps.log, `plugin:${entry.name}`, config.observability.log.levels, { plugin: entry.name }),
+      });
     } catch (error) {
       // Located like a load problem, so `check` and `start` say which entry failed and what to do.
       const at = ["pipeline", entry.index, "plugin"];
