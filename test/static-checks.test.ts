@@ -97,7 +97,7 @@ test("unknown finding names: an undeclared finding, an undeclared field, a core 
     "  - { name: a, when: { smaple: fail }, action: reject }",
     "  - { name: b, when: { sample.levle: { gt: 1 } }, action: reject }",
     "  - { name: c, when: { client.port: 25 }, action: reject }",
-    "  - { name: d, action: { "skip": spf } }",
+    "  - { name: d, action: { 'skip': spf } }",
   ]);
   const lines = summary(findings);
   assert.equal(lines.length, 4);

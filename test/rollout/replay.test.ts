@@ -49,7 +49,7 @@ observability: { transactionLog: { path: ./log/tx.jsonl } }
 
 const candidate = policy({
   extraFirst: `
-  - { name: no-dnsbl-for-partner, when: { client.ip: { network: [${PARTNER}/32] } }, action: { "skip": dnsbl } }`,
+  - { name: no-dnsbl-for-partner, when: { client.ip: { network: [${PARTNER}/32] } }, action: { 'skip': dnsbl } }`,
   threshold: 9,
   noSuchUser: false,
 });

@@ -138,14 +138,14 @@ test("skip: the named plugins' hooks do not run for the rest of the transaction"
   runs.length = 0;
   const pipeline = ["{ plugin: ./sample.ts, phase: data, value: { result: fail } }"];
   const skipped = await run(
-    ["- { name: trusted-sender, when: { sender.domain: sender.test }, action: { "skip": ./sample.ts } }"],
+    ["- { name: trusted-sender, when: { sender.domain: sender.test }, action: { 'skip': ./sample.ts } }"],
     {},
     pipeline,
   );
   assert.deepEqual(runs, []);
   assert.equal(skipped.facts.sample, undefined);
   const ran = await run(
-    ["- { name: trusted-sender, when: { sender.domain: other.test }, action: { "skip": ./sample.ts } }"],
+    ["- { name: trusted-sender, when: { sender.domain: other.test }, action: { 'skip': ./sample.ts } }"],
     {},
     pipeline,
   );

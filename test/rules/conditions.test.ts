@@ -276,7 +276,7 @@ test("schema problems in rules are located and explained", async () => {
     "  - name: d",
     "    action: { frobnicate: 1 }",
     "  - name: e",
-    "    action: [{ "skip": [] }, { addHeader: nocolon }]",
+    "    action: [{ 'skip': [] }, { addHeader: nocolon }]",
   ].join("\n");
   const problems = await refused(source);
   assert.deepEqual(problems, [
