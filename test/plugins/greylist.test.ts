@@ -102,8 +102,10 @@ describe("greylisting (memory store, injected clock)", () => {
 
   test("the options are checked", () => {
     assert.equal(greylist.options.safeParse({ delay: "1h", retryWindow: "30m" }).success, false);
-    const skipWhenAuthenticated = { when: [{ "spf.result": "pass" }] };
-    assert.equal(greylist.options.safeParse({ skip: skipWhenAuthenticated }).success, true);
+    const skipWhenAuthenticated = {
+      skip: { when: [{ "spf.result": "pass" }] },
+    };
+    assert.equal(greylist.options.safeParse(skipWhenAuthenticated).success, true);
   });
 });
 
