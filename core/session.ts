@@ -26,8 +26,8 @@ interface TransactionState {
   readonly context: TransactionContext;
   readonly startedAt: number;
   readonly rejectedRecipients: Array<{ address: string; reply: Reply }>;
-  /** The session's logger bound to the transaction id: every line a hook logs names its transaction. */
-  readonly log: Logger;
+  /** The services hooks see, made once per transaction: the logger is bound to the transaction id. */
+  readonly services: Services;
   /** What the rules did in this transaction (fired rules, skipped plugins). */
   readonly rules: RuleState;
 }
@@ -90,7 +90,7 @@ export class Session {
   #services: Services;
 
   async #run(phase: Phase, input: Parameters<typeof runPhase>[2], trace: TraceEntry[]): Promise<Decision> {
-    const services = this.#transaction ? { ...this.#services, log: this.#transaction.log } : this.#services;
+    const services = this.#transaction?.services ?? this.#services;
     const rules = this.#transaction?.rules ?? this.#connectionRules;
     const from = trace.length;
     // Issue 8: what this phase's hooks find is recorded apart from what its rules then do (core/transaction-log.ts).
@@ -102,9 +102,10 @@ export class Session {
       decision.kind !== "continue"
         ? decision
         : await applyRules(this.runtime.rules, phase, input, rules, services, trace);
+    const ran = trace.slice(from);
     // Issue 10: this phase's hook timings, verdicts and rule matches, for the metrics.
-    this.observer.phase(phase, trace.slice(from), input.transaction?.facts ?? input.connection.facts);
-    step?.end(final, trace.slice(from));
+    this.observer.phase(phase, ran, input.transaction?.facts ?? input.connection.facts);
+    step?.end(final, ran);
     return final;
   }
 
@@ -170,7 +171,7 @@ export class Session {
       context,
       startedAt: this.clock.now(),
       rejectedRecipients: [],
-      log: this.log.child({ tx: context.id }),
+      services: { ...this.#services, log: this.log.child({ tx: context.id }) },
       rules: transactionRuleState(this.#connectionRules),
     };
     this.#last = context;
@@ -250,8 +251,8 @@ export class Session {
       trace: [...this.connectionTrace, ...context.trace],
       ms: this.clock.now() - tx.startedAt,
     };
-    tx.log.info(summary, "transaction");
+    tx.services.log.info(summary, "transaction");
     this.observer.transaction(summary);
-    this.recorder?.finish(context, summary, tx.log); // issue 8
+    this.recorder?.finish(context, summary, tx.services.log); // issue 8
   }
 }
