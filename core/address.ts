@@ -153,3 +153,24 @@ export function parseEnvelopeAddress(
   const ascii = asciiDomain(domain);
   return ascii === undefined ? problem("invalid domain") : address(mailbox, parts.local, ascii);
 }
+
+/** Matches a lower-case ASCII domain against exact names and `*.parent` wildcards (subdomains only). */
+export class DomainSet {
+  readonly #exact = new Set<string>();
+  readonly #parents: string[] = [];
+
+  constructor(patterns: Iterable<string>) {
+    for (const pattern of patterns) {
+      const wildcard = pattern.startsWith("*.");
+      const domain = asciiDomain(wildcard ? pattern.slice(2) : pattern);
+      if (domain === undefined) throw new Error(`"${pattern}" is not a domain name`);
+      if (wildcard) this.#parents.push(`.${domain}`);
+      else this.#exact.add(domain);
+    }
+  }
+
+  has(domain: string): boolean {
+    if (this.#exact.has(domain)) return true;
+    return this.#parents.some((parent) => domain.endsWith(parent));
+  }
+}

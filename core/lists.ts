@@ -15,9 +15,8 @@
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { z } from "zod";
-import { asciiDomain } from "./address.js";
+import { asciiDomain, DomainSet } from "./address.js";
 import { NetworkList, parseCidr } from "./netaddr.js";
-import { DomainSet } from "./routes.js";
 
 export type ListKind = "network" | "domain" | "address";
 

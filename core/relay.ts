@@ -3,7 +3,7 @@
  * Outsiders reach only the domains we receive for (`relay.domains`); trusted networks and, when the
  * policy allows it, authenticated clients reach anywhere.
  */
-import { asciiDomain } from "./address.js";
+import { asciiDomain, DomainSet } from "./address.js";
 import type { Address } from "./api.js";
 import { type Reply, reply } from "./decision.js";
 import { NetworkList } from "./netaddr.js";
@@ -42,16 +42,11 @@ const ROUTING_IN_LOCAL_PART = /[%!@]/;
 
 /** Throws on an entry that is neither a domain, a `*.domain`, nor (for networks) an address or CIDR. */
 export function compileRelayAccess(config: RelayConfig): RelayAccess {
-  const exact = new Set<string>();
-  const parents: string[] = [];
-  for (const entry of config.domains) {
-    const wildcard = entry.startsWith("*.");
-    const ascii = asciiDomain(wildcard ? entry.slice(2) : entry);
-    if (ascii === undefined) {
-      throw new Error(`relay.domains: "${entry}" is not a domain name (write "example.test" or "*.example.test")`);
-    }
-    if (wildcard) parents.push(`.${ascii}`);
-    else exact.add(ascii);
+  let domains: DomainSet;
+  try {
+    domains = new DomainSet(config.domains);
+  } catch (error) {
+    throw new Error(`relay.domains: ${(error as Error).message} (write "example.test" or "*.example.test")`);
   }
   let networks: NetworkList;
   try {
@@ -60,13 +55,10 @@ export function compileRelayAccess(config: RelayConfig): RelayAccess {
     throw new Error(`relay.networks: ${(error as Error).message}`);
   }
 
-  const isLocalAscii = (ascii: string): boolean =>
-    exact.has(ascii) || parents.some((parent) => ascii.endsWith(parent) && ascii.length > parent.length);
-
   return {
     isLocalDomain(domain) {
       const ascii = asciiDomain(domain);
-      return ascii !== undefined && isLocalAscii(ascii);
+      return ascii !== undefined && domains.has(ascii);
     },
 
     isTrustedClient(client) {
@@ -78,7 +70,7 @@ export function compileRelayAccess(config: RelayConfig): RelayAccess {
       if (config.authenticatedUsersMayRelay && client.authUser !== null && client.authUser !== "") return null;
       if (recipient.domain === "") return recipient.local.toLowerCase() === "postmaster" ? null : RELAYING_DENIED;
       const canonical = asciiDomain(recipient.domain) === recipient.domain;
-      if (canonical && isLocalAscii(recipient.domain) && !ROUTING_IN_LOCAL_PART.test(recipient.local)) return null;
+      if (canonical && domains.has(recipient.domain) && !ROUTING_IN_LOCAL_PART.test(recipient.local)) return null;
       return RELAYING_DENIED;
     },
   };

@@ -4,7 +4,7 @@
  * stores with each recipient (the facts a route may depend on — tags, the listener — are gone once
  * the transaction has ended).
  */
-import { asciiDomain } from "./address.js";
+import { DomainSet } from "./address.js";
 import type { TlsMode } from "./delivery/smtp.js";
 import { NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { SmarthostAuth } from "./smarthost.js";
@@ -64,27 +64,6 @@ export interface RouteQuery {
   readonly clientIp?: string;
   readonly listener?: { readonly ip: string; readonly port: number };
   readonly tags?: ReadonlySet<string>;
-}
-
-/** Matches a lower-case ASCII domain against exact names and `*.parent` wildcards (subdomains only). */
-export class DomainSet {
-  readonly #exact = new Set<string>();
-  readonly #parents: string[] = [];
-
-  constructor(patterns: Iterable<string>) {
-    for (const pattern of patterns) {
-      const wildcard = pattern.startsWith("*.");
-      const domain = asciiDomain(wildcard ? pattern.slice(2) : pattern);
-      if (domain === undefined) throw new Error(`"${pattern}" is not a domain name`);
-      if (wildcard) this.#parents.push(`.${domain}`);
-      else this.#exact.add(domain);
-    }
-  }
-
-  has(domain: string): boolean {
-    if (this.#exact.has(domain)) return true;
-    return this.#parents.some((parent) => domain.endsWith(parent));
-  }
 }
 
 function list<T>(value: T | readonly T[] | undefined): readonly T[] | undefined {

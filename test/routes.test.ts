@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { addressPattern, DomainSet, type RouteQuery, Router, routeKey } from "../core/routes.js";
+import { DomainSet } from "../core/address.js";
+import { addressPattern, type RouteQuery, Router, routeKey } from "../core/routes.js";
 
 const base: RouteQuery = {
   recipientDomain: "example.test",
