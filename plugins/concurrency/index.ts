@@ -7,13 +7,10 @@
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
 import { type ConnectionContext, definePlugin, verdict } from "../../core/api.js";
-import { NetworkList, parseCidr } from "../../core/netaddr.js";
+import { NetworkList } from "../../core/netaddr.js";
 import { clientNet, storeFailure } from "../../core/state.js";
 import { Duration } from "../../core/units.js";
-
-const Network = z.string().refine((text) => parseCidr(text) !== undefined, {
-  error: (issue) => `"${String(issue.input)}" is not an IP address or CIDR network, e.g. "192.0.2.0/24"`,
-});
+import { NetworkEntry } from "../options.js";
 
 export const ConcurrencyOptions = z.strictObject({
   limits: z
@@ -26,7 +23,7 @@ export const ConcurrencyOptions = z.strictObject({
     .min(1)
     .describe("the limits; a connection needs a slot of every one"),
   exempt: z
-    .strictObject({ networks: z.array(Network).default([]).describe("client networks never limited") })
+    .strictObject({ networks: z.array(NetworkEntry).default([]).describe("client networks never limited") })
     .prefault({}),
   lease: Duration.prefault("10m").describe(
     "how long a slot lasts without renewal (each MAIL renews it); bounds what a crashed gateway keeps",

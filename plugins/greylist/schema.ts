@@ -1,10 +1,6 @@
 import { z } from "zod";
-import { parseCidr } from "../../core/netaddr.js";
 import { Duration } from "../../core/units.js";
-
-const Network = z.string().refine((text) => parseCidr(text) !== undefined, {
-  error: (issue) => `"${String(issue.input)}" is not an IP address or CIDR network, e.g. "192.0.2.0/24"`,
-});
+import { NetworkEntry } from "../options.js";
 
 const Lower = z.string().transform((text) => text.toLowerCase());
 
@@ -37,7 +33,7 @@ export const GreylistOptions = z
       ),
     skip: z
       .strictObject({
-        networks: z.array(Network).default([]).describe("client networks never greylisted"),
+        networks: z.array(NetworkEntry).default([]).describe("client networks never greylisted"),
         authenticated: z.boolean().default(true).describe("authenticated clients are never greylisted"),
         senders: z
           .array(Lower)

@@ -1,7 +1,7 @@
 import { z } from "zod";
-import { parseCidr } from "../../core/netaddr.js";
 import { type Action, ActionSchema } from "../../core/policy/actions.js";
 import { Duration, parseDuration, parseSize } from "../../core/units.js";
+import { NetworkEntry } from "../options.js";
 
 export const KEY_PARTS = [
   "client.ip",
@@ -40,13 +40,9 @@ const Rate = z
   })
   .describe('units per period, e.g. "100/1m", "1000/1h", "50MB/1d" (bytes)');
 
-const Network = z.string().refine((text) => parseCidr(text) !== undefined, {
-  error: (issue) => `"${String(issue.input)}" is not an IP address or CIDR network, e.g. "192.0.2.0/24"`,
-});
-
 const Exempt = z
   .strictObject({
-    networks: z.array(Network).default([]).describe("client networks never limited"),
+    networks: z.array(NetworkEntry).default([]).describe("client networks never limited"),
     authenticated: z.boolean().default(false).describe("authenticated clients are never limited"),
     keys: z
       .array(z.string().transform((text) => text.toLowerCase()))
