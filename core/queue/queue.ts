@@ -73,6 +73,8 @@ export class DeliveryQueue {
   #control: Server | null = null;
   #controlSockets = new Set<Socket>();
   #mtaSts: { url: string; cache: MtaStsCache } | null = null;
+  /** Delivery settings per policy: built once per runtime, not per message or attempt. */
+  readonly #settingsByRuntime = new WeakMap<Runtime, WorkerSettings>();
   #stopped = false;
 
   constructor(private readonly deps: QueueDependencies) {}
@@ -108,20 +110,13 @@ export class DeliveryQueue {
     await this.#spool?.close();
   }
 
-  /** Delivery settings from the current policy. */
+  /**
+   * Delivery settings from the given policy, built once per runtime (not per message or attempt):
+   * the loop test reads the interface addresses, so those are taken at the first delivery under a
+   * policy and again after a reload.
+   */
   deliveryOptions(runtime: Runtime): Omit<DeliveryOptions, "signal"> {
-    const { config, services } = runtime;
-    const delivery = config.delivery;
-    return {
-      hostname: config.server.hostname,
-      timeoutMs: delivery.timeout,
-      dns: services.dns,
-      pool: this.pool,
-      mxPort: delivery.mxPort,
-      isSelf: this.#selfTest(config.server.hostname, delivery.mxPort),
-      observer: this.deps.observer,
-      ...(delivery.mtaSts.enabled ? { mtaSts: this.#mtaStsCache(runtime) } : {}),
-    };
+    return this.#settingsFor(runtime).delivery;
   }
 
   /** What happens to an accepted message: stored (queue mode) or forwarded now (proxy mode). */
@@ -162,7 +157,7 @@ export class DeliveryQueue {
       try {
         // Attempt 1 was the proxy attempt: retries follow the schedule from here.
         const now = this.deps.clock.now();
-        const next = nextAttemptAt(1, now, now, this.#settings().retry, this.deps.random);
+        const next = nextAttemptAt(1, now, now, this.#settingsFor(runtime).retry, this.deps.random);
         await this.#store(tx, message, planned, from, dsn, {
           state,
           attempts: 1,
@@ -274,14 +269,31 @@ export class DeliveryQueue {
   }
 
   #settings(): WorkerSettings {
-    const runtime = this.deps.runtime();
-    const { retry } = runtime.config.delivery;
-    return {
-      hostname: runtime.config.server.hostname,
-      retry: { schedule: retry.schedule, maxAgeMs: retry.maxAge },
-      delivery: this.deliveryOptions(runtime),
+    return this.#settingsFor(this.deps.runtime());
+  }
+
+  #settingsFor(runtime: Runtime): WorkerSettings {
+    const known = this.#settingsByRuntime.get(runtime);
+    if (known) return known;
+    const { config, services } = runtime;
+    const delivery = config.delivery;
+    const settings: WorkerSettings = {
+      hostname: config.server.hostname,
+      retry: { schedule: delivery.retry.schedule, maxAgeMs: delivery.retry.maxAge },
+      delivery: {
+        hostname: config.server.hostname,
+        timeoutMs: delivery.timeout,
+        dns: services.dns,
+        pool: this.pool,
+        mxPort: delivery.mxPort,
+        isSelf: this.#selfTest(config.server.hostname, delivery.mxPort),
+        observer: this.deps.observer,
+        ...(delivery.mtaSts.enabled ? { mtaSts: this.#mtaStsCache(runtime) } : {}),
+      },
       router: runtime.router,
     };
+    this.#settingsByRuntime.set(runtime, settings);
+    return settings;
   }
 
   /** One JSON request line in, one JSON response line out. */
