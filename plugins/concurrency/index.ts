@@ -42,8 +42,13 @@ declare module "../../core/api.js" {
   }
 }
 
+interface Slot {
+  readonly slot: string;
+  readonly max: number;
+}
+
 /** The slots a connection holds; acquisition may still be in flight when the connection closes. */
-type Held = Promise<string[]>;
+type Held = Promise<Slot[]>;
 
 export default definePlugin({
   name: "concurrency",
@@ -57,7 +62,7 @@ export default definePlugin({
     const instance = randomUUID();
     const exempt = new NetworkList(options.exempt.networks);
     const held = new Map<string, Held>();
-    const keysOf = (connection: ConnectionContext) =>
+    const keysOf = (connection: ConnectionContext): Slot[] =>
       options.limits.map((limit) => ({
         slot: `${limit.key}:${limit.key === "client.ip" ? connection.client.ip : clientNet(connection.client.ip)}`,
         max: limit.max,
@@ -74,8 +79,8 @@ export default definePlugin({
         );
         // Whatever happens next, close gives back exactly the slots this acquired.
         const taken = attempt.then(
-          (results) => keys.filter((_, i) => results[i].acquired).map((k) => k.slot),
-          () => keys.map((k) => k.slot),
+          (results) => keys.filter((_, i) => results[i].acquired),
+          () => keys,
         );
         held.set(connection.id, taken);
         let results: Awaited<typeof attempt>;
@@ -97,10 +102,9 @@ export default definePlugin({
         const taken = held.get(ctx.connection.id);
         if (!taken) return undefined;
         const slots = await taken;
-        const max = new Map(keysOf(ctx.connection).map((k) => [k.slot, k.max]));
         // Renews the leases of a long-lived connection; a store outage here only shortens them.
         await Promise.all(
-          slots.map((slot) => ctx.state.acquireSlot(slot, holder(ctx.connection), max.get(slot) ?? 1, options.lease)),
+          slots.map(({ slot, max }) => ctx.state.acquireSlot(slot, holder(ctx.connection), max, options.lease)),
         ).catch(() => undefined);
         return undefined;
       },
@@ -109,7 +113,7 @@ export default definePlugin({
         if (!taken) return;
         held.delete(ctx.connection.id);
         const slots = await taken;
-        await Promise.all(slots.map((slot) => ctx.state.releaseSlot(slot, holder(ctx.connection))));
+        await Promise.all(slots.map(({ slot }) => ctx.state.releaseSlot(slot, holder(ctx.connection))));
       },
     };
   },
