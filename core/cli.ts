@@ -17,13 +17,13 @@ import { queueCommand } from "./queue/cli.js";
 import { PolicyReloader } from "./reload.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
 import { checkPolicy } from "./static-checks.js";
-import { TryUsageError, tryCommand } from "./try.js";
+import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE]
   portcullis check FILE [--strict]
-  portcullis try --policy FILE --ip IP [--helo NAME] --from ADDR --to ADDR [--to ADDR…] [MESSAGE.eml] [--dns HOST:PORT] [--json]
+  ${TRY_USAGE}
   portcullis test FILE.test.yaml [FILE.test.yaml…]
   ${REPLAY_USAGE}
   portcullis limits show|reset KEY --policy FILE

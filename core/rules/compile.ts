@@ -294,8 +294,6 @@ export function compileRules(rules: readonly Rule[], catalogue: FindingCatalogue
   return { rules: compiled, byPhase };
 }
 
-export const EMPTY_RULES: RuleSet = compileRules([], new Map());
-
 /** "reject", "score 5, tag partner", for logs, traces and `try`. */
 export function describeActions(actions: readonly RuleAction[]): string {
   return actions.map(describeAction).join(", ");
