@@ -80,3 +80,41 @@ describe("concurrency slots", () => {
     });
   }
 });
+
+describe("concurrency lease renewal", () => {
+  test("MAIL renews each held slot with its own limit; close releases them", async () => {
+    const { default: concurrency } = await import("../../plugins/concurrency/index.js");
+    const calls: string[] = [];
+    const state = {
+      onStoreError: "defer",
+      acquireSlot: async (slot: string, _holder: string, max: number, leaseMs: number) => {
+        calls.push(`acquire ${slot} max=${max} lease=${leaseMs}`);
+        return { acquired: true, held: 1 };
+      },
+      releaseSlot: async (slot: string) => {
+        calls.push(`release ${slot}`);
+      },
+    };
+    const options = concurrency.options.parse({
+      limits: [
+        { key: "client.ip", max: 12 },
+        { key: "client.net", max: 14 },
+      ],
+      lease: "1m",
+    });
+    // Only what the hooks read; the casts keep the test free of the full context shapes.
+    const hooks = await concurrency.setup(options, {} as never);
+    const connection = { id: "c1", client: { ip: "198.51.100.20" } };
+    const ctx = { connection, state, facts: {}, log: { info() {} } } as never;
+    await hooks.connect?.(ctx);
+    calls.length = 0;
+    await hooks.mail?.(ctx);
+    assert.deepEqual(calls, [
+      "acquire client.ip:198.51.100.20 max=12 lease=60000",
+      "acquire client.net:198.51.100.0/24 max=14 lease=60000",
+    ]);
+    calls.length = 0;
+    await hooks.close?.(ctx);
+    assert.deepEqual(calls, ["release client.ip:198.51.100.20", "release client.net:198.51.100.0/24"]);
+  });
+});
