@@ -45,7 +45,7 @@ import { Readable } from "node:stream";
 import { crc32 } from "node:zlib";
 import type { Logger } from "pino";
 import type { Reply } from "../decision.js";
-import type { EnvelopeDsn, PlannedRecipient } from "../forward.js";
+import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../forward.js";
 import type { SpooledMessage } from "../message.js";
 
 export interface StoredEnvelope {
@@ -149,8 +149,7 @@ class GroupCommit {
   async #flush(batch: Write[]): Promise<void> {
     this.stats.flushes++;
     this.stats.writes += batch.length;
-    const byFile = new Map<Appendable, Write[]>();
-    for (const write of batch) byFile.set(write.file, [...(byFile.get(write.file) ?? []), write]);
+    const byFile = groupBy(batch, (write) => write.file);
     const dirs = new Set(batch.flatMap((write) => write.dirs));
     const failed = new Map<Write, Error>();
     const offsets = new Map<Write, number>();
