@@ -69,7 +69,8 @@ export default definePlugin({
           ]);
           dns = dnsFindings(a, aaaa, ip);
         }
-        const findings: HeloFinding[] = sortFindings(dns?.finding ? [...found, dns.finding] : found);
+        // staticFindings returns them sorted already; only a DNS finding needs placing.
+        const findings: HeloFinding[] = dns?.finding ? sortFindings([...found, dns.finding]) : found;
         const facts: HeloFacts = {
           name,
           kind: parsed.kind,
