@@ -22,7 +22,7 @@ import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
 import { DeliveryQueue } from "./queue/queue.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
-import { Session } from "./session.js";
+import { connectionContext, Session } from "./session.js";
 import { Rollout } from "./shadow.js";
 import { GatewaySMTPServer } from "./smtp-server.js";
 import { createStore } from "./state.js";
@@ -314,24 +314,16 @@ export class Gateway {
   async #onConnect(smtp: SMTPServerSession, role: Role): Promise<void> {
     const runtime = this.#runtime;
     const ip = normalizeIp(smtp.remoteAddress);
-    const connection: ConnectionContext = {
+    const connection = connectionContext(runtime, {
       id: smtp.id,
-      client: { ip, port: smtp.remotePort, family: ip.includes(":") ? 6 : 4 },
+      ip,
+      port: smtp.remotePort,
       local: { ip: normalizeIp(smtp.localAddress), port: smtp.localPort },
       role,
       openedAt: this.clock.now(),
-      tls: null,
-      helo: null,
       authUser: null,
-      verifiedName: null,
-      iprev: null,
       pregreet: this.#pregreetOf(smtp.id),
-      get trusted() {
-        return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
-      },
-      facts: {},
-      score: 0,
-    };
+    });
     const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id }); // issue 10
     // Issue 8: the recorder of the policy version this connection runs under.
     const session = new Session(runtime, connection, log, this.clock, this.metrics, this.#rollout.recorder());

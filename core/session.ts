@@ -32,6 +32,31 @@ interface TransactionState {
   readonly rules: RuleState;
 }
 
+/** What is known of a connection when it opens; the listener and the test kit both start here. */
+export function connectionContext(
+  runtime: Runtime,
+  opened: Pick<ConnectionContext, "id" | "local" | "role" | "openedAt" | "authUser" | "pregreet"> & {
+    readonly ip: string;
+    readonly port: number;
+  },
+): ConnectionContext {
+  const { ip, port, ...rest } = opened;
+  return {
+    ...rest,
+    client: { ip, port, family: ip.includes(":") ? 6 : 4 },
+    tls: null,
+    helo: null,
+    verifiedName: null,
+    iprev: null,
+    // A getter: AUTH may set authUser later in the connection.
+    get trusted() {
+      return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
+    },
+    facts: {},
+    score: 0,
+  };
+}
+
 function refusing(decision: Decision): RefusingDecision | null {
   return decision.kind === "reject" || decision.kind === "defer" || decision.kind === "disconnect" ? decision : null;
 }

@@ -19,7 +19,7 @@ import { ActionSchema } from "./policy/actions.js";
 import { type LoadedPolicy, loadPolicy, type PipelineEntry } from "./policy/load.js";
 import { PolicySchema } from "./policy/schema.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
-import { Session } from "./session.js";
+import { connectionContext, Session } from "./session.js";
 import { MemoryStore, type StateStore } from "./state.js";
 
 export interface SimulatedTransaction {
@@ -110,23 +110,15 @@ function flatFacts(connection: ConnectionContext, transactionFacts: object | nul
 /** Runs a transaction through every phase of the runtime's policy; nothing is delivered. */
 export async function simulate(runtime: Runtime, input: SimulatedTransaction): Promise<SimulationResult> {
   const ip = normalizeIp(input.ip);
-  const connection: ConnectionContext = {
+  const connection = connectionContext(runtime, {
     id: `sim-${randomBytes(4).toString("hex")}`,
-    client: { ip, port: 0, family: ip.includes(":") ? 6 : 4 },
+    ip,
+    port: 0,
     local: { ip: "127.0.0.1", port: 25 },
     role: input.role ?? "mx",
     openedAt: runtime.services.clock.now(),
-    tls: null,
-    helo: null,
     authUser: input.authUser ?? null,
-    verifiedName: null,
-    iprev: null,
-    get trusted() {
-      return runtime.relay.isTrustedClient({ ip, authUser: this.authUser });
-    },
-    facts: {},
-    score: 0,
-  };
+  });
   const session = new Session(runtime, connection, runtime.services.log, runtime.services.clock);
   const trace: TraceEntry[] = [];
   const ended = (
