@@ -179,17 +179,6 @@ export async function deliverPlanned(
   };
 }
 
-/** Proxy mode: the recipients of one transaction, delivered while the client waits. */
-export function forwardTransaction(
-  tx: TransactionContext,
-  router: Router,
-  message: () => Readable,
-  options: DeliveryOptions,
-): Promise<RoutedDelivery> {
-  const from = envelopeAddress(tx.sender.local, tx.sender.domain);
-  return deliverPlanned(from, planRecipients(tx, router), envelopeDsn(tx.sender), message, options);
-}
-
 /** A route's targets in order; the next one is tried only when the previous could not be reached. */
 async function deliverRoute(
   route: RouteSpec,
