@@ -110,35 +110,45 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
 
   const stats: DnsStats = { queries: 0, hits: 0, misses: 0, inflight: 0, errors: {} };
 
-  const cache = new LRUCache<string, Entry, Query>({
-    max: options.cacheSize ?? 50_000,
-    ttl: defaultTtlMs,
-    fetchMethod: async (_key, _stale, { options: setOptions, context: query }) => {
-      stats.misses++;
-      stats.inflight++;
-      try {
-        const answer = await withDeadline(query(), timeoutMs);
-        setOptions.ttl = answer.ttl === undefined ? defaultTtlMs : Math.max(answer.ttl * 1000, minTtlMs);
-        return { value: answer.value };
-      } catch (error) {
-        const code = errorCode(error);
-        stats.errors[code] = (stats.errors[code] ?? 0) + 1;
-        if (NEGATIVE_CODES.has(code)) {
-          setOptions.ttl = negativeTtlMs;
-          return { negative: code };
-        }
-        throw error;
-      } finally {
-        stats.inflight--;
-      }
-    },
-  });
+  /** One query to the servers: the answer, or a negative to cache, each with how long it may be kept. */
+  async function ask(query: Query): Promise<{ entry: Entry; ttlMs: number }> {
+    stats.misses++;
+    stats.inflight++;
+    try {
+      const answer = await withDeadline(query(), timeoutMs);
+      const ttlMs = answer.ttl === undefined ? defaultTtlMs : Math.max(answer.ttl * 1000, minTtlMs);
+      return { entry: { value: answer.value }, ttlMs };
+    } catch (error) {
+      const code = errorCode(error);
+      stats.errors[code] = (stats.errors[code] ?? 0) + 1;
+      if (NEGATIVE_CODES.has(code)) return { entry: { negative: code }, ttlMs: negativeTtlMs };
+      throw error;
+    } finally {
+      stats.inflight--;
+    }
+  }
+
+  // lru-cache reads `max: 0` with a TTL as "no limit", so `cacheSize: 0` must not reach it.
+  const cache =
+    options.cacheSize === 0
+      ? null
+      : new LRUCache<string, Entry, Query>({
+          max: options.cacheSize ?? 50_000,
+          ttl: defaultTtlMs,
+          fetchMethod: async (_key, _stale, { options: setOptions, context: query }) => {
+            const { entry, ttlMs } = await ask(query);
+            setOptions.ttl = ttlMs;
+            return entry;
+          },
+        });
 
   async function lookup(rrtype: RRType, name: string, query: Query, signal?: AbortSignal): Promise<unknown> {
     stats.queries++;
     if (signal?.aborted) throw new DnsError("ECANCELLED", name, rrtype);
     const status: LRUCache.Status<string, Entry, Query> = {};
-    const pending = cache.fetch(`${rrtype}:${canonicalName(name)}`, { context: query, status });
+    const pending = cache
+      ? cache.fetch(`${rrtype}:${canonicalName(name)}`, { context: query, status })
+      : ask(query).then(({ entry }) => entry);
     if (status.fetch === "hit" || status.fetch === "inflight") stats.hits++;
     let entry: Entry;
     try {

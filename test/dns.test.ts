@@ -89,6 +89,15 @@ describe("shared resolver", () => {
     assert.deepEqual(dns.stats(), { queries: 5, hits: 4, misses: 1, inflight: 0, errors: {} });
   });
 
+  it("cacheSize 0 caches nothing: every lookup is a query, negatives included", async () => {
+    const dns = fresh({ cacheSize: 0 });
+    server.resetQueries();
+    for (let i = 0; i < 3; i++) await dns.resolveTxt("mail.example.test");
+    for (let i = 0; i < 2; i++) assert.equal((await rejection(dns.resolve4("empty.example.test"))).code, "ENODATA");
+    assert.equal(server.count("mail.example.test", "TXT"), 3);
+    assert.equal(server.count("empty.example.test", "A"), 2);
+    assert.deepEqual(dns.stats(), { queries: 5, hits: 0, misses: 5, inflight: 0, errors: { ENODATA: 2 } });
+  });
   it("hands out copies, so a caller that mutates its answer does not change the cache", async () => {
     const dns = fresh();
     (await dns.resolveTxt("mail.example.test"))[0].push("mutated");
