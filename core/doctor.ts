@@ -13,7 +13,6 @@ import { createPrivateKey } from "node:crypto";
 import { isIP } from "node:net";
 import type { Writable } from "node:stream";
 import { parseArgs } from "node:util";
-import { dmarc, spf } from "mailauth";
 import { loadKey } from "../plugins/dkim-sign/index.js";
 import type { DkimSignOptions } from "../plugins/dkim-sign/schema.js";
 import { classifyAnswer, isAllowlist, listsTestPoint, txtText } from "../plugins/dnsbl/answer.js";
@@ -28,6 +27,7 @@ import { resolveMxHosts } from "./delivery/mx.js";
 import { createResolver, type DnsResolver, reverseIpLabels } from "./dns.js";
 import { dkimRecordFor, dmarcProblems, matchDkimKey, tlsRptProblems, versionedRecords } from "./doctor/records.js";
 import { settle } from "./lookup.js";
+import { dmarc, spf } from "./mailauth.js";
 import { type LoadedPolicy, loadPolicy } from "./policy/load.js";
 
 export type DoctorStatus = "pass" | "warn" | "fail";

@@ -3,9 +3,10 @@
  * aligned DKIM pass, and what does its owner ask for when not? mailauth finds the record (with the
  * organizational-domain fallback and sp=); alignment, pct and overrides are decided here.
  */
-import { dmarc } from "mailauth";
+
 import { asciiDomain } from "../../core/address.js";
 import { definePlugin, type HookContext, verdict } from "../../core/api.js";
+import { dmarc } from "../../core/mailauth.js";
 import type { DmarcFacts, DmarcPolicy } from "../sender-auth/facts.js";
 import { dkimSignatures, mailauthResolver, parsedMessage } from "../sender-auth/message.js";
 import { alignedDomain, applyPolicy } from "./evaluate.js";

@@ -4,9 +4,10 @@
  * verifier once; the others get the same result. Only the header block is buffered: body hashes are
  * computed as the bytes go by, so a large message is never held twice.
  */
-import { type ARCResult, arc, type DKIMVerifyResult, type DNSResolver, dkimVerify } from "mailauth";
+
 import type { Message } from "../../core/api.js";
 import type { DnsResolver } from "../../core/dns.js";
+import { type ARCResult, arc, type DKIMVerifyResult, type DNSResolver, dkimVerify } from "../../core/mailauth.js";
 import type { DkimFacts, DkimResult, DkimSignature } from "./facts.js";
 
 /** mailauth's parsed header block: what its signer and sealer take instead of re-reading the message. */

@@ -3,8 +3,8 @@
  * bounce) has no domain to check, so the HELO name is checked instead (§2.3).
  */
 import { isIP } from "node:net";
-import { spf } from "mailauth";
 import { definePlugin, verdict } from "../../core/api.js";
+import { spf } from "../../core/mailauth.js";
 import type { SpfFacts, SpfResult } from "../sender-auth/facts.js";
 import { mailauthResolver } from "../sender-auth/message.js";
 import { SpfOptions } from "./schema.js";

@@ -1,0 +1,104 @@
+/**
+ * core/mailauth.ts memoizes mailauth's DKIM key parse by the key record's text. Through the wire:
+ * repeated signatures with one key parse it once and still pass although every message asks DNS for
+ * the record; a rotated key is used at once (and the old signature then fails); a broken record is
+ * reported the same way every time. If a mailauth upgrade moves the seam (its verifier no longer
+ * taking `getPublicKey` from `lib/tools.js`), the parse counts here stop moving and these fail.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { keyCacheActive, publicKeyParses } from "../core/mailauth.js";
+import { startDnsServer, type TestDnsServer } from "../core/testing/dns-server.js";
+import { startGateway, type TestGateway } from "./fixtures/gateway.js";
+import { generateKey, type TestKey } from "./fixtures/keys.js";
+import { type NextHop, startNextHop } from "./fixtures/next-hop.js";
+import { fieldValues, message, parseAuthResults, relayAs, signed } from "./fixtures/sender-auth.js";
+
+const CLIENT = "192.0.2.10";
+const SELECTOR = "s1._domainkey.sender.test";
+
+describe("mailauth DKIM key memo", () => {
+  let dns: TestDnsServer;
+  let hop: NextHop;
+  let gateway: TestGateway;
+  let first: TestKey;
+  let second: TestKey;
+
+  before(async () => {
+    first = generateKey("rsa");
+    second = generateKey("rsa");
+    dns = await startDnsServer({ [SELECTOR]: { TXT: [first.txt] } });
+    hop = await startNextHop();
+    gateway = await startGateway(
+      `
+version: 1
+server: { hostname: gw.test, proxyProtocol: true }
+relay: { domains: [example.test] }
+# No DNS cache: every message asks for the key record, so a changed record is seen at once.
+dns: { cacheSize: 0 }
+pipeline:
+  - { plugin: dkim }
+  - plugin: auth-results
+routes:
+  - { to: "smtp://127.0.0.1:${hop.port}" }
+`,
+      { dnsServers: [dns.address] },
+    );
+  });
+  after(async () => {
+    await gateway.stop();
+    await hop.close();
+    await dns.close();
+  });
+
+  async function dkimResult(key: TestKey, body: string) {
+    const data = await signed(message({ from: "<alice@sender.test>", body }), {
+      domain: "sender.test",
+      selector: "s1",
+      privateKey: key.privateKey,
+    });
+    const received = await relayAs(gateway.port, hop, CLIENT, {
+      from: "alice@sender.test",
+      to: ["rcpt@example.test"],
+      data,
+    });
+    const [field] = fieldValues(received.raw, "Authentication-Results");
+    const [result] = parseAuthResults(field).results.filter((entry) => entry.method === "dkim");
+    return result;
+  }
+
+  test("is in effect: mailauth is loaded after the patch in the gateway's import order", () => {
+    assert.equal(keyCacheActive, true);
+  });
+
+  test("three messages signed with one key: all pass, the key is parsed once", async () => {
+    const before = publicKeyParses();
+    const queries = dns.count(SELECTOR, "TXT");
+    for (const body of ["one\r\n", "two\r\n", "three\r\n"]) {
+      const result = await dkimResult(first, body);
+      assert.equal(result.result, "pass", body);
+    }
+    assert.equal(publicKeyParses() - before, 1);
+    assert.equal(dns.count(SELECTOR, "TXT") - queries, 3);
+  });
+
+  test("a rotated key is used at once (the memo is keyed by the record); the old signature then fails", async () => {
+    dns.load({ [SELECTOR]: { TXT: [second.txt] } });
+    const before = publicKeyParses();
+    assert.equal((await dkimResult(second, "rotated\r\n")).result, "pass");
+    const stale = await dkimResult(first, "stale\r\n");
+    assert.equal(stale.result, "fail");
+    assert.equal(publicKeyParses() - before, 1);
+  });
+
+  test("a record without a key is reported the same way from the memo", async () => {
+    dns.load({ [SELECTOR]: { TXT: ["v=DKIM1; k=rsa; p="] } });
+    const before = publicKeyParses();
+    for (const body of ["broken one\r\n", "broken two\r\n"]) {
+      const result = await dkimResult(first, body);
+      assert.equal(result.result, "neutral", body);
+      assert.equal(result.comment, "invalid public key", body);
+    }
+    assert.equal(publicKeyParses() - before, 1);
+  });
+});
