@@ -5,7 +5,8 @@
  * (`createPublicKey`, a PEM export and a schema check: 8–10 % of the gateway's CPU under the edge
  * policy, issue 11) and offers no option to cache it. The parse is a pure function of the TXT
  * record, so it is memoized by the record's text; the record itself is still asked of the resolver
- * every time, so the DNS cache (and its TTLs) decides when a changed key is seen.
+ * every time, so the DNS cache (and its TTLs) decides when a changed key is seen. The memo holds
+ * key objects, so the signature check does not parse the PEM text again either.
  *
  * The seam: mailauth's DKIM verifier and ARC code take `getPublicKey` from `lib/tools.js` when they
  * are first loaded, so the export is replaced before mailauth is loaded — which is why every module
@@ -13,6 +14,7 @@
  * with `require` after the patch instead of a hoisted `import`. `test/mailauth.test.ts` fails if
  * an upgrade moves the seam.
  */
+import { createPublicKey } from "node:crypto";
 import { createRequire } from "node:module";
 import { LRUCache } from "lru-cache";
 import type * as Mailauth from "mailauth";
@@ -57,11 +59,23 @@ function memoizedKeyLookup(parse: GetPublicKey): GetPublicKey {
     let parsed = parsedKeys.get(cacheKey);
     if (!parsed) {
       keyParses++;
-      parsed = parse(type, name, minBitLength, async () => records);
+      parsed = parse(type, name, minBitLength, async () => records).then((answer) => ({
+        ...answer,
+        publicKey: pemKeyObject(answer.publicKey),
+      }));
       parsedKeys.set(cacheKey, parsed);
     }
     return parsed;
   };
+}
+
+/**
+ * mailauth hands the PEM text to `crypto.verify`, which parses it again on every call; a key object
+ * skips that. It prints as the PEM, because mailauth copies `publicKey.toString()` into its results.
+ */
+function pemKeyObject(pem: string): string {
+  const key = createPublicKey(pem);
+  return Object.assign(key, { toString: () => pem }) as unknown as string;
 }
 
 /** False when mailauth was loaded before this module, so its verifier kept the unmemoized lookup. */

@@ -7,8 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { keyCacheActive, publicKeyParses } from "../core/mailauth.js";
+import { createResolver } from "../core/dns.js";
+import { dkimVerify, keyCacheActive, publicKeyParses } from "../core/mailauth.js";
 import { startDnsServer, type TestDnsServer } from "../core/testing/dns-server.js";
+import { mailauthResolver } from "../plugins/sender-auth/message.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
 import { generateKey, type TestKey } from "./fixtures/keys.js";
 import { type NextHop, startNextHop } from "./fixtures/next-hop.js";
@@ -101,4 +103,27 @@ routes:
     }
     assert.equal(publicKeyParses() - before, 1);
   });
+});
+
+test("mailauth's results still show the key as PEM text", async () => {
+  const key = generateKey("ed25519");
+  const dns = await startDnsServer({ "s2._domainkey.sender.test": { TXT: [key.txt] } });
+  try {
+    const data = await signed(message({ from: "<alice@sender.test>" }), {
+      domain: "sender.test",
+      selector: "s2",
+      privateKey: key.privateKey,
+    });
+    const resolver = mailauthResolver(createResolver({ servers: [dns.address] }));
+    for (let round = 0; round < 2; round++) {
+      const { results } = await dkimVerify(Buffer.from(data), { resolver });
+      assert.equal(results[0].status.result, "pass");
+      assert.match(
+        String((results[0] as { publicKey?: unknown }).publicKey),
+        /^-----BEGIN PUBLIC KEY-----\n[A-Za-z0-9+/=\n]+-----END PUBLIC KEY-----\n$/,
+      );
+    }
+  } finally {
+    await dns.close();
+  }
 });
