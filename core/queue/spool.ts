@@ -96,6 +96,8 @@ export class SpoolUnavailable extends Error {
 const MAGIC = Buffer.from("PCQ1");
 const FRAME = 16;
 const SEGMENT_BYTES = 16 * 1024 * 1024;
+/** Most bytes of just-stored messages kept in memory for their first delivery attempt. */
+const FRESH_BYTES = 16 * 1024 * 1024;
 
 function segmentName(seq: number): string {
   return String(seq).padStart(10, "0");
@@ -261,6 +263,14 @@ export class Spool {
   readonly #entries = new Map<string, QueueEntry>();
   readonly #segments = new Map<number, Segment>();
   readonly #commit = new GroupCommit();
+  /**
+   * The stored bytes of messages not yet tried. The first attempt usually follows the store at once,
+   * and reading them here spares it opening the segment file again (issue 11: an open, a read and a
+   * close per message). A message leaves this at its first update or completion; large bodies never
+   * enter it.
+   */
+  readonly #fresh = new Map<string, Buffer[]>();
+  #freshBytes = 0;
   #active: Segment | null = null;
   #rotating: Promise<Segment> | null = null;
   #nextSeq = 1;
@@ -382,6 +392,10 @@ export class Spool {
       segment.size += FRAME + json.length + dataLength;
       this.#bytes += FRAME + json.length + dataLength + (isFile ? sourceSize : 0);
       this.#entries.set(id, entry);
+      if (!isFile && this.#freshBytes + dataLength <= FRESH_BYTES) {
+        this.#fresh.set(id, data);
+        this.#freshBytes += dataLength;
+      }
       return entry;
     } catch (error) {
       if (isFile) await rm(join(this.largeDir, id), { force: true });
@@ -393,6 +407,7 @@ export class Spool {
 
   /** Records the current per-recipient state of a message (group-committed). */
   async update(entry: QueueEntry): Promise<void> {
+    this.#forgetFresh(entry);
     const segment = this.#segments.get(entry.location.segment)!;
     await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, false)]);
   }
@@ -400,6 +415,7 @@ export class Spool {
   /** Marks a message done and frees its space; its segment goes once nothing in it is live. */
   async complete(entry: QueueEntry): Promise<void> {
     const id = entry.envelope.id;
+    this.#forgetFresh(entry);
     if (!this.#entries.delete(id)) return;
     const segment = this.#segments.get(entry.location.segment)!;
     // Losing this line in a power loss means delivering again (a duplicate), never losing mail; so it
@@ -414,8 +430,14 @@ export class Spool {
     if (segment.live === 0 && segment !== this.#active) await this.#dropSegment(segment);
   }
 
+  #forgetFresh(entry: QueueEntry): void {
+    if (this.#fresh.delete(entry.envelope.id)) this.#freshBytes -= entry.location.dataLength;
+  }
+
   /** The stored message as it leaves: a fresh stream each call. */
   read(entry: QueueEntry): Readable {
+    const fresh = this.#fresh.get(entry.envelope.id);
+    if (fresh) return Readable.from(fresh, { objectMode: false });
     const { location } = entry;
     const segmentPath = join(this.queueDir, `${segmentName(location.segment)}.seg`);
     const head = (): ReadStream =>

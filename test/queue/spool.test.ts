@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { appendFile, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { appendFile, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -101,6 +101,24 @@ describe("Spool", () => {
     assert.equal(await text(spool, entry.envelope.id), "X-Added: 1\r\nSubject: big\r\n\r\nlarge body\r\n");
     await spool.complete(entry);
     assert.deepEqual(await readdir(join(dir, "large")), []);
+    await spool.close();
+  });
+
+  it("serves a message's first read from memory, later ones from its segment file", async () => {
+    const dir = await spoolDir();
+    const spool = await Spool.open(dir, { log });
+    const entry = await spool.store(input(5));
+    const expected = "Received: by gw.test; 5\r\nSubject: 5\r\n\r\nbody 5\r\n";
+    // With the segment file out of the way, only the in-memory copy can answer.
+    const [segment] = (await readdir(join(dir, "queue"))).filter((name) => name.endsWith(".seg"));
+    await rename(join(dir, "queue", segment), join(dir, segment));
+    assert.equal(await text(spool, entry.envelope.id), expected);
+    assert.equal(await text(spool, entry.envelope.id), expected, "each read is a new stream");
+    // After its first attempt (an update), the message is read from disk again.
+    await spool.update(entry);
+    await assert.rejects(text(spool, entry.envelope.id), { code: "ENOENT" });
+    await rename(join(dir, segment), join(dir, "queue", segment));
+    assert.equal(await text(spool, entry.envelope.id), expected);
     await spool.close();
   });
 
