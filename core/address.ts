@@ -38,6 +38,8 @@ const QUOTED_STRING = /^"(?:[\u0020\u0021\u0023-\u005b\u005d-\u007e\u00a0-\u{10f
 // Only used to find where a quoted local part ends; QUOTED_STRING then checks its content.
 const QUOTED_PREFIX = /^"(?:[^"\\]|\\.)*"/su;
 const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
+const PLAIN_LABEL = /^[A-Za-z0-9-]+$/;
+const ACE_PREFIX = /^xn--/i;
 // RFC 5321 §4.1.2 A-d-l: "@a.test,@b.test:" before the mailbox.
 const SOURCE_ROUTE = /^(@[^,:@]*(?:,@[^,:@]*)*):/;
 
@@ -56,7 +58,10 @@ export function asciiDomain(domain: string): string | undefined {
   const labels = name.split(".");
   const asciiLabels: string[] = [];
   for (const label of labels) {
-    const ascii = domainToASCII(label);
+    // Most labels are plain ASCII letters, digits and hyphens, for which IDNA only lower-cases
+    // (measured: domainToASCII was 1–2 % of the gateway's CPU, issue 11); "xn--" labels still go
+    // through it to be checked.
+    const ascii = PLAIN_LABEL.test(label) && !ACE_PREFIX.test(label) ? label.toLowerCase() : domainToASCII(label);
     if (!LDH_LABEL.test(ascii) || ascii.length > MAX_LABEL) return undefined;
     if (/\P{ASCII}/u.test(label) && domainToUnicode(ascii) !== label.toLowerCase()) return undefined;
     asciiLabels.push(ascii);

@@ -162,6 +162,12 @@ describe("asciiDomain", () => {
     ["BÜCHER.Example.", "xn--bcher-kva.example"],
     ["xn--bcher-kva.example", "xn--bcher-kva.example"],
     ["localhost", "localhost"],
+    // All-digit labels are valid host names (163.com, 126.com are large mail providers) — but not last.
+    ["163.com", "163.com"],
+    ["Mail.126.COM", "mail.126.com"],
+    ["example.123", undefined],
+    ["0x7f.1", undefined],
+    ["xn--.example", undefined],
     ["", undefined],
     [".", undefined],
     ["example.test..", undefined],
