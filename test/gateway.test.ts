@@ -288,6 +288,14 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
     }
     await client.quit();
   });
+
+  test("accepts senders from domains with all-digit labels (163.com)", async () => {
+    const client = await SmtpTestClient.connect(gw.port);
+    await client.command("EHLO client.test");
+    assert.equal((await client.command("MAIL FROM:<someone@163.com>")).code, 250);
+    assert.equal((await client.command("RCPT TO:<u@example.test>")).code, 250);
+    await client.quit();
+  });
 });
 
 describe("connection bookkeeping", () => {
