@@ -46,9 +46,13 @@ export function parseCidr(text: string): Cidr | undefined {
   return { address, prefix, family: family as 4 | 6 };
 }
 
+/** Client addresses a NetworkList remembers its answer for; the map starts over when full. */
+const REMEMBERED_ANSWERS = 4096;
+
 /** A set of networks; `has` answers for IPv4, IPv6 and IPv4-mapped IPv6 addresses alike. */
 export class NetworkList {
   readonly #blocks = new BlockList();
+  readonly #answers = new Map<string, boolean>();
   readonly size: number;
 
   constructor(entries: Iterable<string | Cidr>) {
@@ -63,9 +67,15 @@ export class NetworkList {
   }
 
   has(ip: string): boolean {
-    const address = normalizeIp(ip);
-    const family = isIP(address);
-    if (family === 0) return false;
-    return this.#blocks.check(address, isIPv4(address) ? "ipv4" : "ipv6");
+    // BlockList.check builds a SocketAddress per call, and the same client is asked about at every
+    // phase (relay access, trust, rate-limit exemptions): answers are remembered.
+    let answer = this.#answers.get(ip);
+    if (answer === undefined) {
+      if (this.#answers.size >= REMEMBERED_ANSWERS) this.#answers.clear();
+      const address = normalizeIp(ip);
+      answer = isIP(address) !== 0 && this.#blocks.check(address, isIPv4(address) ? "ipv4" : "ipv6");
+      this.#answers.set(ip, answer);
+    }
+    return answer;
   }
 }
