@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadPolicy } from "../core/policy/load.js";
+import { eventually } from "./fixtures/eventually.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
 import { closedPort, type NextHop } from "./fixtures/next-hop.js";
 import { calls } from "./fixtures/plugins/recorder.js";
@@ -101,6 +102,36 @@ routes:
     const client = await SmtpTestClient.connect(gw.port);
     assert.equal(client.greeting.code, 220);
     await client.quit();
+  });
+});
+
+describe("a hook that oversleeps its deadline", () => {
+  test("finds its signal aborted when it looks after the deadline, and the client got 451 4.3.0", async () => {
+    const { gw, stop } = await startRelay(
+      (hop) => `
+version: 1
+relay: { domains: [example.test] }
+hooks: { timeout: 200ms }
+pipeline:
+  - { plugin: ${recorder}, id: late, sleepIn: mail, sleepMs: 500 }
+routes:
+  - { to: "smtp://127.0.0.1:${hop.port}" }
+`,
+    );
+    try {
+      calls.length = 0;
+      const client = await SmtpTestClient.connect(gw.port);
+      await client.command("EHLO client.test");
+      assert.equal(
+        (await client.command("MAIL FROM:<a@sender.test>")).raw,
+        "451 4.3.0 Temporary policy failure, try again later",
+      );
+      await client.quit();
+      await eventually(() => calls.some((call) => call.startsWith("late:mail:signal")), "the hook woke up");
+      assert.ok(calls.includes("late:mail:signal aborted (Error: timed out after 200 ms)"), calls.join(", "));
+    } finally {
+      await stop();
+    }
   });
 });
 
