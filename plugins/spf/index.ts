@@ -1,12 +1,12 @@
 /**
- * SPF (RFC 7208) at MAIL FROM, so a failing sender is refused before DATA. The null sender (a
+ * SPF (RFC 7208) at MAIL FROM, so a failing sender is refused before DATA (evaluate.ts remembers
+ * results while the DNS answers behind them stay the same). The null sender (a
  * bounce) has no domain to check, so the HELO name is checked instead (§2.3).
  */
 import { isIP } from "node:net";
 import { definePlugin, verdict } from "../../core/api.js";
-import { spf } from "../../core/mailauth.js";
 import type { SpfFacts, SpfResult } from "../sender-auth/facts.js";
-import { mailauthResolver } from "../sender-auth/message.js";
+import { spfEvaluator } from "./evaluate.js";
 import { SpfOptions } from "./schema.js";
 
 const RESULTS: ReadonlySet<string> = new Set<SpfResult>([
@@ -35,6 +35,7 @@ export default definePlugin({
     permerror: { action: "ignore", reply: "550 5.7.24 SPF: the record of {spf.domain} is invalid" },
   },
   setup(options) {
+    const evaluator = spfEvaluator();
     return {
       async mail(ctx) {
         const { sender } = ctx.transaction;
@@ -43,15 +44,17 @@ export default definePlugin({
         const helo = isIP(heloName) ? `[${heloName}]` : heloName;
         const identity = sender.domain === "" ? "helo" : "mailfrom";
         // Without a sender mailauth checks postmaster@<helo>, which is RFC 7208's HELO identity.
-        const checked = await spf({
-          ip: connection.client.ip,
-          helo,
-          sender: identity === "mailfrom" ? `${sender.local}@${sender.domain}` : undefined,
-          mta: ctx.hostname,
-          resolver: mailauthResolver(ctx.dns),
-          maxResolveCount: options.maxLookups,
-          maxVoidCount: options.maxVoidLookups,
-        });
+        const checked = await evaluator.check(
+          {
+            ip: connection.client.ip,
+            helo,
+            sender: identity === "mailfrom" ? `${sender.local}@${sender.domain}` : undefined,
+            mta: ctx.hostname,
+            maxLookups: options.maxLookups,
+            maxVoidLookups: options.maxVoidLookups,
+          },
+          ctx.dns,
+        );
         const raw = String(checked.status.result);
         const result: SpfResult = RESULTS.has(raw) ? (raw as SpfResult) : "temperror";
         const skipped = connection.trusted && !options.enforceOnTrusted;
