@@ -100,7 +100,7 @@ function declaredSize(sender: Address): number {
 interface StepContext extends Services {
   readonly connection: ConnectionContext;
   readonly facts: { rateLimit?: RateLimitFacts };
-  readonly sender?: Address;
+  readonly transaction?: { readonly sender: Address };
   readonly recipient?: Address;
   readonly signal: AbortSignal;
   addScore(points: number, reason: string): void;
@@ -154,7 +154,7 @@ async function step(ctx: StepContext, demands: readonly Demand[], commit: boolea
   const scope = {
     connection: ctx.connection,
     facts: ctx.facts,
-    sender: ctx.sender?.address,
+    sender: ctx.transaction?.sender.address,
     recipient: ctx.recipient?.address,
   };
   const reason = (d: Demand) => `${d.limit.name} exceeded by ${d.key}`;
@@ -207,15 +207,14 @@ export default definePlugin({
         const { sender } = ctx.transaction;
         const view: TransactionView = { connection: ctx.connection, sender, recipients: [], size: 0 };
         const checkView = { ...view, size: declaredSize(sender) };
-        const stepCtx = { ...ctx, sender };
         return (
           (await step(
-            stepCtx,
+            ctx,
             collect(attempts, (l) => demand(l.shape, view)),
             true,
           )) ??
           step(
-            stepCtx,
+            ctx,
             collect(accepted, (l) => demand(l.shape, checkView)),
             false,
           )
@@ -226,7 +225,6 @@ export default definePlugin({
         const before: TransactionView = { connection: ctx.connection, sender, recipients, size: 0 };
         const after = { ...before, recipients: [...recipients, ctx.recipient] };
         const checkView = { ...after, size: declaredSize(sender) };
-        const stepCtx = { ...ctx, sender };
         const taken = collect(attempts, (l) => growth(demand(l.shape, before), demand(l.shape, after)));
         const checked = collect(accepted, (l) => {
           const costs = demand(l.shape, checkView);
@@ -235,14 +233,14 @@ export default definePlugin({
           const own = keyValue(l.shape, checkView, ctx.recipient);
           return own === null || !costs.has(own) ? null : new Map([[own, costs.get(own)!]]);
         });
-        return (await step(stepCtx, taken, true)) ?? step(stepCtx, checked, false);
+        return (await step(ctx, taken, true)) ?? step(ctx, checked, false);
       },
       async data(ctx) {
         const { sender, recipients } = ctx.transaction;
         const before: TransactionView = { connection: ctx.connection, sender, recipients, size: 0 };
         const after = { ...before, size: ctx.message.size };
         return step(
-          { ...ctx, sender },
+          ctx,
           collect(attempts, (l) => growth(demand(l.shape, before), demand(l.shape, after))),
           true,
         );
@@ -251,7 +249,7 @@ export default definePlugin({
         const { sender, recipients } = ctx.transaction;
         const view: TransactionView = { connection: ctx.connection, sender, recipients, size: ctx.message.size };
         return step(
-          { ...ctx, sender },
+          ctx,
           collect(accepted, (l) => demand(l.shape, view)),
           true,
         );
