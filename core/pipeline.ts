@@ -117,6 +117,51 @@ async function runWithDeadline<T>(run: (signal: () => AbortSignal) => Promise<T>
 }
 
 /**
+ * What one hook run sees (HookContext). A class, so every run has the same shape: spreading the
+ * services and the phase input into a new literal per run was 3 % of the gateway's CPU (issue 11).
+ */
+class HookRun {
+  readonly dns: Services["dns"];
+  readonly state: Services["state"];
+  readonly log: Services["log"];
+  readonly clock: Services["clock"];
+  readonly hostname: string;
+  readonly policyDir: string;
+  readonly connection: PhaseInput["connection"];
+  readonly transaction: PhaseInput["transaction"];
+  readonly recipient: PhaseInput["recipient"];
+  readonly message: PhaseInput["message"];
+  readonly helo: PhaseInput["helo"];
+  readonly #signal: () => AbortSignal;
+
+  constructor(
+    services: Services,
+    input: PhaseInput,
+    readonly phase: Phase,
+    readonly facts: Partial<Facts>,
+    readonly addScore: (points: number, reason: string) => void,
+    signal: () => AbortSignal,
+  ) {
+    this.dns = services.dns;
+    this.state = services.state;
+    this.log = services.log;
+    this.clock = services.clock;
+    this.hostname = services.hostname;
+    this.policyDir = services.policyDir;
+    this.connection = input.connection;
+    this.transaction = input.transaction;
+    this.recipient = input.recipient;
+    this.message = input.message;
+    this.helo = input.helo;
+    this.#signal = signal;
+  }
+
+  get signal(): AbortSignal {
+    return this.#signal();
+  }
+}
+
+/**
  * Runs `phase` over the plugins in order. `facts` is the scope the hooks write to (connection facts
  * for connect/helo, transaction facts afterwards); `trace` receives one entry per hook run.
  */
@@ -151,17 +196,7 @@ export async function runPhase(
     let error: string | undefined;
     try {
       const result = await runWithDeadline(
-        (signal) =>
-          hook({
-            ...services,
-            ...input,
-            phase,
-            facts,
-            get signal() {
-              return signal();
-            },
-            addScore,
-          } as HookContext<Phase>),
+        (signal) => hook(new HookRun(services, input, phase, facts, addScore, signal) as unknown as HookContext<Phase>),
         entry.timeoutMs,
       );
       if (result === undefined) {
