@@ -6,9 +6,10 @@
 
 import { asciiDomain } from "../../core/address.js";
 import { definePlugin, type HookContext, verdict } from "../../core/api.js";
-import { dmarc } from "../../core/mailauth.js";
+import { type DMARCResult, dmarc } from "../../core/mailauth.js";
 import type { DmarcFacts, DmarcPolicy } from "../sender-auth/facts.js";
-import { dkimSignatures, mailauthResolver, parsedMessage } from "../sender-auth/message.js";
+import { dkimSignatures, parsedMessage } from "../sender-auth/message.js";
+import { type ReplayMemo, replayMemo } from "../sender-auth/replay.js";
 import { alignedDomain, applyPolicy } from "./evaluate.js";
 import { anchoredRoute, DmarcOptions } from "./schema.js";
 
@@ -38,7 +39,12 @@ function withoutRecord(
   };
 }
 
-async function evaluate(ctx: HookContext<"data">, options: DmarcOptions): Promise<DmarcFacts> {
+/** Distinct (From, SPF domains, DKIM domains) lookups remembered. */
+const KEPT_LOOKUPS = 10_000;
+
+type DmarcMemo = ReplayMemo<DMARCResult | false>;
+
+async function evaluate(ctx: HookContext<"data">, options: DmarcOptions, memo: DmarcMemo): Promise<DmarcFacts> {
   const parsed = await parsedMessage(ctx);
   // RFC 7489 §6.6.1: with no From, or with several, there is no single domain to evaluate.
   if (parsed.headerFrom.length === 0) return withoutRecord("none", "no From address");
@@ -51,12 +57,9 @@ async function evaluate(ctx: HookContext<"data">, options: DmarcOptions): Promis
   const dkimDomains = dkimSignatures(parsed.results)
     .filter((signature) => signature.result === "pass")
     .map((signature) => signature.domain);
-  const found = await dmarc({
-    headerFrom: address,
-    spfDomains,
-    dkimDomains: dkimDomains.map((domain) => ({ domain })),
-    resolver: mailauthResolver(ctx.dns),
-  });
+  const found = await memo.run(JSON.stringify([address, spfDomains, dkimDomains]), ctx.dns, (resolver) =>
+    dmarc({ headerFrom: address, spfDomains, dkimDomains: dkimDomains.map((domain) => ({ domain })), resolver }),
+  );
   if (!found) return withoutRecord("none", "no From address");
   const orgDomain = found.domain.toLowerCase();
   if (found.status.result === "none") return withoutRecord("none", "no DMARC record", fromDomain, orgDomain);
@@ -112,9 +115,11 @@ export default definePlugin({
   },
   setup(options, services) {
     const quarantineRoute = options.quarantine.route && anchoredRoute(options.quarantine.route, services.policyDir);
+    // The record lookup (with its organizational-domain fallback) is replayed while DNS says the same.
+    const memo: DmarcMemo = replayMemo(KEPT_LOOKUPS);
     return {
       async data(ctx) {
-        const facts = await evaluate(ctx, options);
+        const facts = await evaluate(ctx, options, memo);
         ctx.facts.dmarc = facts;
         if (facts.result !== "fail") return verdict(facts.result);
         if (facts.override === "trusted-client") return undefined;

@@ -1,5 +1,5 @@
 /**
- * The SPF replay memo (plugins/spf/evaluate.ts), against the UDP test DNS server through the shared
+ * The replay memo (plugins/sender-auth/replay.ts) as SPF uses it (plugins/spf/evaluate.ts), against the UDP test DNS server through the shared
  * resolver with its cache off, so every check really asks again: a repeated check is answered from
  * the memo; any changed answer (the record, an included record) is evaluated afresh; a DNS failure
  * is never remembered, nor is a record whose questions depend on the time; a "no such name" answer
@@ -90,7 +90,7 @@ describe("SPF replay memo", () => {
   });
 });
 
-describe("SPF replay memo through the wire", () => {
+describe("replay memo through the wire", () => {
   test("a sender's changed record decides its next MAIL FROM (gateway without a DNS cache)", async () => {
     const relay = await startDnsRelay(
       { "six.test": { TXT: ["v=spf1 ip4:192.0.2.10 -all"] } },
@@ -115,6 +115,38 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
       assert.equal(
         (await send()).mail?.raw,
         "550 5.7.23 SPF: six.test does not permit [192.0.2.10] to send mail as a@six.test",
+      );
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  test("a sender's changed DMARC record decides its next message (gateway without a DNS cache)", async () => {
+    const relay = await startDnsRelay(
+      { "seven.test": { TXT: ["v=spf1 ip4:192.0.2.10 -all"] } },
+      (hop) => `
+version: 1
+server: { hostname: gw.test, proxyProtocol: true }
+relay: { domains: [example.test] }
+dns: { cacheSize: 0 }
+pipeline: [{ plugin: spf }, { plugin: dmarc }]
+routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
+`,
+    );
+    try {
+      // SPF passes for another domain than the From domain: not aligned, so DMARC fails.
+      const send = () =>
+        sendAs(relay.gw.port, "192.0.2.10", {
+          from: "bounces@seven.test",
+          to: ["rcpt@example.test"],
+          data: message({ from: "<ceo@elsewhere.seven-corp.test>" }),
+        });
+      relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=none"] } });
+      for (let i = 0; i < 2; i++) assert.equal((await send()).data?.code, 250);
+      relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=reject"] } });
+      assert.equal(
+        (await send()).data?.raw,
+        "550 5.7.26 DMARC: unauthenticated mail from elsewhere.seven-corp.test is refused by its policy",
       );
     } finally {
       await relay.stop();
