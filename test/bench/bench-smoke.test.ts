@@ -40,6 +40,8 @@ test("one run measures (a), (b) and (c), and every message reaches the sink", as
     assert.equal(typeof run.latencyMs.p99, "number");
     assert.equal(run.gateway === null, config === "direct");
   }
+  assert.equal(result.runs.direct.samples.length, 3, "(a) before (b), before (c) and after");
+  assert.ok(result.runs.direct.samples.includes(result.runs.direct.msgPerSec), "the median is one of them");
   assert.equal(typeof result.runs.relay.gateway.peakRssMb, "number");
   assert.equal(typeof result.ratios.relay, "number");
   assert.equal(typeof result.ratios.edge, "number");

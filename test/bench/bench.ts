@@ -2,7 +2,7 @@
  * The benchmark machinery, separate from the command line so the smoke test drives the same code.
  *
  * One run measures, under the same load and against the same sink:
- *   (a) client → sink, the ceiling;
+ *   (a) client → sink, the ceiling (before each gateway run and after the last; the median counts);
  *   (b) client → gateway (plain relay, proxy mode) → sink;
  *   (c) client → gateway (the edge policy as far as it exists) → sink.
  * Throughput is end to end: the clock stops when the sink has counted every message, which also
@@ -66,6 +66,8 @@ export interface RunResult {
   } | null;
   readonly edgePolicy?: EdgePart[];
   readonly profile?: ProfileSummary;
+  /** (a) only: msg/s of each of its measurements, in order; the run shown is the median one. */
+  readonly samples?: number[];
 }
 
 export interface BenchResult {
@@ -114,11 +116,28 @@ export async function runBench(
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
-    for (const config of options.configs) {
+    const context: RunContext = { dir, settings, sink, message: mail.message, smtpSource };
+    const measure = async (config: ConfigName): Promise<RunResult> => {
       progress(`${LABELS[config]} …`);
-      const result = await runConfig(config, options, { dir, settings, sink, message: mail.message, smtpSource });
-      runs[config] = result;
+      const result = await runConfig(config, options, context);
       progress(`  ${formatRun(result)}`);
+      return result;
+    };
+    // (a) lasts about a second, so a passing disturbance moves it a lot: it is measured before each
+    // gateway run and after the last, and the median is the baseline (the higher middle one of an
+    // even count, which gives the smaller ratios).
+    const gatewayConfigs = options.configs.filter((config) => config !== "direct");
+    const baseline: RunResult[] = [];
+    const withDirect = options.configs.includes("direct");
+    for (const config of gatewayConfigs) {
+      if (withDirect) baseline.push(await measure("direct"));
+      runs[config] = await measure(config);
+    }
+    if (withDirect) {
+      baseline.push(await measure("direct"));
+      const sorted = [...baseline].sort((x, y) => x.msgPerSec - y.msgPerSec);
+      const median = sorted[Math.floor(sorted.length / 2)];
+      runs.direct = { ...median, samples: baseline.map((run) => run.msgPerSec) };
     }
   } finally {
     await sink?.close();
@@ -142,7 +161,7 @@ export async function runBench(
       loadAverage: { start: round(loadAtStart, 2), end: round(loadavg()[0], 2) },
     },
     options: { ...options, messageBytes: mail.message.length },
-    runs,
+    runs: Object.fromEntries(CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
     ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge) },
     addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge) },
   };
@@ -277,6 +296,7 @@ function round(value: number, digits: number): number {
 
 export function formatRun(run: RunResult): string {
   const parts = [`${String(run.msgPerSec).padStart(6)} msg/s`];
+  if (run.samples && run.samples.length > 1) parts.push(`(median of ${run.samples.join(", ")})`);
   if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
   if (run.gateway)
     parts.push(`gateway peak RSS ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
@@ -296,7 +316,10 @@ export function formatBench(result: BenchResult): string {
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];
-  for (const run of Object.values(result.runs)) lines.push(run.label, `    ${formatRun(run)}`);
+  for (const config of CONFIGS) {
+    const run = result.runs[config];
+    if (run) lines.push(run.label, `    ${formatRun(run)}`);
+  }
   lines.push("");
   const ratio = (value: number | null, target: number) =>
     value === null ? "n/a" : `${value.toFixed(3)} (target ≥ ${target})`;
