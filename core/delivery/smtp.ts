@@ -188,11 +188,13 @@ async function attempt(
   }
   let link: Link | null = lease?.link ?? null;
   let keep = false;
+  let envelopeOpen = false;
   try {
     if (link) {
       const reused = await transact(link, c, envelope, message, options, deadline);
       if (!reused.stale || (!Buffer.isBuffer(message) && message.readableDidRead)) {
         keep = reused.reusable;
+        envelopeOpen = reused.envelopeOpen;
         return { kind: "done", result: reused.result };
       }
       link.close();
@@ -208,11 +210,12 @@ async function attempt(
     link = opened.link;
     const sent = await transact(link, c, envelope, message, options, deadline);
     keep = sent.reusable;
+    envelopeOpen = sent.envelopeOpen;
     return { kind: "done", result: sent.result };
   } finally {
     if (lease && pool) {
-      if (keep && link) resetThenRelease(pool, lease, link);
-      else pool.release(lease, null);
+      if (keep && link && envelopeOpen) resetThenRelease(pool, lease, link);
+      else pool.release(lease, keep ? link : null);
       if (!keep) link?.close();
     } else if (link) {
       if (keep) link.conn.quit();
@@ -221,7 +224,13 @@ async function attempt(
   }
 }
 
-/** RSET clears the envelope on the server; only a connection that answered it goes back to the pool. */
+/**
+ * RSET clears an envelope a refusal left open on the server (a refused MAIL or every RCPT refused);
+ * only a connection that answered it goes back to the pool. After the reply to the end of data the
+ * server has cleared the transaction itself (RFC 5321 §4.1.1.4), so no RSET is sent then: it was a
+ * write, a read and a reply parse per message (issue 11). A pooled connection that died meanwhile
+ * is caught at its next use, which then goes to a fresh connection (`attempt`).
+ */
 function resetThenRelease(pool: ConnectionPool, lease: Lease, link: Link): void {
   let released = false;
   const release = (keep: boolean) => {
@@ -325,8 +334,9 @@ function open(
 
 /**
  * One transaction on an open link. `reusable`: the session is in a known state (a reply ended the
- * transaction), so RSET makes it ready for the next message. `stale`: the link died before the
- * server answered anything of this transaction.
+ * transaction). `envelopeOpen`: that reply came before the end of data, so the server still holds
+ * the envelope and needs an RSET before the next message. `stale`: the link died before the server
+ * answered anything of this transaction.
  */
 function transact(
   link: Link,
@@ -335,7 +345,7 @@ function transact(
   message: Readable | Buffer,
   options: SmtpDeliveryOptions,
   deadline: number,
-): Promise<{ result: DeliveryResult; reusable: boolean; stale: boolean }> {
+): Promise<{ result: DeliveryResult; reusable: boolean; envelopeOpen: boolean; stale: boolean }> {
   const { nextHop } = c;
   const tracked: TrackedEnvelope = {
     from: envelope.from === "" ? false : envelope.from,
@@ -354,14 +364,14 @@ function transact(
   link.uses++;
   return new Promise((resolve) => {
     let settled = false;
-    const finish = (result: DeliveryResult, reusable: boolean, stale = false) => {
+    const finish = (result: DeliveryResult, reusable: boolean, envelopeOpen: boolean, stale = false) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       link.handler = null;
       if (!reusable) link.close();
-      resolve({ result, reusable, stale });
+      resolve({ result, reusable, envelopeOpen, stale });
     };
     /** The session broke mid-transaction: keep definite per-recipient answers, defer the rest. */
     const lost = (reason: string) => {
@@ -369,6 +379,7 @@ function transact(
       finish(
         transactionResult(envelope, tracked, nextHop, { code: 451, enhanced: "4.4.2", text: reason }),
         false,
+        true,
         !answered,
       );
     };
@@ -389,7 +400,7 @@ function transact(
       if (sendError) {
         // A reply ended the transaction (refused MAIL, RCPTs, DATA): the session itself is fine.
         const replied = typeof sendError.response === "string" && sendError.code !== "ECONNECTION";
-        finish(failedTransaction(envelope, tracked, nextHop, sendError), replied && !link.dead);
+        finish(failedTransaction(envelope, tracked, nextHop, sendError), replied && !link.dead, true);
         return;
       }
       const response = cleanText(info?.response ?? "");
@@ -398,7 +409,7 @@ function transact(
       const delivered = link.conn.options.lmtp
         ? { code: 250, enhanced: "2.0.0", text: `Delivered by ${nextHop}` }
         : nextHopReply(info?.response, { code: 250, enhanced: "2.0.0", text: "Accepted" });
-      finish({ ...transactionResult(envelope, tracked, nextHop, delivered), response }, !link.dead);
+      finish({ ...transactionResult(envelope, tracked, nextHop, delivered), response }, !link.dead, false);
     });
   });
 }

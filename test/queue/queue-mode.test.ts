@@ -167,14 +167,21 @@ describe("queue mode", () => {
     await until(() => second.gateway.queue.spool?.entries().length === 0, "the spool to empty");
   });
 
-  it("reuses next-hop connections across messages (RSET between them)", async () => {
-    const next = await hop();
-    const gw = await gateway(policy(`  - { to: "smtp://127.0.0.1:${next.port}", connections: 2 }`));
+  it("reuses next-hop connections across messages, with RSET only after a refusal left an envelope open", async () => {
+    const next = await hop({ rejectRecipients: { "gone@example.test": "550 5.1.1 no such user" } });
+    const gw = await gateway(policy(`  - { to: "smtp://127.0.0.1:${next.port}", connections: 1 }`));
     for (let i = 0; i < 8; i++) {
       assert.equal((await send(gw.port, { to: ["b@example.test"], data: message(`reuse${i}`) })).code, 250);
     }
     await next.waitForMessages(8);
-    assert.ok(next.connections() <= 2, `8 messages over ${next.connections()} connections`);
+    assert.equal(next.connections(), 1, "8 messages over one connection");
+    assert.equal(next.resets(), 0, "the end of data closed each transaction; no RSET needed");
+    // Every recipient refused: MAIL FROM is still open on the next hop, so RSET before the next message.
+    assert.equal((await send(gw.port, { to: ["gone@example.test"], data: message("refused") })).code, 250);
+    await until(() => next.resets() === 1, "an RSET after the refused transaction");
+    assert.equal((await send(gw.port, { to: ["b@example.test"], data: message("after") })).code, 250);
+    await next.waitForMessages(9);
+    assert.equal(next.connections(), 1);
   });
 });
 
