@@ -25,7 +25,7 @@
  * record appears in two segments (none does today; kept for forward compatibility with compaction)
  * is taken from the newer one.
  */
-import { randomBytes } from "node:crypto";
+import { randomFillSync } from "node:crypto";
 import { createReadStream, type ReadStream } from "node:fs";
 import {
   constants,
@@ -227,9 +227,22 @@ function processExists(pid: number): boolean {
   }
 }
 
+/** Random bytes drawn a block at a time: a crypto call per message showed in profiles (issue 11). */
+const randomPool = { bytes: Buffer.alloc(4096), next: 4096 };
+
+function randomHex(length: number): string {
+  if (randomPool.next + length > randomPool.bytes.length) {
+    randomFillSync(randomPool.bytes);
+    randomPool.next = 0;
+  }
+  const text = randomPool.bytes.toString("hex", randomPool.next, randomPool.next + length);
+  randomPool.next += length;
+  return text;
+}
+
 /** Sortable, unique queue ids: time (base 36) then randomness. */
 export function newQueueId(now: number): string {
-  return `${now.toString(36).padStart(9, "0")}${randomBytes(5).toString("hex")}`.toUpperCase();
+  return `${now.toString(36).padStart(9, "0")}${randomHex(5)}`.toUpperCase();
 }
 
 function stateLine(entry: QueueEntry, done: boolean): Buffer {

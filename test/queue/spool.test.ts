@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { createLogger } from "../../core/log.js";
-import { Spool, SpoolUnavailable } from "../../core/queue/spool.js";
+import { newQueueId, Spool, SpoolUnavailable } from "../../core/queue/spool.js";
 
 const log = createLogger("silent");
 const dirs: string[] = [];
@@ -40,6 +40,15 @@ function input(n: number, body = `body ${n}\r\n`) {
 async function text(spool: Spool, id: string): Promise<string> {
   return (await spool.readAll(spool.get(id)!)).toString();
 }
+
+describe("newQueueId", () => {
+  it("is unique within one millisecond (across refills of its random pool) and sorts by time", () => {
+    const ids = Array.from({ length: 5000 }, () => newQueueId(1_000_000));
+    assert.equal(new Set(ids).size, ids.length);
+    assert.ok(ids.every((id) => /^[0-9A-Z]{19}$/.test(id)));
+    assert.ok(newQueueId(999_999) < ids[0] && ids[0] < newQueueId(1_000_001));
+  });
+});
 
 describe("Spool", () => {
   it("group-commits concurrent stores: one fsync round covers many messages", async () => {
