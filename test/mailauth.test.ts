@@ -6,15 +6,21 @@
  * taking `getPublicKey` from `lib/tools.js`), the parse counts here stop moving and these fail.
  */
 import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { createResolver } from "../core/dns.js";
-import { dkimVerify, keyCacheActive, publicKeyParses } from "../core/mailauth.js";
+import { dkimVerify, keyCacheActive, mailauthProcessChunk, publicKeyParses } from "../core/mailauth.js";
 import { startDnsServer, type TestDnsServer } from "../core/testing/dns-server.js";
 import { mailauthResolver } from "../plugins/sender-auth/message.js";
 import { startGateway, type TestGateway } from "./fixtures/gateway.js";
 import { generateKey, type TestKey } from "./fixtures/keys.js";
 import { type NextHop, startNextHop } from "./fixtures/next-hop.js";
 import { fieldValues, message, parseAuthResults, relayAs, signed } from "./fixtures/sender-auth.js";
+
+const { MessageParser } = createRequire(import.meta.url)("mailauth/lib/dkim/message-parser.js") as {
+  MessageParser: { prototype: { processChunk: typeof mailauthProcessChunk } };
+};
 
 const CLIENT = "192.0.2.10";
 const SELECTOR = "s1._domainkey.sender.test";
@@ -126,4 +132,55 @@ test("mailauth's results still show the key as PEM text", async () => {
   } finally {
     await dns.close();
   }
+});
+
+describe("mailauth header scan (indexOf instead of byte by byte)", () => {
+  test("gives the same verification results as mailauth's own scan, however the message is split", async () => {
+    const key = generateKey("rsa");
+    const dns = await startDnsServer({ "s3._domainkey.sender.test": { TXT: [key.txt] } });
+    const resolver = mailauthResolver(createResolver({ servers: [dns.address] }));
+    const crlf = await signed(message({ from: "<alice@sender.test>", body: "one\r\n\r\ntwo\r\n" }), {
+      domain: "sender.test",
+      selector: "s3",
+      privateKey: key.privateKey,
+    });
+    const messages = {
+      crlf,
+      "bare LF": crlf.replace(/\r\n/g, "\n"),
+      "mixed line ends": crlf.replace("\r\n\r\n", "\n\r\n"),
+      "no body": crlf.slice(0, crlf.indexOf("\r\n\r\n") + 2),
+      "empty body": crlf.slice(0, crlf.indexOf("\r\n\r\n") + 4),
+    };
+    const parser = MessageParser.prototype;
+    const ours = parser.processChunk;
+    const verify = async (raw: Buffer, at: number) => {
+      const stream = Readable.from(
+        [raw.subarray(0, at), raw.subarray(at)].filter((part) => part.length > 0),
+        {
+          objectMode: false,
+        },
+      );
+      const { results, headerFrom } = await dkimVerify(stream, { resolver });
+      return JSON.stringify({ results, headerFrom });
+    };
+    try {
+      for (const [name, text] of Object.entries(messages)) {
+        const raw = Buffer.from(text);
+        const end = text.search(/\r?\n\r?\n/);
+        // Every split around the end of the header block, and a few elsewhere.
+        const splits = [0, 1, 7, Math.floor(raw.length / 2), raw.length];
+        for (let at = Math.max(0, end - 3); at <= Math.min(raw.length, end + 6); at++) splits.push(at);
+        for (const at of splits) {
+          parser.processChunk = mailauthProcessChunk;
+          const expected = await verify(raw, at);
+          parser.processChunk = ours;
+          assert.equal(await verify(raw, at), expected, `${name}, split at ${at}`);
+        }
+      }
+      assert.match(await verify(Buffer.from(crlf), 10), /"result":"pass"/);
+    } finally {
+      parser.processChunk = ours;
+      await dns.close();
+    }
+  });
 });
