@@ -12,7 +12,7 @@ import type { MtaStsCache } from "./delivery/mta-sts.js";
 import { deliverMx } from "./delivery/mx.js";
 import type { ConnectionPool } from "./delivery/pool.js";
 import { type DeliveryResult, type RecipientOutcome, sameForAll } from "./delivery/result.js";
-import { deliverSmtp, type SmtpDeliveryOptions, type SmtpEnvelope } from "./delivery/smtp.js";
+import { deliverSmtp, type MessageSource, type SmtpDeliveryOptions, type SmtpEnvelope } from "./delivery/smtp.js";
 import { formatRouteTarget, parseRouteTarget, type RouteTarget } from "./delivery/target.js";
 import type { DnsResolver } from "./dns.js";
 import type { HeaderField, SpooledMessage } from "./message.js";
@@ -63,7 +63,12 @@ export interface OutgoingMessage {
   readonly source: SpooledMessage;
   readonly bodyStart: number;
   readonly size: number;
-  stream(): Readable;
+  /** For a delivery attempt: one Buffer when the message is in memory, else a stream from its file. */
+  content(): Readable | Buffer;
+}
+
+function asStream(content: Readable | Buffer): Readable {
+  return Buffer.isBuffer(content) ? Readable.from([content], { objectMode: false }) : content;
 }
 
 export function composeMessage(message: SpooledMessage, tx: TransactionContext, received: string): OutgoingMessage {
@@ -80,13 +85,16 @@ export function composeMessage(message: SpooledMessage, tx: TransactionContext, 
     source: message,
     bodyStart,
     size: head.length + message.size - bodyStart,
-    stream: () =>
-      Readable.from(
+    content: () => {
+      const held = message.inMemory();
+      if (held) return Buffer.concat([head, held.subarray(bodyStart)]);
+      return Readable.from(
         (async function* () {
           yield head;
           yield* message.stream(bodyStart);
         })(),
-      ),
+      );
+    },
   };
 }
 
@@ -155,7 +163,7 @@ export async function deliverPlanned(
   from: string,
   recipients: readonly PlannedRecipient[],
   dsn: EnvelopeDsn,
-  message: () => Readable,
+  message: MessageSource,
   options: DeliveryOptions,
 ): Promise<RoutedDelivery> {
   const groups = groupBy(recipients, (r) => `${routeKey(r.route)}|${r.notify?.join(",") ?? ""}|${r.orcpt ?? ""}`);
@@ -183,7 +191,7 @@ export async function deliverPlanned(
 async function deliverRoute(
   route: RouteSpec,
   envelope: SmtpEnvelope,
-  message: () => Readable,
+  message: MessageSource,
   options: DeliveryOptions,
 ): Promise<DeliveryResult> {
   let last: DeliveryResult | undefined;
@@ -209,7 +217,7 @@ export async function deliverTo(
   target: RouteTarget,
   route: RouteSpec,
   envelope: SmtpEnvelope,
-  message: () => Readable,
+  message: MessageSource,
   options: DeliveryOptions,
 ): Promise<DeliveryResult> {
   const smtp: SmtpDeliveryOptions = {
@@ -241,7 +249,7 @@ export async function deliverTo(
     case "mx":
       return deliverMxGroups(envelope, message, smtp, options);
     case "maildir":
-      return deliverMaildir(target.path, envelope, message(), { returnPath: envelope.from });
+      return deliverMaildir(target.path, envelope, asStream(message()), { returnPath: envelope.from });
     case "discard":
       return {
         nextHop: "discard",
@@ -257,7 +265,7 @@ export async function deliverTo(
 /** MX delivery goes per recipient domain: each domain has its own exchangers. */
 async function deliverMxGroups(
   envelope: SmtpEnvelope,
-  message: () => Readable,
+  message: MessageSource,
   smtp: SmtpDeliveryOptions,
   options: DeliveryOptions,
 ): Promise<DeliveryResult> {

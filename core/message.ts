@@ -39,14 +39,21 @@ export class SpooledMessage implements Message {
   ) {}
 
   stream(start = 0): Readable {
-    if (this.path) return createReadStream(this.path, { start });
-    const whole = this.chunks!.length === 1 ? this.chunks![0] : Buffer.concat(this.chunks!);
-    return Readable.from([whole.subarray(start)], { objectMode: false });
+    const held = this.inMemory();
+    if (!held) return createReadStream(this.path!, { start });
+    return Readable.from([held.subarray(start)], { objectMode: false });
+  }
+
+  /** The whole message when it is held in memory (not spilled to a file), else null. */
+  inMemory(): Buffer | null {
+    if (this.path) return null;
+    return this.chunks!.length === 1 ? this.chunks![0] : Buffer.concat(this.chunks!);
   }
 
   /** The whole message as one Buffer; only for messages that are in memory anyway or known small. */
   async buffer(): Promise<Buffer> {
-    if (!this.path) return this.chunks!.length === 1 ? this.chunks![0] : Buffer.concat(this.chunks!);
+    const held = this.inMemory();
+    if (held) return held;
     const parts: Buffer[] = [];
     for await (const chunk of this.stream()) parts.push(chunk as Buffer);
     return Buffer.concat(parts);

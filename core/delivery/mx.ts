@@ -3,12 +3,11 @@
  * `resolveMxHosts` is pure logic over the resolver's answers (tested with a fake resolver);
  * `deliverMx` walks the plan with `deliverSmtp`.
  */
-import type { Readable } from "node:stream";
 import type { Reply } from "../decision.js";
 import type { DnsResolver } from "../dns.js";
 import { type MtaStsCache, mxMatches } from "./mta-sts.js";
 import { type DeliveryResult, sameForAll } from "./result.js";
-import { deliverSmtp, type SmtpDeliveryOptions, type SmtpEnvelope } from "./smtp.js";
+import { deliverSmtp, type MessageSource, type SmtpDeliveryOptions, type SmtpEnvelope } from "./smtp.js";
 
 /** The only resolver methods MX delivery uses, so tests can fake just these. */
 export type MxResolver = Pick<DnsResolver, "resolveMx" | "resolve4" | "resolve6">;
@@ -109,7 +108,7 @@ export function pruneSelf(hosts: readonly MxHost[], isSelf: (exchange: string, a
 export async function deliverMx(
   domain: string,
   envelope: SmtpEnvelope,
-  message: () => Readable,
+  message: MessageSource,
   dns: MxResolver,
   options: MxDeliveryOptions,
 ): Promise<DeliveryResult> {

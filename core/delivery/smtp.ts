@@ -112,6 +112,12 @@ export async function deliverSmtp(
   }
 }
 
+/**
+ * What a delivery attempt sends, made anew for each attempt. A Buffer when the bytes are in memory:
+ * nodemailer writes it at once, where a stream costs a pipe per message (issue 11).
+ */
+export type MessageSource = () => Readable | Buffer;
+
 type Attempt = { kind: "done" | "tls-failed"; result: DeliveryResult };
 
 type ConnectionError = Error & { code?: string; originalCode?: string; response?: string; command?: string };

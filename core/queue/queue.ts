@@ -144,7 +144,7 @@ export class DeliveryQueue {
       }
     }
 
-    const delivery = await deliverPlanned(from, planned, dsn, () => message.stream(), this.deliveryOptions(runtime));
+    const delivery = await deliverPlanned(from, planned, dsn, () => message.content(), this.deliveryOptions(runtime));
     const { reply, takeOver } = proxyReply(delivery.outcomes, tx.id);
     const byAddress = new Map<string, RecipientOutcome>(delivery.outcomes.map((o) => [o.recipient, o]));
     const outcomeOf = (i: number) => byAddress.get(planned[i].address)!;

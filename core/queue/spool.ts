@@ -282,7 +282,7 @@ export class Spool {
    * close per message). A message leaves this at its first update or completion; large bodies never
    * enter it.
    */
-  readonly #fresh = new Map<string, Buffer[]>();
+  readonly #fresh = new Map<string, Buffer>();
   #freshBytes = 0;
   #active: Segment | null = null;
   #rotating: Promise<Segment> | null = null;
@@ -406,7 +406,7 @@ export class Spool {
       this.#bytes += FRAME + json.length + dataLength + (isFile ? sourceSize : 0);
       this.#entries.set(id, entry);
       if (!isFile && this.#freshBytes + dataLength <= FRESH_BYTES) {
-        this.#fresh.set(id, data);
+        this.#fresh.set(id, data.length === 1 ? data[0] : Buffer.concat(data, dataLength));
         this.#freshBytes += dataLength;
       }
       return entry;
@@ -447,10 +447,15 @@ export class Spool {
     if (this.#fresh.delete(entry.envelope.id)) this.#freshBytes -= entry.location.dataLength;
   }
 
+  /** For a delivery attempt: the bytes themselves while the message is fresh in memory, else `read`. */
+  content(entry: QueueEntry): Readable | Buffer {
+    return this.#fresh.get(entry.envelope.id) ?? this.read(entry);
+  }
+
   /** The stored message as it leaves: a fresh stream each call. */
   read(entry: QueueEntry): Readable {
     const fresh = this.#fresh.get(entry.envelope.id);
-    if (fresh) return Readable.from(fresh, { objectMode: false });
+    if (fresh) return Readable.from([fresh], { objectMode: false });
     const { location } = entry;
     const segmentPath = join(this.queueDir, `${segmentName(location.segment)}.seg`);
     const head = (): ReadStream =>

@@ -112,7 +112,7 @@ export class DeliveryWorker {
     const { envelope } = entry;
     const pending = envelope.recipients.filter((_, i) => entry.state[i].status === "pending");
     if (pending.length > 0) {
-      const result = await deliverPlanned(envelope.from, pending, envelope.dsn, () => spool.read(entry), {
+      const result = await deliverPlanned(envelope.from, pending, envelope.dsn, () => spool.content(entry), {
         ...settings.delivery,
         signal,
       });
