@@ -3,6 +3,7 @@
  * deadlines and errors, forwarding to a next hop byte for byte, next-hop failures, relay access.
  */
 import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -344,6 +345,31 @@ describe("connection bookkeeping", () => {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
       assert.deepEqual(gw.gateway.openSessions(), { sessions: 0, ipSlots: 0 });
+    } finally {
+      await gw.stop();
+    }
+  });
+
+  test("a client that vanishes in the middle of a large DATA: aborted, its spill file removed, nothing kept", async () => {
+    const gw = await startGateway("version: 1\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n");
+    try {
+      const client = await SmtpTestClient.connect(gw.port);
+      await client.command("EHLO client.test");
+      await client.command("MAIL FROM:<a@sender.test>");
+      await client.command("RCPT TO:<b@example.test>");
+      assert.equal((await client.command("DATA")).code, 354);
+      // More than the in-memory limit (256 KiB), so the message is being written to the spool's tmp/.
+      const line = `${"x".repeat(998)}\r\n`;
+      client.socket.write(`Subject: big\r\n\r\n${line.repeat(400)}`);
+      const tmp = join(gw.dir, "var/spool/tmp");
+      await eventually(async () => (await readdir(tmp).catch(() => [])).length === 1, "a spill file");
+      client.socket.resetAndDestroy();
+      await eventually(() => gw.transactions().at(-1)?.outcome === "aborted", "the transaction aborted");
+      await eventually(async () => (await readdir(tmp)).length === 0, "the spill file removed");
+      await eventually(() => gw.gateway.openSessions().sessions === 0, "the session closed");
+      const next = await SmtpTestClient.connect(gw.port);
+      assert.equal(next.greeting.code, 220);
+      await next.quit();
     } finally {
       await gw.stop();
     }
