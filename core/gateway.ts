@@ -5,7 +5,8 @@
 import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { pipeline } from "node:stream/promises";
+import type { Readable, Writable } from "node:stream";
+import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
 import type { Clock, ConnectionContext, Pregreet } from "./api.js";
@@ -53,6 +54,24 @@ class SmtpReply extends Error {
 const systemClock: Clock = { now: () => Date.now() };
 
 type Role = ConnectionContext["role"];
+
+/**
+ * `pipeline(stream, writer)` without its cost: Node 20's pipeline makes an AbortController per call
+ * and aborts it when done, which builds a DOMException with a stack trace for every message (2 % of
+ * the relay's CPU, issue 11). Same outcome: resolves when the writer has finished; rejects when
+ * either side fails or the client's stream closes before its end, and then destroys both.
+ */
+async function receive(stream: Readable, writer: Writable): Promise<void> {
+  stream.pipe(writer);
+  try {
+    await Promise.all([finished(stream, { writable: false }), finished(writer)]);
+  } catch (error) {
+    stream.unpipe(writer);
+    stream.destroy();
+    writer.destroy();
+    throw error;
+  }
+}
 
 export class Gateway {
   readonly log: Logger;
@@ -409,7 +428,7 @@ export class Gateway {
       for (const { server } of this.#servers) server.abortSession(smtp.id, "4.4.2 DATA timeout, closing connection");
     }, limits.dataTimeout);
     try {
-      await pipeline(stream, writer);
+      await receive(stream, writer);
     } catch (err) {
       await writer.discard();
       session.finish("aborted", null);
