@@ -50,6 +50,20 @@ const SOURCE_ROUTE = /^(@[^,:@]*(?:,@[^,:@]*)*):/;
  * the one the client wrote, and an all-numeric last label (`0x7f.1` → `127.0.0.1`) into an address.
  */
 export function asciiDomain(domain: string): string | undefined {
+  // The same few names come by again and again (senders, PTR names, HELO names): answers are kept.
+  const known = asciiDomains.get(domain);
+  if (known !== undefined) return known ?? undefined;
+  if (asciiDomains.size >= REMEMBERED_DOMAINS) asciiDomains.clear();
+  const ascii = toAsciiDomain(domain);
+  asciiDomains.set(domain, ascii ?? null);
+  return ascii;
+}
+
+/** Domains whose ASCII form (or null: not a host name) asciiDomain remembers; it starts over when full. */
+const REMEMBERED_DOMAINS = 10_000;
+const asciiDomains = new Map<string, string | null>();
+
+function toAsciiDomain(domain: string): string | undefined {
   const name = domain.endsWith(".") ? domain.slice(0, -1) : domain;
   if (name === "" || Buffer.byteLength(name) > MAX_DOMAIN) return undefined;
   // domainToASCII silently drops tab, CR and LF (WHATWG URL rules): "in\r\njected" would pass as "injected".
