@@ -64,9 +64,14 @@ export class ConnectionPool {
 
   constructor(readonly options: { readonly defaultLimit: number; readonly idleMs: number }) {}
 
-  /** Waits for a slot under `key`; rejects with the signal's reason when it aborts first. */
-  async acquire(key: string, limit = this.options.defaultLimit, signal?: AbortSignal): Promise<Lease> {
+  /**
+   * A lease on `key`: an idle connection or a free slot, else it waits for one; rejects with the
+   * signal's reason when `waitSignal` aborts first. That signal is made only when a wait is needed
+   * (a timeout signal per delivery showed in profiles, issue 11).
+   */
+  async acquire(key: string, limit = this.options.defaultLimit, waitSignal?: () => AbortSignal): Promise<Lease> {
     const slots = this.#slotsFor(key);
+    let signal: AbortSignal | undefined;
     for (;;) {
       signal?.throwIfAborted();
       while (slots.idle.length > 0) {
@@ -80,6 +85,8 @@ export class ConnectionPool {
         slots.busy++;
         return { key, link: null };
       }
+      signal ??= waitSignal?.();
+      signal?.throwIfAborted();
       await new Promise<void>((resolve, reject) => {
         const wake = () => {
           signal?.removeEventListener("abort", onAbort);

@@ -181,10 +181,12 @@ async function attempt(
   let lease: Lease | undefined;
   if (pool) {
     try {
-      const waitSignal = AbortSignal.any([
-        AbortSignal.timeout(Math.max(1, deadline - Date.now())),
-        ...(options.signal ? [options.signal] : []),
-      ]);
+      if (options.signal?.aborted) throw options.signal.reason;
+      const waitSignal = () =>
+        AbortSignal.any([
+          AbortSignal.timeout(Math.max(1, deadline - Date.now())),
+          ...(options.signal ? [options.signal] : []),
+        ]);
       lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, waitSignal);
     } catch {
       return allDeferred(
