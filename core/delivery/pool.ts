@@ -58,6 +58,13 @@ export interface Lease {
   readonly link: Link | null;
 }
 
+/** Every connection of a pool key stayed busy until the caller's deadline. */
+export class PoolWaitTimeout extends Error {
+  constructor(readonly key: string) {
+    super(`no connection became free in time for ${key}`);
+  }
+}
+
 export class ConnectionPool {
   readonly #slots = new Map<string, Slots>();
   #closed = false;
@@ -65,13 +72,17 @@ export class ConnectionPool {
   constructor(readonly options: { readonly defaultLimit: number; readonly idleMs: number }) {}
 
   /**
-   * A lease on `key`: an idle connection or a free slot, else it waits for one; rejects with the
-   * signal's reason when `waitSignal` aborts first. That signal is made only when a wait is needed
-   * (a timeout signal per delivery showed in profiles, issue 11).
+   * A lease on `key`: an idle connection or a free slot, else it waits for one, until `wait.until`
+   * (a Date.now() time; the wait then ends with PoolWaitTimeout) or until `wait.signal` aborts (with
+   * its reason). Plain timer and listener: a composite AbortSignal per delivery showed in profiles.
    */
-  async acquire(key: string, limit = this.options.defaultLimit, waitSignal?: () => AbortSignal): Promise<Lease> {
+  async acquire(
+    key: string,
+    limit = this.options.defaultLimit,
+    wait: { readonly until?: number; readonly signal?: AbortSignal } = {},
+  ): Promise<Lease> {
     const slots = this.#slotsFor(key);
-    let signal: AbortSignal | undefined;
+    const { signal } = wait;
     for (;;) {
       signal?.throwIfAborted();
       while (slots.idle.length > 0) {
@@ -85,19 +96,28 @@ export class ConnectionPool {
         slots.busy++;
         return { key, link: null };
       }
-      signal ??= waitSignal?.();
-      signal?.throwIfAborted();
       await new Promise<void>((resolve, reject) => {
-        const wake = () => {
+        let timer: NodeJS.Timeout | undefined;
+        const settle = () => {
+          clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
+        };
+        // A release takes the waiter off the list itself; a timeout or an abort must do it here.
+        const wake = () => {
+          settle();
           resolve();
         };
-        const onAbort = () => {
+        const stop = (error: unknown) => {
+          settle();
           slots.waiters = slots.waiters.filter((w) => w !== wake);
-          reject(signal!.reason);
+          reject(error);
         };
+        const onAbort = () => stop(signal!.reason);
         slots.waiters.push(wake);
         signal?.addEventListener("abort", onAbort, { once: true });
+        if (wait.until !== undefined) {
+          timer = setTimeout(() => stop(new PoolWaitTimeout(key)), Math.max(1, wait.until - Date.now()));
+        }
       });
     }
   }

@@ -181,13 +181,10 @@ async function attempt(
   let lease: Lease | undefined;
   if (pool) {
     try {
-      if (options.signal?.aborted) throw options.signal.reason;
-      const waitSignal = () =>
-        AbortSignal.any([
-          AbortSignal.timeout(Math.max(1, deadline - Date.now())),
-          ...(options.signal ? [options.signal] : []),
-        ]);
-      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, waitSignal);
+      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, {
+        until: deadline,
+        signal: options.signal,
+      });
     } catch {
       return allDeferred(
         options.signal?.aborted ? "Delivery aborted" : `Timed out waiting for a connection to ${c.nextHop}`,

@@ -1,25 +1,21 @@
 /**
- * The next-hop connection pool's slots: a free slot or an idle connection is handed out at once,
- * without making the wait signal; with every slot busy the caller waits until a release, or until
- * its signal aborts.
+ * The next-hop connection pool's slots: a free slot is handed out at once; with every slot busy the
+ * caller waits until a release, its deadline (PoolWaitTimeout) or its signal's abort — and a wait
+ * that ended leaves no waiter behind to be woken later.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ConnectionPool } from "../../core/delivery/pool.js";
+import { ConnectionPool, PoolWaitTimeout } from "../../core/delivery/pool.js";
+
+const FAR = () => Date.now() + 60_000;
 
 describe("ConnectionPool.acquire", () => {
-  test("a free slot is handed out at once; the wait signal is not even made", async () => {
+  test("free slots are handed out at once, without a connection (the caller opens one)", async () => {
     const pool = new ConnectionPool({ defaultLimit: 2, idleMs: 1000 });
-    let made = 0;
-    const waitSignal = () => {
-      made++;
-      return new AbortController().signal;
-    };
-    const first = await pool.acquire("hop", 2, waitSignal);
-    const second = await pool.acquire("hop", 2, waitSignal);
-    assert.equal(first.link, null, "no idle connection yet: the caller opens one");
+    const first = await pool.acquire("hop", 2, { until: FAR() });
+    const second = await pool.acquire("hop", 2, { until: FAR() });
+    assert.equal(first.link, null);
     assert.equal(second.link, null);
-    assert.equal(made, 0);
     pool.release(first, null);
     pool.release(second, null);
   });
@@ -27,36 +23,33 @@ describe("ConnectionPool.acquire", () => {
   test("with every slot busy the caller waits for a release", async () => {
     const pool = new ConnectionPool({ defaultLimit: 1, idleMs: 1000 });
     const held = await pool.acquire("hop", 1);
-    let made = 0;
     let granted = false;
-    const waiting = pool
-      .acquire("hop", 1, () => {
-        made++;
-        return new AbortController().signal;
-      })
-      .then((lease) => {
-        granted = true;
-        return lease;
-      });
+    const waiting = pool.acquire("hop", 1, { until: FAR() }).then((lease) => {
+      granted = true;
+      return lease;
+    });
     await new Promise((resolve) => setImmediate(resolve));
     assert.equal(granted, false);
-    assert.equal(made, 1, "the wait signal is made once the caller has to wait");
     pool.release(held, null);
     const lease = await waiting;
     assert.equal(lease.key, "hop");
     pool.release(lease, null);
   });
 
-  test("a wait ends with the signal's reason when it aborts first, and leaves no waiter behind", async () => {
+  test("a wait ends at its deadline with PoolWaitTimeout, and at an abort with the signal's reason", async () => {
     const pool = new ConnectionPool({ defaultLimit: 1, idleMs: 1000 });
     const held = await pool.acquire("hop", 1);
+    await assert.rejects(pool.acquire("hop", 1, { until: Date.now() + 20 }), PoolWaitTimeout);
     const controller = new AbortController();
-    const waiting = pool.acquire("hop", 1, () => controller.signal);
+    const aborted = pool.acquire("hop", 1, { until: FAR(), signal: controller.signal });
     controller.abort(new Error("gave up"));
-    await assert.rejects(waiting, { message: "gave up" });
+    await assert.rejects(aborted, { message: "gave up" });
+    await assert.rejects(pool.acquire("hop", 1, { signal: AbortSignal.abort(new Error("already")) }), {
+      message: "already",
+    });
+    // Neither ended wait is left as a waiter: the release goes to the next caller's free slot.
     pool.release(held, null);
-    // The slot is free again for the next caller, who is not woken into a stale wait.
-    const next = await pool.acquire("hop", 1, () => AbortSignal.abort(new Error("must not wait")));
+    const next = await pool.acquire("hop", 1, { until: Date.now() + 20 });
     assert.equal(next.link, null);
     pool.release(next, null);
   });
