@@ -17,6 +17,7 @@ import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
 import { ownReplyOverride } from "./hardening.js";
 import type { NetworkList } from "./netaddr.js";
 import { readProxyHeader } from "./proxy-v2.js";
+import { sessionId } from "./random.js";
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 
@@ -164,10 +165,16 @@ export class GatewaySMTPServer extends SMTPServer {
   /** PROXY v2 (binary) is parsed here; a v1 text header goes on to smtp-server (core/proxy-v2.ts). */
   override _handleProxy(
     socket: Socket,
-    callback: (err: Error | null, socketOptions?: { id: string; remoteAddress?: string; remotePort?: number }) => void,
+    callback: (
+      err: Error | null,
+      socketOptions?: { id: string; remoteAddress?: string; remotePort?: number; ignore?: boolean },
+    ) => void,
   ): void {
     if (!this._expectsProxyHeader(socket)) {
-      super._handleProxy(socket, callback);
+      // smtp-server's own version, with the session id from a pooled block of random bytes instead
+      // of a crypto call and a BigInt conversion per connection (issue 11); same id form.
+      const ignore = this.options.ignoredHosts?.includes(socket.remoteAddress ?? "") ?? false;
+      setImmediate(() => callback(null, { id: sessionId(), ignore }));
       return;
     }
     readProxyHeader(socket, (err, header) => {

@@ -22,6 +22,28 @@ test("the smtp-server internals the gateway overrides are still there", () => {
   // What GatewayConnection#init replaces: the fixed pre-greeting timer.
   assert.match(SMTPConnection.prototype.init.toString(), /setTimeout\(\(\) => this\.connectionReady\(\), 100\)/);
   assert.notEqual(GatewayConnection.prototype.init, SMTPConnection.prototype.init);
+  // What GatewayServer#_handleProxy does itself for a socket without a PROXY header: the session id
+  // (80 random bits in base 32) and the ignoredHosts flag, answered on the next turn.
+  const handleProxy = SMTPServer.prototype._handleProxy.toString();
+  assert.match(handleProxy, /randomBytes\(10\)[\s\S]*toString\(32\)[\s\S]*padStart\(16, '0'\)/);
+  assert.match(
+    handleProxy,
+    /ignore = this\.options\.ignoredHosts && this\.options\.ignoredHosts\.includes\(socket\.remoteAddress\)/,
+  );
+  assert.match(handleProxy, /setImmediate\(\(\) => callback\(null, socketOptions\)\)/);
+});
+
+test("sessions get distinct ids of smtp-server's form (16 base-32 digits), logged as cid", async () => {
+  const gw = await startGateway("version: 1\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n");
+  try {
+    for (let i = 0; i < 30; i++) await (await SmtpTestClient.connect(gw.port)).quit();
+    const ids = gw.logs.filter((line) => line.event === "connect").map((line) => String(line.cid));
+    assert.equal(ids.length, 30);
+    assert.equal(new Set(ids).size, 30);
+    for (const id of ids) assert.match(id, /^[0-9a-v]{16}$/);
+  } finally {
+    await gw.stop();
+  }
 });
 
 test("with a configured greeting delay a client that talks first is refused and closed; a polite one is greeted", async () => {

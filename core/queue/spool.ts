@@ -25,7 +25,6 @@
  * record appears in two segments (none does today; kept for forward compatibility with compaction)
  * is taken from the newer one.
  */
-import { randomFillSync } from "node:crypto";
 import { createReadStream, type ReadStream } from "node:fs";
 import {
   constants,
@@ -47,6 +46,7 @@ import type { Logger } from "pino";
 import type { Reply } from "../decision.js";
 import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../forward.js";
 import type { SpooledMessage } from "../message.js";
+import { randomHex } from "../random.js";
 
 export interface StoredEnvelope {
   readonly id: string;
@@ -225,19 +225,6 @@ function processExists(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === "EPERM";
   }
-}
-
-/** Random bytes drawn a block at a time: a crypto call per message showed in profiles (issue 11). */
-const randomPool = { bytes: Buffer.alloc(4096), next: 4096 };
-
-function randomHex(length: number): string {
-  if (randomPool.next + length > randomPool.bytes.length) {
-    randomFillSync(randomPool.bytes);
-    randomPool.next = 0;
-  }
-  const text = randomPool.bytes.toString("hex", randomPool.next, randomPool.next + length);
-  randomPool.next += length;
-  return text;
 }
 
 /** Sortable, unique queue ids: time (base 36) then randomness. */
