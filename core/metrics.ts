@@ -165,26 +165,6 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #hookTimers = new Map<string, { observe(seconds: number): void }>();
   readonly #verdictCounters = new Map<string, { inc(): void }>();
 
-  #hookTimer(plugin: string, phase: Phase): { observe(seconds: number): void } {
-    const key = `${plugin}\0${phase}`;
-    let series = this.#hookTimers.get(key);
-    if (!series) {
-      series = this.#hookSeconds.labels({ plugin, phase });
-      this.#hookTimers.set(key, series);
-    }
-    return series;
-  }
-
-  #verdictCounter(plugin: string, verdict: string): { inc(): void } {
-    const key = `${plugin}\0${verdict}`;
-    let series = this.#verdictCounters.get(key);
-    if (!series) {
-      series = this.#verdicts.labels({ plugin, verdict });
-      this.#verdictCounters.set(key, series);
-    }
-    return series;
-  }
-
   phase(phase: Phase, runs: readonly TraceEntry[], facts: Partial<Facts>): void {
     for (const run of runs) {
       if (run.source === "rule") {
@@ -193,10 +173,17 @@ export class GatewayMetrics implements GatewayObserver {
         if (run.verdict?.startsWith("observe: ")) this.#ruleObserved.inc({ rule: run.plugin, phase });
         continue;
       }
-      this.#hookTimer(run.plugin, phase).observe(run.ms / 1000);
+      seriesOf(this.#hookTimers, `${run.plugin}\0${phase}`, () =>
+        this.#hookSeconds.labels({ plugin: run.plugin, phase }),
+      ).observe(run.ms / 1000);
       if (run.error)
         this.#hookErrors.inc({ plugin: run.plugin, phase, error: run.error === "timeout" ? "timeout" : "error" });
-      if (run.verdict) this.#verdictCounter(run.plugin, run.verdict).inc();
+      const { verdict } = run;
+      if (verdict) {
+        seriesOf(this.#verdictCounters, `${run.plugin}\0${verdict}`, () =>
+          this.#verdicts.labels({ plugin: run.plugin, verdict }),
+        ).inc();
+      }
       // Entries are named as written in `plugin:`, so the built-in plugins are known by these names.
       if (run.plugin === "dnsbl" && run.verdict === "listed" && facts.dnsbl?.zone) {
         this.#dnsblListings.inc({ zone: facts.dnsbl.zone });
@@ -340,4 +327,14 @@ function addStats(a: DnsStats, b: DnsStats): DnsStats {
   const errors = { ...a.errors };
   for (const [code, count] of Object.entries(b.errors)) errors[code] = (errors[code] ?? 0) + count;
   return { queries: a.queries + b.queries, hits: a.hits + b.hits, misses: a.misses + b.misses, inflight: 0, errors };
+}
+
+/** The series under `key` in `cache`, made by `make` the first time. */
+function seriesOf<T>(cache: Map<string, T>, key: string, make: () => T): T {
+  let series = cache.get(key);
+  if (series === undefined) {
+    series = make();
+    cache.set(key, series);
+  }
+  return series;
 }
