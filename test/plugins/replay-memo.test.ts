@@ -8,9 +8,9 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { createResolver, type DnsResolver } from "../../core/dns.js";
-import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
+import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
 import { type SpfEvaluator, type SpfQuestion, spfEvaluator } from "../../plugins/spf/evaluate.js";
-import { startDnsRelay } from "../fixtures/relay.js";
+import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { message, sendAs } from "../fixtures/sender-auth.js";
 
 const question = (sender: string, ip = "192.0.2.10"): SpfQuestion => ({
@@ -90,20 +90,29 @@ describe("SPF replay memo", () => {
   });
 });
 
-describe("replay memo through the wire", () => {
-  test("a sender's changed record decides its next MAIL FROM (gateway without a DNS cache)", async () => {
-    const relay = await startDnsRelay(
-      { "six.test": { TXT: ["v=spf1 ip4:192.0.2.10 -all"] } },
-      (hop) => `
+/** A gateway without a DNS cache, so every check asks the test DNS server again; stopped after `run`. */
+async function withUncachedGateway(zone: ZoneData, pipeline: string, run: (relay: DnsRelay) => Promise<void>) {
+  const relay = await startDnsRelay(
+    zone,
+    (hop) => `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
 relay: { domains: [example.test] }
 dns: { cacheSize: 0 }
-pipeline: [{ plugin: spf }]
+pipeline: ${pipeline}
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
 `,
-    );
-    try {
+  );
+  try {
+    await run(relay);
+  } finally {
+    await relay.stop();
+  }
+}
+
+describe("replay memo through the wire", () => {
+  test("a sender's changed record decides its next MAIL FROM (gateway without a DNS cache)", () =>
+    withUncachedGateway({ "six.test": { TXT: ["v=spf1 ip4:192.0.2.10 -all"] } }, "[{ plugin: spf }]", async (relay) => {
       const send = () =>
         sendAs(relay.gw.port, "192.0.2.10", {
           from: "a@six.test",
@@ -116,40 +125,27 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
         (await send()).mail?.raw,
         "550 5.7.23 SPF: six.test does not permit [192.0.2.10] to send mail as a@six.test",
       );
-    } finally {
-      await relay.stop();
-    }
-  });
+    }));
 
-  test("a sender's changed DMARC record decides its next message (gateway without a DNS cache)", async () => {
-    const relay = await startDnsRelay(
+  test("a sender's changed DMARC record decides its next message (gateway without a DNS cache)", () =>
+    withUncachedGateway(
       { "seven.test": { TXT: ["v=spf1 ip4:192.0.2.10 -all"] } },
-      (hop) => `
-version: 1
-server: { hostname: gw.test, proxyProtocol: true }
-relay: { domains: [example.test] }
-dns: { cacheSize: 0 }
-pipeline: [{ plugin: spf }, { plugin: dmarc }]
-routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
-`,
-    );
-    try {
-      // SPF passes for another domain than the From domain: not aligned, so DMARC fails.
-      const send = () =>
-        sendAs(relay.gw.port, "192.0.2.10", {
-          from: "bounces@seven.test",
-          to: ["rcpt@example.test"],
-          data: message({ from: "<ceo@elsewhere.seven-corp.test>" }),
-        });
-      relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=none"] } });
-      for (let i = 0; i < 2; i++) assert.equal((await send()).data?.code, 250);
-      relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=reject"] } });
-      assert.equal(
-        (await send()).data?.raw,
-        "550 5.7.26 DMARC: unauthenticated mail from elsewhere.seven-corp.test is refused by its policy",
-      );
-    } finally {
-      await relay.stop();
-    }
-  });
+      "[{ plugin: spf }, { plugin: dmarc }]",
+      async (relay) => {
+        // SPF passes for another domain than the From domain: not aligned, so DMARC fails.
+        const send = () =>
+          sendAs(relay.gw.port, "192.0.2.10", {
+            from: "bounces@seven.test",
+            to: ["rcpt@example.test"],
+            data: message({ from: "<ceo@elsewhere.seven-corp.test>" }),
+          });
+        relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=none"] } });
+        for (let i = 0; i < 2; i++) assert.equal((await send()).data?.code, 250);
+        relay.dns.load({ "_dmarc.elsewhere.seven-corp.test": { TXT: ["v=DMARC1; p=reject"] } });
+        assert.equal(
+          (await send()).data?.raw,
+          "550 5.7.26 DMARC: unauthenticated mail from elsewhere.seven-corp.test is refused by its policy",
+        );
+      },
+    ));
 });
