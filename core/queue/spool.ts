@@ -42,6 +42,7 @@ import {
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { crc32 } from "node:zlib";
+import FlatQueue from "flatqueue";
 import type { Logger } from "pino";
 import type { Reply } from "../decision.js";
 import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../forward.js";
@@ -271,6 +272,13 @@ export class Spool {
    */
   readonly #fresh = new Map<string, Buffer>();
   #freshBytes = 0;
+  /**
+   * Message ids by the time they are due (`nextAt`), so the delivery worker finds due messages
+   * without walking the queue: with a large deferred backlog, a walk per wake made every new message
+   * cost O(queue). A message gets a new place whenever its nextAt is set; a place whose message
+   * is gone or has moved since is skipped when it comes up.
+   */
+  readonly #due = new FlatQueue<string>();
   #active: Segment | null = null;
   #rotating: Promise<Segment> | null = null;
   #nextSeq = 1;
@@ -307,6 +315,25 @@ export class Spool {
       throw error;
     }
     return spool;
+  }
+
+  /** Puts a message on the schedule at its current nextAt (needed only when nextAt changed without `update`). */
+  schedule(entry: QueueEntry): void {
+    this.#due.push(entry.envelope.id, entry.nextAt);
+  }
+
+  /** When the earliest scheduled message is due, or undefined when nothing is scheduled. */
+  nextDueAt(): number | undefined {
+    return this.#due.peekValue();
+  }
+
+  /** Takes the earliest message due at `now` off the schedule; undefined when none is due. */
+  takeDue(now: number): QueueEntry | undefined {
+    for (let at = this.#due.peekValue(); at !== undefined && at <= now; at = this.#due.peekValue()) {
+      const entry = this.#entries.get(this.#due.pop()!);
+      if (entry && entry.nextAt === at) return entry;
+    }
+    return undefined;
   }
 
   /** Messages not yet done, oldest first. */
@@ -392,6 +419,7 @@ export class Spool {
       segment.size += FRAME + json.length + dataLength;
       this.#bytes += FRAME + json.length + dataLength + (isFile ? sourceSize : 0);
       this.#entries.set(id, entry);
+      this.schedule(entry);
       if (!isFile && this.#freshBytes + dataLength <= FRESH_BYTES) {
         this.#fresh.set(id, data.length === 1 ? data[0] : Buffer.concat(data, dataLength));
         this.#freshBytes += dataLength;
@@ -408,6 +436,7 @@ export class Spool {
   /** Records the current per-recipient state of a message (group-committed). */
   async update(entry: QueueEntry): Promise<void> {
     this.#forgetFresh(entry);
+    this.schedule(entry);
     const segment = this.#segments.get(entry.location.segment)!;
     await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, false)]);
   }
@@ -631,6 +660,7 @@ export class Spool {
     for (const segment of [...this.#segments.values()]) {
       if (segment.live === 0) await this.#dropSegment(segment);
     }
+    for (const entry of this.#entries.values()) this.schedule(entry);
     if (this.#entries.size > 0) log.info({ messages: this.#entries.size }, "spool recovered");
   }
 }

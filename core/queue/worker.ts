@@ -65,27 +65,27 @@ export class DeliveryWorker {
     return this.#active.size;
   }
 
-  /** Starts every due message (up to the concurrency) and sets the timer for the next one. */
+  /**
+   * Starts due messages (up to the concurrency), taken from the spool's schedule in due order, and
+   * sets the timer for the next one. When every slot is busy the rest waits: each delivery that
+   * ends calls wake() again.
+   */
   wake(): void {
     if (this.#stopped) return;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
+    const { spool } = this.options;
     const now = this.options.clock.now();
     const limit = this.options.concurrency ?? 20;
-    let next = Number.POSITIVE_INFINITY;
-    for (const entry of this.options.spool.entries()) {
+    while (this.#active.size < limit) {
+      const entry = spool.takeDue(now);
+      if (!entry) break;
+      // In delivery already (its attempt schedules it again) or held (hold() does when it ends).
       if (this.#active.has(entry.envelope.id) || this.#held.has(entry.envelope.id)) continue;
-      if (entry.nextAt > now) {
-        next = Math.min(next, entry.nextAt);
-      } else if (this.#active.size < limit) {
-        this.#begin(entry);
-      } else {
-        // Every slot is busy: each delivery that ends calls wake() again, so the rest of the queue
-        // need not be walked now (walking it on every message made intake O(queue length)).
-        return;
-      }
+      this.#begin(entry);
     }
-    if (next !== Number.POSITIVE_INFINITY && this.#active.size < limit) {
+    const next = spool.nextDueAt();
+    if (next !== undefined && this.#active.size < limit) {
       this.#timer = setTimeout(() => this.wake(), Math.max(0, next - now));
     }
   }
@@ -98,6 +98,7 @@ export class DeliveryWorker {
         // The spool failed under us (disk full…): try again later rather than lose track.
         this.options.log.error({ id, err: error.message }, "delivery bookkeeping failed");
         entry.nextAt = this.options.clock.now() + this.options.settings().retry.schedule[0];
+        this.options.spool.schedule(entry);
       })
       .finally(() => {
         this.#active.delete(id);
@@ -172,6 +173,9 @@ export class DeliveryWorker {
       await action();
     } finally {
       this.#held.delete(id);
+      // Its place on the schedule may have come up while it was held.
+      const entry = this.options.spool.get(id);
+      if (entry) this.options.spool.schedule(entry);
       this.wake();
     }
   }

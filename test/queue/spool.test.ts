@@ -131,6 +131,40 @@ describe("Spool", () => {
     await spool.close();
   });
 
+  it("keeps a schedule: due messages come up in due order, moved and finished ones only where they are now", async () => {
+    const dir = await spoolDir();
+    const spool = await Spool.open(dir, { log });
+    const [early, late, done, moved] = [
+      await spool.store({ ...input(1), nextAt: 100 }),
+      await spool.store({ ...input(2), nextAt: 300 }),
+      await spool.store({ ...input(3), nextAt: 50 }),
+      await spool.store({ ...input(4), nextAt: 80 }),
+    ];
+    await spool.complete(done);
+    moved.nextAt = 250;
+    await spool.update(moved);
+    assert.equal(spool.nextDueAt(), 50, "the finished message's old place is still the earliest, and skipped");
+    assert.equal(spool.takeDue(90), undefined, "nothing is due at 90: the finished one is gone, the moved one moved");
+    assert.equal(spool.takeDue(200)?.envelope.id, early.envelope.id);
+    assert.equal(spool.takeDue(200), undefined);
+    assert.deepEqual(
+      [spool.takeDue(1000)?.envelope.id, spool.takeDue(1000)?.envelope.id, spool.takeDue(1000)],
+      [moved.envelope.id, late.envelope.id, undefined],
+    );
+    // A message taken off the schedule is back on it after its next update (a deferral), and a
+    // restarted spool schedules everything it recovers.
+    late.nextAt = 400;
+    await spool.update(late);
+    assert.equal(spool.nextDueAt(), 400);
+    await spool.close();
+    const reopened = await Spool.open(dir, { log });
+    assert.deepEqual(
+      [reopened.takeDue(1000)?.envelope.id, reopened.takeDue(1000)?.envelope.id, reopened.takeDue(1000)?.envelope.id],
+      [early.envelope.id, moved.envelope.id, late.envelope.id],
+    );
+    await reopened.close();
+  });
+
   it("refuses to store past its limit, and to open a spool another live process holds", async () => {
     const dir = await spoolDir();
     const spool = await Spool.open(dir, { log, limitBytes: 200 });
