@@ -80,7 +80,7 @@ export class DeliveryWorker {
     while (this.#active.size < limit) {
       const entry = spool.takeDue(now);
       if (!entry) break;
-      // In delivery already (its attempt schedules it again) or held (hold() does when it ends).
+      // In delivery (its attempt schedules it again when it ends) or held (hold() does).
       if (this.#active.has(entry.envelope.id) || this.#held.has(entry.envelope.id)) continue;
       this.#begin(entry);
     }
@@ -98,10 +98,12 @@ export class DeliveryWorker {
         // The spool failed under us (disk full…): try again later rather than lose track.
         this.options.log.error({ id, err: error.message }, "delivery bookkeeping failed");
         entry.nextAt = this.options.clock.now() + this.options.settings().retry.schedule[0];
-        this.options.spool.schedule(entry);
       })
       .finally(() => {
         this.#active.delete(id);
+        // Back on the schedule when still queued: a wake while this attempt was finishing may
+        // have taken (and passed over) the place its deferral had just made.
+        if (this.options.spool.get(id)) this.options.spool.schedule(entry);
         this.wake();
       });
     this.#active.set(id, { controller, done });
