@@ -96,7 +96,12 @@ interface Answer {
 
 type Query = () => Promise<Answer>;
 
-const NEGATIVE_CODES = new Set(["ENOTFOUND", "ENODATA"]);
+const NEGATIVE_CODES: ReadonlySet<string> = new Set(["ENOTFOUND", "ENODATA"]);
+
+/** An error code that is an answer, "no such name" or "no such record", not a failure to get one. */
+export function isNegativeAnswer(code: string | undefined): code is "ENOTFOUND" | "ENODATA" {
+  return code !== undefined && NEGATIVE_CODES.has(code);
+}
 
 export function createResolver(options: ResolverOptions = {}): DnsResolver {
   const timeoutMs = options.timeoutMs ?? 3000;
@@ -121,7 +126,7 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
     } catch (error) {
       const code = errorCode(error);
       stats.errors[code] = (stats.errors[code] ?? 0) + 1;
-      if (NEGATIVE_CODES.has(code)) return { entry: { negative: code }, ttlMs: negativeTtlMs };
+      if (isNegativeAnswer(code)) return { entry: { negative: code }, ttlMs: negativeTtlMs };
       throw error;
     } finally {
       stats.inflight--;

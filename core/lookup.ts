@@ -4,7 +4,7 @@
  * cannot be mixed up by a catch-all, which is how DNSBL clients end up failing open.
  */
 import { asciiDomain } from "./address.js";
-import { DnsError, reverseIpLabels } from "./dns.js";
+import { DnsError, isNegativeAnswer, reverseIpLabels } from "./dns.js";
 
 export type DnsOutcome<T> =
   | { readonly kind: "answer"; readonly value: T }
@@ -25,7 +25,7 @@ export async function settle<T>(lookup: Promise<T>): Promise<DnsOutcome<T>> {
     return { kind: "answer", value };
   } catch (error) {
     if (!(error instanceof DnsError)) throw error;
-    if (error.code === "ENOTFOUND" || error.code === "ENODATA") return { kind: "none", code: error.code };
+    if (isNegativeAnswer(error.code)) return { kind: "none", code: error.code };
     return { kind: "error", code: error.code };
   }
 }

@@ -9,7 +9,7 @@
  * saw a DNS failure (anything but "no such name" / "no data") is never kept.
  */
 import { LRUCache } from "lru-cache";
-import type { DnsResolver } from "../../core/dns.js";
+import { type DnsResolver, isNegativeAnswer } from "../../core/dns.js";
 import type { DNSResolver } from "../../core/mailauth.js";
 
 export interface Exchange {
@@ -38,9 +38,6 @@ export interface ReplayMemo<R> {
   /** Evaluations run (not answered from the memo), for tests. */
   readonly evaluations: number;
 }
-
-/** "No such name" and "no data" are answers; anything else (SERVFAIL, timeout) says nothing about the record. */
-const ANSWER_CODES: ReadonlySet<string> = new Set(["ENOTFOUND", "ENODATA"]);
 
 export function replayMemo<R>(maxKept: number): ReplayMemo<R> {
   const kept = new LRUCache<string, Kept<R>>({ max: maxKept });
@@ -82,7 +79,7 @@ async function ask(dns: DnsResolver, name: string, type: string): Promise<Outcom
     return { text: JSON.stringify(value), value };
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? "";
-    return { text: `!${code}`, error: error as Error, isAnswer: ANSWER_CODES.has(code) };
+    return { text: `!${code}`, error: error as Error, isAnswer: isNegativeAnswer(code) };
   }
 }
 
