@@ -6,6 +6,7 @@
  */
 import { Readable } from "node:stream";
 import type { Address, TransactionContext } from "./api.js";
+import { headerFieldBytes } from "./client-text.js";
 import { coreReject, type RefusingDecision, type Reply } from "./decision.js";
 import { deliverMaildir } from "./delivery/maildir.js";
 import type { MtaStsCache } from "./delivery/mta-sts.js";
@@ -67,18 +68,25 @@ export interface OutgoingMessage {
   content(): Readable | Buffer;
 }
 
+const CRLF = Buffer.from("\r\n");
+
 function asStream(content: Readable | Buffer): Readable {
   return Buffer.isBuffer(content) ? Readable.from([content], { objectMode: false }) : content;
 }
 
 export function composeMessage(message: SpooledMessage, tx: TransactionContext, received: string): OutgoingMessage {
-  const prepend = received + tx.headers.prepend.map((field) => `${field}\r\n`).join("");
+  const added = headerFieldBytes([received, ...tx.headers.prepend]);
   const removals = tx.headers.remove;
   const kept = message.headers.filter((field) => !removals.some((remove) => remove(field.name, field.value)));
   const rewriteHeader = kept.length !== message.headers.length;
+  // Kept fields are copied as bytes from the header section received, never re-encoded from text.
   const head = rewriteHeader
-    ? Buffer.from(`${prepend + kept.map((field) => `${field.raw}\r\n`).join("")}\r\n`, "latin1")
-    : Buffer.from(prepend, "latin1");
+    ? Buffer.concat([
+        added,
+        ...kept.flatMap((field) => [message.headerSection.subarray(field.start, field.end), CRLF]),
+        CRLF,
+      ])
+    : added;
   const bodyStart = rewriteHeader ? message.headerLength : 0;
   return {
     head,

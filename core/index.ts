@@ -22,6 +22,8 @@ export type {
   VerdictDefault,
 } from "./api.js";
 export { definePlugin, PHASES, verdict } from "./api.js";
+/** Text a client controlled, made safe for a header field or a reply line we write. */
+export { oneLine } from "./client-text.js";
 export type { DecidedBy, Decision, Reply } from "./decision.js";
 export { parseReply } from "./decision.js";
 export type { DnsResolver, MxRecord } from "./dns.js";

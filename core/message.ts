@@ -20,6 +20,9 @@ export interface HeaderField {
   readonly value: string;
   /** The field as received, folding included, without the final line break. */
   readonly raw: string;
+  /** Where the field starts in the header section's bytes, and where it ends (before its line break). */
+  readonly start: number;
+  readonly end: number;
 }
 
 export interface MessageLimits {
@@ -34,6 +37,8 @@ export class SpooledMessage implements Message {
     readonly headers: readonly HeaderField[],
     /** Byte offset where the body starts (after the blank line); equals size when there is no body. */
     readonly headerLength: number,
+    /** The bytes of the header section as received (at most `maxHeaderSize`): what `headers` locate. */
+    readonly headerSection: Buffer,
     private readonly chunks: readonly Buffer[] | null,
     readonly path: string | null,
   ) {}
@@ -64,19 +69,42 @@ export class SpooledMessage implements Message {
   }
 }
 
-/** Parses an RFC 5322 header section (folded lines joined); stops at the first blank line. */
+/**
+ * Parses an RFC 5322 header section (folded lines joined); stops at the first blank line. The
+ * section is latin1 text, so a character's index is its byte offset: `start` and `end` locate each
+ * field in the bytes it came from.
+ */
 export function parseHeaderSection(section: string): HeaderField[] {
   const fields: HeaderField[] = [];
-  for (const line of section.split(/\r?\n/)) {
+  const lineBreak = /\r?\n/g;
+  for (let start = 0; start < section.length; ) {
+    lineBreak.lastIndex = start;
+    const found = lineBreak.exec(section);
+    const end = found ? found.index : section.length;
+    const line = section.slice(start, end);
     if (line === "") break;
     if ((line[0] === " " || line[0] === "\t") && fields.length > 0) {
       const last = fields[fields.length - 1];
-      fields[fields.length - 1] = { name: last.name, value: `${last.value}\r\n${line}`, raw: `${last.raw}\r\n${line}` };
-      continue;
+      fields[fields.length - 1] = {
+        name: last.name,
+        value: `${last.value}\r\n${line}`,
+        raw: section.slice(last.start, end),
+        start: last.start,
+        end,
+      };
+    } else {
+      const colon = line.indexOf(":");
+      if (colon > 0) {
+        fields.push({
+          name: line.slice(0, colon).trim(),
+          value: line.slice(colon + 1).replace(/^ /, ""),
+          raw: line,
+          start,
+          end,
+        });
+      }
     }
-    const colon = line.indexOf(":");
-    if (colon <= 0) continue;
-    fields.push({ name: line.slice(0, colon).trim(), value: line.slice(colon + 1).replace(/^ /, ""), raw: line });
+    start = found ? lineBreak.lastIndex : section.length;
   }
   return fields;
 }
@@ -189,8 +217,16 @@ export class MessageWriter extends Writable {
     }
     const headerBytes = Buffer.concat(this.#headerBytes);
     const headerLength = this.#headerLength >= 0 ? this.#headerLength : Math.min(this.#stored, headerBytes.length);
-    const headers = parseHeaderSection(headerBytes.subarray(0, headerLength).toString("latin1"));
-    return new SpooledMessage(this.#stored, headers, headerLength, this.#path ? null : this.#chunks, this.#path);
+    const headerSection = headerBytes.subarray(0, headerLength);
+    const headers = parseHeaderSection(headerSection.toString("latin1"));
+    return new SpooledMessage(
+      this.#stored,
+      headers,
+      headerLength,
+      headerSection,
+      this.#path ? null : this.#chunks,
+      this.#path,
+    );
   }
 
   /** Drops whatever was stored (after an error or a refused transaction). */

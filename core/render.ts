@@ -1,4 +1,5 @@
 import type { ConnectionContext, Facts } from "./api.js";
+import { oneLine } from "./client-text.js";
 import { parseReply, type Reply } from "./decision.js";
 
 /** Values a reply template may name, besides findings by path (`{dnsbl.txt}`, `{spf.result}`). */
@@ -37,10 +38,8 @@ function lookup(scope: TemplateScope, path: string): unknown {
 
 function printable(value: unknown): string {
   if (value === undefined || value === null) return "";
-  const text = Array.isArray(value) ? value.join(" ") : String(value);
-  // A reply is one line: client-controlled values (HELO, addresses, TXT records) must not split it.
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is the point
-  return text.replace(/[\u0000-\u001f\u007f]+/g, " ").slice(0, MAX_VALUE_LENGTH);
+  // A reply or a header field is one line: client-controlled values (HELO, addresses, TXT records) must not split it.
+  return oneLine(Array.isArray(value) ? value.join(" ") : String(value), MAX_VALUE_LENGTH);
 }
 
 /** Fills `{path}` placeholders; a placeholder with no value becomes empty. */

@@ -10,10 +10,12 @@
  * - replies whose text already starts with an enhanced status code are sent as they are; otherwise
  *   smtp-server would put its own code from a fixed table in front (`550 5.1.1 5.7.1 …`).
  */
+import { isUtf8 } from "node:buffer";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import { oneLine } from "./client-text.js";
 import { ownReplyOverride } from "./hardening.js";
 import type { NetworkList } from "./netaddr.js";
 import { readProxyHeader } from "./proxy-v2.js";
@@ -76,10 +78,24 @@ export class GatewayConnection extends SMTPConnection {
     // During a TLS handshake smtp-server discards input itself; after close nothing is answered.
     if (this.#holdEarlyTalk && !this._ready && !this._upgrading && !this._closing) {
       this.pregreet.talkedEarly = true;
-      this.#held = () => super._onCommand(command, callback);
+      this.#held = () => this.#command(command, callback);
       return;
     }
-    super._onCommand(command, callback);
+    this.#command(command, callback);
+  }
+
+  /**
+   * smtp-server decodes a command as UTF-8, turning bytes that are not UTF-8 into U+FFFD, and takes
+   * a non-ASCII address without SMTPUTF8: both are refused here, where the bytes are still at hand.
+   */
+  #command(command: Buffer, callback?: () => void): void {
+    const refusal = this._ready && !this._upgrading ? addressEncodingRefusal(command, this.session.envelope) : null;
+    if (!refusal) {
+      super._onCommand(command, callback);
+      return;
+    }
+    this.send(553, refusal);
+    callback?.();
   }
 
   /** Runs once the greeting is out (never, when the session was refused instead). */
@@ -89,8 +105,14 @@ export class GatewayConnection extends SMTPConnection {
     held?.();
   }
 
-  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+  override send(code: number, rawData?: string | string[] | null, context?: string | false): void {
     this.#coalesce(code);
+    // Reply texts carry client text (addresses, HELO names) and a next hop's; each line stays one line.
+    const data = Array.isArray(rawData)
+      ? rawData.map((line) => oneLine(line, Number.POSITIVE_INFINITY))
+      : typeof rawData === "string"
+        ? oneLine(rawData, Number.POSITIVE_INFINITY)
+        : rawData;
     // smtp-server's own limit replies get our codes and texts (core/hardening.ts).
     const own = typeof data === "string" ? ownReplyOverride(data) : undefined;
     if (own) {
@@ -138,6 +160,23 @@ export class GatewayConnection extends SMTPConnection {
   override _isDisabled(command: string): boolean {
     return (command === "AUTH" && !this.secure) || super._isDisabled(command);
   }
+}
+
+const ADDRESS_COMMAND = /^(?:MAIL|RCPT)\s/i;
+
+/**
+ * Why a MAIL or RCPT command's address cannot be taken as sent (RFC 6531 §3.5, 553 5.6.7): bytes
+ * that are not UTF-8, or non-ASCII without SMTPUTF8 on the MAIL command. Null for any other command.
+ */
+export function addressEncodingRefusal(command: Buffer, envelope: { readonly smtpUtf8?: boolean }): string | null {
+  const verb = command.subarray(0, 5).toString();
+  if (!ADDRESS_COMMAND.test(verb)) return null;
+  if (!isUtf8(command)) return "5.6.7 Address is not valid UTF-8";
+  if (!command.some((byte) => byte > 0x7f)) return null;
+  // The parameters follow the address's closing bracket (an address never holds one).
+  const parameters = command.subarray(command.indexOf(">") + 1).toString();
+  const smtpUtf8 = /^MAIL/i.test(verb) ? /(?:^|\s)SMTPUTF8(?:\s|$)/i.test(parameters) : envelope.smtpUtf8 === true;
+  return smtpUtf8 ? null : "5.6.7 Non-ASCII address requires SMTPUTF8";
 }
 
 export class GatewaySMTPServer extends SMTPServer {

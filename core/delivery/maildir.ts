@@ -11,7 +11,8 @@ import { constants, type FileHandle, mkdir, open, rename, unlink } from "node:fs
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { cleanText, type DeliveryResult, sameForAll } from "./result.js";
+import { headerFieldBytes, oneLine } from "../client-text.js";
+import { type DeliveryResult, sameForAll } from "./result.js";
 
 export interface MaildirEnvelope {
   readonly from: string;
@@ -40,10 +41,9 @@ export async function deliverMaildir(
     for (const sub of ["tmp", "new", "cur"]) await mkdir(join(root, sub), { recursive: true, mode: 0o700 });
     // O_EXCL: a name collision fails loudly instead of overwriting another message.
     file = await open(tmpPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    await file.write(Buffer.from(`Return-Path: <${headerSafeAddress(options.returnPath)}>\r\n`, "latin1"));
-    for await (const chunk of message) {
-      await file.write(typeof chunk === "string" ? Buffer.from(chunk, "latin1") : (chunk as Buffer));
-    }
+    // Angle brackets inside the address would end the path early for a reader of the field.
+    await file.write(headerFieldBytes([`Return-Path: <${options.returnPath.replace(/[<>]/g, "")}>`]));
+    for await (const chunk of message) await file.write(chunk as Buffer);
     await file.sync();
     await file.close();
     file = undefined;
@@ -55,7 +55,7 @@ export async function deliverMaildir(
     await file?.close().catch(() => {});
     await unlink(tmpPath).catch(() => {});
     const code = (error as { code?: unknown }).code;
-    const reason = typeof code === "string" ? code : cleanText(String(error), 100);
+    const reason = typeof code === "string" ? code : oneLine(String(error), 100);
     return sameForAll(
       envelope.to,
       { code: 451, enhanced: "4.3.0", text: `Local delivery failed (${reason})` },
@@ -72,11 +72,6 @@ function uniqueName(): string {
   // "/" and ":" would break the path and the `:2,` info suffix; the Maildir spec escapes them so.
   const host = hostname().replace(/\//g, "\\057").replace(/:/g, "\\072");
   return `${Math.floor(ms / 1000)}.M${usec}P${process.pid}Q${sequence}.${host}`;
-}
-
-function headerSafeAddress(address: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: a header line must stay one line
-  return address.replace(/[\u0000-\u001f\u007f<>]/g, "");
 }
 
 async function syncDirectory(path: string): Promise<void> {

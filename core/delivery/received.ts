@@ -34,7 +34,7 @@ const LINE_WIDTH = 78;
  *   byHost: "gw.example", protocol: "ESMTPS", tls: { protocol: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384" },
  *   id: "abc123", recipient: "rcpt@example.org", date })
  * // "Received: from mail.example (mail.example [192.0.2.1])\r\n\tby gw.example with ESMTPS
- * //  (TLSv1.3 TLS_AES_256_GCM_SHA384)\r\n\tid abc123 for <rcpt@example.org>;\r\n\tThu, 26 Nov 2026 …\r\n"
+ * //  (TLSv1.3 TLS_AES_256_GCM_SHA384)\r\n\tid abc123 for <rcpt@example.org>;\r\n\tThu, 26 Nov 2026 …"
  */
 export function receivedHeader(input: ReceivedInput): string {
   const ip = addressLiteral(input.clientIp);
@@ -93,7 +93,7 @@ function fold(name: string, clauses: string[]): string {
     }
   }
   lines.push(line);
-  return `${lines.join("\r\n")}\r\n`;
+  return lines.join("\r\n");
 }
 
 const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];

@@ -2,6 +2,7 @@
  * What a delivery attempt says about each recipient. Every route (SMTP, LMTP, MX, Maildir) answers
  * with this shape, so retry, bounce and the DATA reply logic never look at transport details.
  */
+import { oneLine } from "../client-text.js";
 import type { Reply } from "../decision.js";
 
 export type DeliveryStatus = "delivered" | "deferred" | "failed";
@@ -45,14 +46,6 @@ export function sameForAll(recipients: readonly string[], reply: Reply, nextHop:
   return { recipients: recipients.map((r) => outcome(r, reply)), nextHop };
 }
 
-// biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point
-const CONTROL = /[\u0000-\u001f\u007f]+/g;
-
-/** Control characters (CR, LF, TAB, NUL…) in a remote reply must not reach logs, DSNs or our replies. */
-export function cleanText(text: string, max = 512): string {
-  return text.replace(CONTROL, " ").trim().slice(0, max);
-}
-
 const LINE = /^([2-5]\d\d)(?:[ -]|$)(.*)$/;
 const ENHANCED = /^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)/;
 
@@ -66,7 +59,7 @@ export function nextHopReply(response: string | undefined, fallback: Reply): Rep
   const lines = (response ?? "").split(/\r?\n/).filter((line) => line.trim() !== "");
   const first = lines.length > 0 ? LINE.exec(lines[0]) : null;
   if (!first) {
-    const text = cleanText(lines.join(" "));
+    const text = oneLine(lines.join(" "));
     return text === "" ? fallback : { ...fallback, text: `${fallback.text}: ${text}` };
   }
   const code = Number(first[1]);
@@ -78,5 +71,5 @@ export function nextHopReply(response: string | undefined, fallback: Reply): Rep
     if (i === 0 && found[1] === first[1][0]) enhanced = `${found[1]}.${found[2]}.${found[3]}`;
     return rest.slice(found[0].length);
   });
-  return { code, enhanced, text: cleanText(parts.join(" ")) };
+  return { code, enhanced, text: oneLine(parts.join(" ")) };
 }

@@ -16,11 +16,12 @@ import SMTPConnection, {
   type SMTPConnectionSendInfo,
   type SMTPEnvelope,
 } from "nodemailer/lib/smtp-connection";
+import { oneLine } from "../client-text.js";
 import type { Reply } from "../decision.js";
 import { formatHostPort } from "../netaddr.js";
 import type { SmarthostCredentials } from "../smarthost.js";
 import { type ConnectionPool, type Lease, Link } from "./pool.js";
-import { cleanText, type DeliveryResult, nextHopReply, outcome, type RecipientOutcome } from "./result.js";
+import { type DeliveryResult, nextHopReply, outcome, type RecipientOutcome } from "./result.js";
 
 export interface SmtpTarget {
   /** An IP address, or a hostname that nodemailer then resolves with the system resolver. */
@@ -408,7 +409,7 @@ function transact(
         finish(failedTransaction(envelope, tracked, nextHop, sendError), replied && !link.dead, true);
         return;
       }
-      const response = cleanText(info?.response ?? "");
+      const response = oneLine(info?.response ?? "");
       // nodemailer hands over only LMTP's last reply, which belongs to the last recipient: the
       // others get a plain 250 rather than a reply that names someone else or says "failed".
       const delivered = link.conn.options.lmtp
@@ -437,11 +438,11 @@ function failedTransaction(
   if (error.command === "MAIL FROM") {
     return {
       nextHop,
-      response: cleanText(error.response ?? ""),
+      response: oneLine(error.response ?? ""),
       recipients: envelope.to.map((r) => outcome(r, reply, nextHop)),
     };
   }
-  return { ...transactionResult(envelope, tracked, nextHop, reply), response: cleanText(error.response ?? "") };
+  return { ...transactionResult(envelope, tracked, nextHop, reply), response: oneLine(error.response ?? "") };
 }
 
 /** Recipients with their own RCPT (or LMTP DATA) reply keep it; all others get `rest`. */
@@ -472,6 +473,6 @@ function describeHop(target: SmtpTarget): string {
 
 function describeError(error: ConnectionError): string {
   const code = error.originalCode ?? error.code;
-  const text = cleanText(error.message, 200);
+  const text = oneLine(error.message, 200);
   return code && !text.includes(code) ? `${code} ${text}` : text;
 }

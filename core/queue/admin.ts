@@ -3,6 +3,8 @@
  * inside the gateway (the CLI talks to it over `<spool>/control.sock`) and in the CLI itself when no
  * gateway runs (it then owns the spool's lock).
  */
+
+import { oneLine } from "../client-text.js";
 import type { Reply } from "../decision.js";
 import { parseHeaderSection } from "../message.js";
 import type { QueueEntry, Spool } from "./spool.js";
@@ -85,7 +87,9 @@ export class QueueAdmin {
         const head = await this.spool.readAll(entry, 64 * 1024);
         const end = head.indexOf("\r\n\r\n");
         const headers = parseHeaderSection(head.subarray(0, end < 0 ? head.length : end + 2).toString("latin1"));
-        return { ok: true, message: summary(entry), headers: headers.map((h) => h.raw).join("\n") };
+        // Read as UTF-8 and one line a field: a header must not move the operator's terminal.
+        const lines = headers.map((h) => oneLine(head.subarray(h.start, h.end).toString("utf8"), Infinity));
+        return { ok: true, message: summary(entry), headers: lines.join("\n") };
       }
       case "flush": {
         const entries = request.id === undefined ? this.spool.entries() : [this.#find(request.id)];

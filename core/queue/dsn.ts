@@ -5,9 +5,11 @@
  * null sender, which is never bounced in turn.
  */
 import { randomBytes } from "node:crypto";
+import { oneLine } from "../client-text.js";
 import type { Reply } from "../decision.js";
 import { rfc5322Date } from "../delivery/received.js";
-import { cleanText } from "../delivery/result.js";
+
+const CRLF = Buffer.from("\r\n");
 
 export interface DsnRecipient {
   readonly address: string;
@@ -35,7 +37,7 @@ export interface DsnInput {
 
 /** Header-safe text: no CR/LF or other control characters from remote replies or client input. */
 function safe(text: string): string {
-  return cleanText(text, 900);
+  return oneLine(text, 900);
 }
 
 /**
@@ -115,13 +117,13 @@ export function buildDsn(input: DsnInput): { messageId: string; raw: Buffer } {
     "",
   );
   const content = input.returned.content;
-  const tail = `${content.subarray(-2).toString("latin1") === "\r\n" ? "" : "\r\n"}--${boundary}--\r\n`;
+  const tail = `${content.subarray(-2).equals(CRLF) ? "" : "\r\n"}--${boundary}--\r\n`;
   return {
     messageId,
     raw: Buffer.concat([
       Buffer.from(head + human + middle + status + returnedHead, "utf8"),
       content,
-      Buffer.from(tail, "latin1"),
+      Buffer.from(tail),
     ]),
   };
 }

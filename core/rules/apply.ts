@@ -163,9 +163,14 @@ function act(
     case "tag":
       transaction?.tags.add(action.tag);
       return CONTINUE;
-    case "addHeader":
-      transaction?.headers.prepend.push(renderTemplate(action.field, scope));
+    case "addHeader": {
+      // Placeholders are filled in the value only: the name is the policy's, whatever a client sends.
+      const colon = action.field.indexOf(":");
+      transaction?.headers.prepend.push(
+        action.field.slice(0, colon + 1) + renderTemplate(action.field.slice(colon + 1), scope),
+      );
       return CONTINUE;
+    }
     case "removeHeader": {
       const name = action.name.toLowerCase();
       transaction?.headers.remove.push((field) => field.toLowerCase() === name);

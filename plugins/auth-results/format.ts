@@ -1,4 +1,5 @@
 /** Authentication-Results (RFC 8601) as text: one result per method and identity, written and read. */
+import { oneLine } from "../../core/index.js";
 
 export interface ResultInfo {
   /** `spf`, `dkim`, `dmarc`, `arc`, `iprev`… */
@@ -10,15 +11,9 @@ export interface ResultInfo {
   readonly properties: ReadonlyArray<readonly [string, string]>;
 }
 
-// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what must not pass
-const CONTROL = /[\u0000-\u001f\u007f]+/g;
-
 /** A comment may hold anything but an unbalanced parenthesis; escaping keeps a sender's text inside it. */
 export function comment(text: string): string {
-  return `(${text
-    .replace(CONTROL, " ")
-    .replace(/[\\()]/g, "\\$&")
-    .trim()})`;
+  return `(${oneLine(text, Infinity).replace(/[\\()]/g, "\\$&")})`;
 }
 
 /** RFC 2045 token characters: no tspecials, no space, no controls. */
@@ -30,7 +25,7 @@ export function propertyValue(value: string): string {
   const at = value.lastIndexOf("@");
   const plainAddress = at >= 0 && (at === 0 || DOT_ATOM.test(value.slice(0, at))) && TOKEN.test(value.slice(at + 1));
   if (TOKEN.test(value) || plainAddress) return value;
-  return `"${value.replace(CONTROL, " ").replace(/["\\]/g, "\\$&")}"`;
+  return `"${oneLine(value, Infinity).replace(/["\\]/g, "\\$&")}"`;
 }
 
 function resinfo(info: ResultInfo): string {

@@ -61,11 +61,12 @@ describe("deliverMaildir", () => {
   it("keeps a hostile return path on one line", async () => {
     const root = join(base, "hostile");
     await deliverMaildir(root, envelope, Readable.from([Buffer.from("Subject: x\r\n\r\n")]), {
-      returnPath: "a@b.test>\r\nX-Injected: yes",
+      returnPath: "a@b.test>\r\nX-Injected: yes\u010d\u010aX-Latin1: \u0140",
     });
     const [file] = await readdir(join(root, "new"));
-    const stored = await readFile(join(root, "new", file), "latin1");
-    assert.equal(stored, "Return-Path: <a@b.testX-Injected: yes>\r\nSubject: x\r\n\r\n");
+    const stored = await readFile(join(root, "new", file), "utf8");
+    // U+010D and U+010A are CR and LF in their low byte: written as UTF-8, they stay letters.
+    assert.equal(stored, "Return-Path: <a@b.test X-Injected: yes\u010d\u010aX-Latin1: \u0140>\r\nSubject: x\r\n\r\n");
   });
 
   it("defers every recipient when the Maildir cannot be written", async () => {

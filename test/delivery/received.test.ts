@@ -18,12 +18,12 @@ const BASE: ReceivedInput = {
 
 /** Unfolds (RFC 5322 §2.2.3) and drops the field name. */
 function unfold(header: string): string {
-  return header.replace(/\r\n$/, "").replace(/\r\n[ \t]/g, " ");
+  return header.replace(/\r\n[ \t]/g, " ");
 }
 
 function lines(header: string): string[] {
-  assert.ok(header.endsWith("\r\n"), "ends in CRLF");
-  return header.slice(0, -2).split("\r\n");
+  assert.ok(!header.endsWith("\r\n"), "a field without its line break (the header encoder adds it)");
+  return header.split("\r\n");
 }
 
 describe("receivedHeader", () => {
@@ -75,9 +75,9 @@ describe("receivedHeader", () => {
       verifiedName: "name\nBcc: victim@example.test",
       recipient: "a@b.test>\r\nX-Other: 1",
     });
-    assert.equal(header.match(/\r\n(?![\t ])/g)?.length, 1, "only the final CRLF is not a fold");
+    assert.equal(header.match(/\r\n(?![\t ])/g), null, "every line break is a fold");
     // biome-ignore lint/suspicious/noControlCharactersInRegex: checking that none remain
-    assert.doesNotMatch(header.slice(0, -2).replace(/\r\n\t/g, ""), /[\u0000-\u001f\u007f]/);
+    assert.doesNotMatch(header.replace(/\r\n\t/g, ""), /[\u0000-\u001f\u007f]/);
     const text = unfold(header);
     assert.match(text, /^Received: from evil\.testX-Injected:yesxy \(nameBccvictimexample\.test \[192\.0\.2\.10\]\)/);
     assert.doesNotMatch(text, / for </, "a recipient that needs rewriting is left out");
