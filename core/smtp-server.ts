@@ -120,6 +120,11 @@ export class GatewayConnection extends SMTPConnection {
       if (code === 421) this.close();
       return;
     }
+    if (code >= 400 && typeof data === "string" && !ENHANCED_PREFIX.test(data) && !enhancedCodeAdded(context)) {
+      super.send(code, `${fallbackEnhancedCode(code)} ${data}`, false);
+      this.#countErrors(code, context);
+      return;
+    }
     if (typeof data === "string" && ENHANCED_PREFIX.test(data)) {
       super.send(code, data, false);
       this.#countErrors(code, context);
@@ -162,15 +167,35 @@ export class GatewayConnection extends SMTPConnection {
   }
 }
 
+/** Contexts for which smtp-server sends a refusal without an enhanced code (RFC 2034 exempts only greetings and EHLO's 250). */
+const BARE_CONTEXTS: ReadonlySet<string | false | undefined> = new Set([false, "HELO", "EHLO", "LHLO"]);
+
+function enhancedCodeAdded(context: string | false | undefined): boolean {
+  return !BARE_CONTEXTS.has(context);
+}
+
+/** RFC 3463 for a refusal that came without a code: a syntax class for 500/501, else the basic "other". */
+function fallbackEnhancedCode(code: number): string {
+  if (code === 500 || code === 501) return "5.5.2";
+  if (code === 502 || code === 503) return "5.5.1";
+  if (code === 504) return "5.5.4";
+  return `${String(code)[0]}.0.0`;
+}
+
 const ADDRESS_COMMAND = /^(?:MAIL|RCPT)\s/i;
 
 /**
  * Why a MAIL or RCPT command's address cannot be taken as sent (RFC 6531 §3.5, 553 5.6.7): bytes
  * that are not UTF-8, or non-ASCII without SMTPUTF8 on the MAIL command. Null for any other command.
  */
-export function addressEncodingRefusal(command: Buffer, envelope: { readonly smtpUtf8?: boolean }): string | null {
+export function addressEncodingRefusal(
+  command: Buffer,
+  envelope: { readonly smtpUtf8?: boolean; readonly mailFrom?: unknown },
+): string | null {
   const verb = command.subarray(0, 5).toString();
   if (!ADDRESS_COMMAND.test(verb)) return null;
+  // A RCPT outside a transaction gets smtp-server's own 503 first.
+  if (/^RCPT/i.test(verb) && !envelope.mailFrom) return null;
   if (!isUtf8(command)) return "5.6.7 Address is not valid UTF-8";
   if (!command.some((byte) => byte > 0x7f)) return null;
   // The parameters follow the address's closing bracket (an address never holds one).
