@@ -1,20 +1,26 @@
 /**
  * Protocol hardening decisions that do not belong to any plugin: what a received message must not
- * contain (end-of-data lookalikes, bare line endings when the policy forbids them, an oversized
- * header section), and the enhanced codes for the replies smtp-server writes on its own.
+ * contain (end-of-data lookalikes, bare line endings, NUL bytes and over-long lines when the policy
+ * forbids them, an oversized header section), and the enhanced codes for the replies smtp-server
+ * writes on its own.
  */
 import type { RefusingDecision, Reply } from "./decision.js";
 import type { PolicyConfig } from "./policy/schema.js";
+import { MAX_LINE_LENGTH, type NulSeen, type OverlongLine } from "./smuggling.js";
 
 /** What the DATA stream showed, as counted by MessageWriter. */
 export interface ReceivedShape {
   readonly endOfDataLookalike: boolean;
   readonly bareLineEndings: number;
+  readonly nulBytes: number;
+  readonly firstNul: NulSeen | null;
+  readonly firstOverlongLine: OverlongLine | null;
   readonly headerTooLarge: boolean;
 }
 
-function limit(reply: Reply): RefusingDecision {
-  return { kind: "reject", reply, by: { source: "core", name: "limits" } };
+/** `reason` says where in the message the problem is; it is logged, never sent to the client. */
+function limit(reply: Reply, reason?: string): RefusingDecision {
+  return { kind: "reject", reply, by: { source: "core", name: "limits" }, reason };
 }
 
 /** Why a received message is refused before any data hook sees it; null when it is not. */
@@ -25,10 +31,28 @@ export function messageRefusal(
 ): RefusingDecision | null {
   if (shape.endOfDataLookalike) {
     // Another MTA might take the lookalike for the end of DATA and the rest for a second message.
-    return limit({ code: 550, enhanced: "5.5.2", text: "Message contains an end-of-data lookalike (bare CR or LF)" });
+    return limit({ code: 550, enhanced: "5.5.2", text: "Message contains an end-of-data lookalike" });
   }
   if (shape.bareLineEndings > 0 && server.bareLineEndings === "reject") {
     return limit({ code: 550, enhanced: "5.5.2", text: "Bare CR or LF not allowed; lines must end with CRLF" });
+  }
+  if (shape.firstNul && server.nulBytes === "reject") {
+    // RFC 5322 text never holds NUL, and MTAs disagree on it (some drop it, some end a string at it),
+    // so the next hop might read another message than the one checked here. X.6.0: a media error.
+    const { line, offset } = shape.firstNul;
+    return limit(
+      { code: 550, enhanced: "5.6.0", text: "Message contains NUL characters" },
+      `${shape.nulBytes} NUL byte(s), the first on line ${line} at offset ${offset}`,
+    );
+  }
+  if (shape.firstOverlongLine && server.longLines === "reject") {
+    // X.6.0, not 5.3.4: the message is malformed (RFC 5322 §2.1.1), not too big; a smaller one with
+    // the same line would fail the same way. A next hop may split or cut such a line.
+    const { line, length } = shape.firstOverlongLine;
+    return limit(
+      { code: 550, enhanced: "5.6.0", text: `Message has a line longer than ${MAX_LINE_LENGTH} characters` },
+      `line ${line} is ${length} octets long`,
+    );
   }
   if (shape.headerTooLarge) {
     return limit({ code: 552, enhanced: "5.3.4", text: "Message header section too large" });
