@@ -64,13 +64,22 @@ export function messageRefusal(
 }
 
 /**
- * smtp-server's own replies that carry a limit, with the enhanced code and text we send instead
- * (its table would give `421 4.4.2` to every 421, whatever the cause). Keyed by its exact text.
+ * smtp-server's own replies, with the enhanced code and text we send instead. Keyed by its exact text.
+ * - Limits: its table would give `421 4.4.2` to every 421, whatever the cause.
+ * - HELO/EHLO refusals: it sends them without any enhanced code (RFC 2034 exempts replies to
+ *   HELO/EHLO, but a client or log reader matching on codes gets nothing). 5.5.2, as Postfix does:
+ *   the argument's syntax is wrong, not its value out of range (which would be 5.5.4).
+ * - Shutdown: sent to any command, HELO/EHLO included; X.3.2 names "an imminent shutdown".
  */
 const OWN_REPLIES: ReadonlyMap<string, { code: number; text: string }> = new Map([
   ["Error: Command line too long", { code: 500, text: "5.5.2 Line too long" }],
   ["Error: too many unrecognized commands", { code: 421, text: "4.7.0 Too many unrecognized commands" }],
+  ["Error: too many unauthenticated commands", { code: 421, text: "4.7.0 Too many unauthenticated commands" }],
   ["Timeout - closing connection", { code: 421, text: "4.4.2 Idle timeout, closing connection" }],
+  ["Error: Bad hostname syntax", { code: 501, text: "5.5.2 Bad hostname syntax" }],
+  ["Error: syntax: EHLO hostname", { code: 501, text: "5.5.2 Syntax: EHLO hostname" }],
+  ["Error: Syntax: HELO hostname", { code: 501, text: "5.5.2 Syntax: HELO hostname" }],
+  ["Server shutting down", { code: 421, text: "4.3.2 Server shutting down" }],
 ]);
 
 /** Our reply for one of smtp-server's own; undefined for any other text. */

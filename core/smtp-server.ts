@@ -91,11 +91,12 @@ export class GatewayConnection extends SMTPConnection {
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     this.#coalesce(code);
-    // smtp-server's own limit replies get our codes and texts (core/hardening.ts).
+    // smtp-server's own replies get our codes and texts (core/hardening.ts).
     const own = typeof data === "string" ? ownReplyOverride(data) : undefined;
     if (own) {
       super.send(own.code, own.text, false);
       if (code === 421) this.close();
+      else this.#countErrors(own.code, context);
       return;
     }
     if (typeof data === "string" && ENHANCED_PREFIX.test(data)) {
