@@ -173,6 +173,23 @@ export function parseEnvelopeAddress(
   return ascii === undefined ? problem("invalid domain") : address(mailbox, parts.local, ascii);
 }
 
+/** The IDNA label separators other than "." (UTS #46): ideographic, full-width and half-width full stops. */
+const IDNA_DOTS = /[\u3002\uff0e\uff61]/;
+
+/**
+ * The path of a MAIL FROM or RCPT TO command as the client wrote it (between the angle brackets),
+ * when it holds an IDNA label separator other than "."; undefined otherwise.
+ *
+ * smtp-server runs every domain through punycode.js `toUnicode`, which silently turns those
+ * separators into ".": `u@example。test` would reach the gateway as `u@example.test`. Handing
+ * parseEnvelopeAddress the written form instead gets it refused like any other domain that is not in
+ * its IDNA-mapped form (501 5.1.3), so no stage checks a domain the client did not write.
+ */
+export function pathAsWritten(command: string): string | undefined {
+  const path = /<([^<>]*)>/.exec(command)?.[1];
+  return path !== undefined && IDNA_DOTS.test(path) ? path : undefined;
+}
+
 /** Matches a lower-case ASCII domain against exact names and `*.parent` wildcards (subdomains only). */
 export class DomainSet {
   readonly #exact = new Set<string>();

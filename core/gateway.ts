@@ -418,11 +418,12 @@ export class Gateway {
     if (!tx) throw new SmtpReply({ code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
     const { config } = session.runtime;
     const limits = config.server.limits;
-    const writer = new MessageWriter(join(config.delivery.spool, "tmp"), tx.id, {
-      maxSize: limits.maxMessageSize,
-      spillThreshold: SPILL_THRESHOLD,
-      maxHeaderSize: limits.maxHeaderSize,
-    });
+    const writer = new MessageWriter(
+      join(config.delivery.spool, "tmp"),
+      tx.id,
+      { maxSize: limits.maxMessageSize, spillThreshold: SPILL_THRESHOLD, maxHeaderSize: limits.maxHeaderSize },
+      { stripNul: config.server.nulBytes === "strip" },
+    );
     // A sender trickling bytes never trips the idle timeout; this bounds the whole DATA phase.
     const dataTimer = setTimeout(() => {
       for (const { server } of this.#servers) server.abortSession(smtp.id, "4.4.2 DATA timeout, closing connection");

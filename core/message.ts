@@ -9,7 +9,7 @@ import { type FileHandle, mkdir, open, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import type { Message } from "./api.js";
-import { LineEndingScanner } from "./smuggling.js";
+import { LineEndingScanner, type NulSeen, type OverlongLine, type ScanOptions } from "./smuggling.js";
 
 /**
  * Header text is decoded as latin1 so that every byte maps to one character and back: a field can be
@@ -126,15 +126,20 @@ export class MessageWriter extends Writable {
   #headerBytes: Buffer[] = [];
   #headerLength = -1;
   #headerScanned = 0;
-  /** Smuggling defence: bare CR/LF are rewritten to CRLF before anything is stored (core/smuggling.ts). */
-  #lineEndings = new LineEndingScanner();
+  /**
+   * Smuggling defence: bare CR/LF are rewritten to CRLF (and NUL left out, when stripping) before
+   * anything is stored (core/smuggling.ts).
+   */
+  readonly #lineEndings: LineEndingScanner;
 
   constructor(
     private readonly spoolTmp: string,
     private readonly id: string,
     private readonly limits: MessageLimits,
+    scan: ScanOptions = {},
   ) {
     super({ highWaterMark: 64 * 1024 });
+    this.#lineEndings = new LineEndingScanner(scan);
   }
 
   get size(): number {
@@ -145,7 +150,7 @@ export class MessageWriter extends Writable {
     return this.#size > this.limits.maxSize;
   }
 
-  /** The message held a line of just a dot next to a bare CR or LF (an SMTP smuggling attempt). */
+  /** The message held a line of just a dot next to a bare CR or LF, or padded with NUL or blanks (an SMTP smuggling attempt). */
   get endOfDataLookalike(): boolean {
     return this.#lineEndings.lookalike;
   }
@@ -153,6 +158,20 @@ export class MessageWriter extends Writable {
   /** Bare CR and bare LF received (stored as CRLF). */
   get bareLineEndings(): number {
     return this.#lineEndings.bareLineEndings;
+  }
+
+  /** NUL bytes received (not stored when the writer strips them). */
+  get nulBytes(): number {
+    return this.#lineEndings.nulBytes;
+  }
+
+  get firstNul(): NulSeen | null {
+    return this.#lineEndings.firstNul;
+  }
+
+  /** The first line longer than RFC 5322's 998 octets, or null. */
+  get firstOverlongLine(): OverlongLine | null {
+    return this.#lineEndings.firstOverlongLine;
   }
 
   /** True when the header section did not end within maxHeaderSize bytes. */

@@ -1,5 +1,5 @@
 /**
- * smtp-server with three changes the gateway needs (all reach into smtp-server internals, so the
+ * smtp-server with the changes the gateway needs (all reach into smtp-server internals, so the
  * package is pinned to an exact version and test/smtp-server.test.ts fails loudly if an upgrade
  * breaks them):
  *
@@ -8,13 +8,16 @@
  * - a command sent before the greeting can be held instead of refused, so the policy (not
  *   smtp-server's fixed 421) decides what talking first costs;
  * - replies whose text already starts with an enhanced status code are sent as they are; otherwise
- *   smtp-server would put its own code from a fixed table in front (`550 5.1.1 5.7.1 …`).
+ *   smtp-server would put its own code from a fixed table in front (`550 5.1.1 5.7.1 …`);
+ * - an address whose domain holds an IDNA dot other than "." is handed on as written, not as
+ *   smtp-server's punycode step rewrote it, so the policy refuses it (core/address.ts).
  */
 import { isUtf8 } from "node:buffer";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import { pathAsWritten } from "./address.js";
 import { oneLine } from "./client-text.js";
 import { ownReplyOverride } from "./hardening.js";
 import type { NetworkList } from "./netaddr.js";
@@ -105,6 +108,16 @@ export class GatewayConnection extends SMTPConnection {
     held?.();
   }
 
+  /** A path with an IDNA dot other than "." reaches the policy as written, to be refused there (core/address.ts). */
+  override _parseAddressCommand(
+    name: string,
+    command: Buffer | string,
+  ): ReturnType<SMTPConnection["_parseAddressCommand"]> {
+    const parsed = super._parseAddressCommand(name, command);
+    const written = parsed ? pathAsWritten(command.toString()) : undefined;
+    return parsed && written !== undefined ? { ...parsed, address: written } : parsed;
+  }
+
   override send(code: number, rawData?: string | string[] | null, context?: string | false): void {
     this.#coalesce(code);
     // Reply texts carry client text (addresses, HELO names) and a next hop's; each line stays one line.
@@ -113,11 +126,12 @@ export class GatewayConnection extends SMTPConnection {
       : typeof rawData === "string"
         ? oneLine(rawData, Number.POSITIVE_INFINITY)
         : rawData;
-    // smtp-server's own limit replies get our codes and texts (core/hardening.ts).
+    // smtp-server's own replies get our codes and texts (core/hardening.ts).
     const own = typeof data === "string" ? ownReplyOverride(data) : undefined;
     if (own) {
       super.send(own.code, own.text, false);
       if (code === 421) this.close();
+      else this.#countErrors(own.code, context);
       return;
     }
     if (code >= 400 && typeof data === "string" && !ENHANCED_PREFIX.test(data) && !enhancedCodeAdded(context)) {

@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type AddressProblem, asciiDomain, isAddressProblem, parseEnvelopeAddress } from "../core/address.js";
+import {
+  type AddressProblem,
+  asciiDomain,
+  isAddressProblem,
+  parseEnvelopeAddress,
+  pathAsWritten,
+} from "../core/address.js";
 import type { Address } from "../core/api.js";
 
 const RECIPIENT = { nullAllowed: false };
@@ -187,5 +193,18 @@ describe("asciiDomain", () => {
       assert.equal(asciiDomain(input), expected);
       assert.equal(asciiDomain(input), expected, "asked again (answered from memory)");
     });
+  }
+});
+
+describe("pathAsWritten", () => {
+  const cases: Array<[string, string | undefined]> = [
+    ["RCPT TO:<u@example\u3002test>", "u@example\u3002test"],
+    ["MAIL FROM:<u@example\uff0etest> SMTPUTF8", "u@example\uff0etest"],
+    ["RCPT TO:<@a.test:u@example\uff61test>", "@a.test:u@example\uff61test"],
+    ["RCPT TO:<u@example.test>", undefined],
+    ["RCPT TO:<u@bücher.example>", undefined],
+  ];
+  for (const [command, expected] of cases) {
+    it(JSON.stringify(command), () => assert.equal(pathAsWritten(command), expected));
   }
 });

@@ -201,6 +201,20 @@ const Server = z
         "a bare CR or LF in a message: normalize (rewrite to CRLF before forwarding) or reject (550 5.5.2). " +
           "A dot line next to one (an SMTP smuggling attempt) is always rejected",
       ),
+    nulBytes: z
+      .enum(["reject", "strip"])
+      .default("reject")
+      .describe(
+        "a NUL byte in a message: reject (550 5.6.0) or strip (left out of what is stored and forwarded). " +
+          "A dot line padded with NUL (an SMTP smuggling attempt) is always rejected",
+      ),
+    longLines: z
+      .enum(["reject", "allow"])
+      .default("reject")
+      .describe(
+        "a message line longer than 998 octets (RFC 5322 §2.1.1): reject (550 5.6.0) or allow (forwarded as it is; " +
+          "a next hop may split or cut it, which breaks DKIM signatures and can turn the rest of a header line into a new field)",
+      ),
     auth: Auth.optional().describe("AUTH PLAIN/LOGIN on submission listeners, after TLS only"),
     // Issue 10: multi-core (core/workers.ts).
     workers: z

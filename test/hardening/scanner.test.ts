@@ -114,3 +114,71 @@ describe("line-ending scanner", () => {
     }
   });
 });
+
+describe("line-ending scanner: NUL, padded dots and line length", () => {
+  interface PaddingCase {
+    readonly input: string;
+    readonly lookalike: boolean;
+    readonly nul: number;
+    /** What a stripping scanner hands on. */
+    readonly stripped: string;
+  }
+  const padding: Record<string, PaddingCase> = {
+    "NUL before a lone dot": { input: "x\r\n\0.\r\ny\r\n", lookalike: true, nul: 1, stripped: "x\r\n.\r\ny\r\n" },
+    "NUL after a lone dot": { input: "x\r\n.\0\r\ny\r\n", lookalike: true, nul: 1, stripped: "x\r\n.\r\ny\r\n" },
+    "dot then space": { input: "x\r\n. \r\ny\r\n", lookalike: true, nul: 0, stripped: "x\r\n. \r\ny\r\n" },
+    "dot then tab": { input: "x\r\n.\t\r\ny\r\n", lookalike: true, nul: 0, stripped: "x\r\n.\t\r\ny\r\n" },
+    "NUL in the middle of a line": { input: "a\0b\r\n", lookalike: false, nul: 1, stripped: "ab\r\n" },
+    "NULs at both ends of the message": { input: "\0a\r\n\0", lookalike: false, nul: 2, stripped: "a\r\n" },
+    "space before a dot is text": { input: "x\r\n .\r\n", lookalike: false, nul: 0, stripped: "x\r\n .\r\n" },
+    "dot, space, text is text": { input: "x\r\n. a\r\n", lookalike: false, nul: 0, stripped: "x\r\n. a\r\n" },
+  };
+  for (const [name, expected] of Object.entries(padding)) {
+    test(name, () => {
+      const input = Buffer.from(expected.input, "latin1");
+      for (const stripNul of [false, true]) {
+        // Whole, and cut at every offset: the answer never depends on where chunks end.
+        for (const cut of [input.length, ...input.keys()]) {
+          const scanner = new LineEndingScanner({ stripNul });
+          const out = Buffer.concat([
+            scanner.push(input.subarray(0, cut)),
+            scanner.push(input.subarray(cut)),
+            scanner.end(),
+          ]).toString("latin1");
+          const label = `stripNul ${stripNul}, cut at ${cut}`;
+          assert.equal(scanner.lookalike, expected.lookalike, label);
+          assert.equal(scanner.nulBytes, expected.nul, label);
+          assert.equal(out, stripNul ? expected.stripped : expected.input, label);
+        }
+      }
+    });
+  }
+
+  test("the first NUL is located by line and offset", () => {
+    const { firstNul } = scanMessage(Buffer.from("a\r\nb\nc\0d\0\r\n", "latin1"));
+    assert.deepEqual(firstNul, { line: 3, offset: 6 });
+  });
+
+  test("998 octets pass, 999 do not, wherever the chunks end and whatever ends the line", () => {
+    for (const ending of ["\r\n", "\n", "\r"]) {
+      for (const [length, overlong] of [
+        [998, false],
+        [999, true],
+      ] as const) {
+        const input = Buffer.from(`a: b\r\n\r\n${"x".repeat(length)}${ending}end\r\n`, "latin1");
+        for (const cut of [input.length, 8, 500, 8 + length, 9 + length]) {
+          const scanner = new LineEndingScanner();
+          scanner.push(input.subarray(0, cut));
+          scanner.push(input.subarray(cut));
+          scanner.end();
+          const expected = overlong ? { line: 3, length } : null;
+          assert.deepEqual(scanner.firstOverlongLine, expected, `${length} ${JSON.stringify(ending)} cut ${cut}`);
+        }
+      }
+    }
+  });
+
+  test("a last line without a line break is measured too", () => {
+    assert.deepEqual(scanMessage(Buffer.alloc(1000, "x")).firstOverlongLine, { line: 1, length: 1000 });
+  });
+});

@@ -78,7 +78,7 @@ describe("SMTP smuggling", () => {
   for (const [name, pieces] of Object.entries(lookalikes)) {
     test(`${name}: refused with 550 5.5.2, nothing reaches the next hop`, async () => {
       const { data, rset } = await sendRaw(gw.port, pieces);
-      assert.equal(data.raw, "550 5.5.2 Message contains an end-of-data lookalike (bare CR or LF)");
+      assert.equal(data.raw, "550 5.5.2 Message contains an end-of-data lookalike");
       assert.equal(rset.code, 250);
       assert.equal(hop.messages.length, 0);
       assert.equal(gw.transactions().at(-1)?.outcome, "rejected");
