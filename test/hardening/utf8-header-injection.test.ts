@@ -240,7 +240,7 @@ describe("envelope addresses smtp-server would have decoded to U+FFFD", () => {
 });
 
 const SEED = Number(process.env.PORTCULLIS_SEED ?? 6122026);
-const TRANSACTIONS = Number(process.env.PORTCULLIS_PROPERTY_TRANSACTIONS ?? 40);
+const TRANSACTIONS = Number(process.env.PORTCULLIS_PROPERTY_TRANSACTIONS ?? 150);
 
 /** The fields of one generated transaction: every one chosen by the client. */
 interface HostileTransaction {
@@ -267,7 +267,9 @@ const ADDRESS_SPECIALS: ReadonlySet<number> = new Set([
 function generate(random: () => number): HostileTransaction {
   // CR and LF would end the command or the line on the wire: that is another command, not this field.
   const text = (maxLength = 24) => hostileText(random, { exclude: LINE_ENDS, maxLength });
-  const local = () => (random() < 0.2 ? text() : hostileText(random, { exclude: ADDRESS_SPECIALS, maxLength: 20 }));
+  // smtp-server splits a command's words at any Unicode white space, and RFC 5321 caps a local part at 64 octets.
+  const parsable = () => hostileText(random, { exclude: ADDRESS_SPECIALS, maxLength: 12 }).replace(/\s/gu, "") || "a";
+  const local = () => (random() < 0.2 ? text() : parsable());
   const domain = () => (random() < 0.5 ? "example.test" : random() < 0.6 ? "bücher.example" : text(12));
   return {
     helo: random() < 0.5 ? "client.test" : text(),
@@ -296,7 +298,7 @@ for (const [name, delivery] of Object.entries(DELIVERIES)) {
       await dns.close();
     });
 
-    test("every reply is one well-formed line; every delivered header holds exactly our fields and the client's", async () => {
+    test("every reply is one well-formed line; every delivered header holds exactly our fields and the client's", async (t) => {
       const random = seededRandom(SEED);
       const added = [
         ...(delivery.target === "maildir" ? ["Return-Path"] : []),
@@ -350,6 +352,7 @@ for (const [name, delivery] of Object.entries(DELIVERIES)) {
           assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/, JSON.stringify({ input, line }));
         }
       }
+      t.diagnostic(`${accepted} of ${TRANSACTIONS} accepted and checked; refused: ${refusals.length} replies`);
       // Enough got through for the header check to have meant something.
       assert.ok(
         accepted >= TRANSACTIONS / 4,

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { buildDsn, headerSection } from "../../core/queue/dsn.js";
 import { nextAttemptAt, type RetryPolicy } from "../../core/queue/retry.js";
+import { hostileText, seededRandom, strictHeader } from "../fixtures/hostile-text.js";
 import { parseDsn } from "./helpers.js";
 
 describe("nextAttemptAt", () => {
@@ -77,6 +78,55 @@ describe("buildDsn", () => {
     assert.equal(dsn.returnedType, "message/rfc822");
     assert.match(dsn.returned, /body line/);
     assert.doesNotMatch(raw.toString(), /\r\nInjected:/, "remote text cannot add header lines");
+  });
+
+  it("keeps a hostile SMTPUTF8 sender, ENVID and reply inside their fields, as UTF-8", () => {
+    const random = seededRandom(3464);
+    for (let i = 0; i < 500; i++) {
+      const hostile = () => hostileText(random);
+      const { raw } = buildDsn({
+        ...input,
+        to: `${hostile()}@x.test`,
+        envid: hostile(),
+        recipients: [
+          {
+            ...input.recipients[0],
+            orcpt: `rfc822;${hostile()}`,
+            reply: { ...input.recipients[0].reply, text: hostile() },
+          },
+        ],
+        returned: { kind: "headers", content: headerSection(original) },
+      });
+      const header = strictHeader(raw);
+      assert.deepEqual(header.names, [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Auto-Submitted",
+        "MIME-Version",
+        "Content-Type",
+      ]);
+      const status = raw.toString("utf8").split("Content-Type: message/delivery-status")[1].split("\r\n--")[0];
+      const names = status
+        .split("\r\n")
+        .filter((line) => line !== "")
+        .map((line) => /^([A-Za-z-]+): /.exec(line)?.[1] ?? `not a field: ${line}`);
+      assert.deepEqual(names, [
+        "Content-Description",
+        "Reporting-MTA",
+        "Original-Envelope-Id",
+        "Arrival-Date",
+        "Original-Recipient",
+        "Final-Recipient",
+        "Action",
+        "Status",
+        "Remote-MTA",
+        "Diagnostic-Code",
+        "Last-Attempt-Date",
+      ]);
+    }
   });
 
   it("returns only the header section for RET=HDRS", () => {
