@@ -312,7 +312,7 @@ for (const [name, delivery] of Object.entries(DELIVERIES)) {
         () => hop,
       );
       let accepted = 0;
-      const refusals: string[] = [];
+      const refusals = new Map<string, number>();
       for (let i = 0; i < TRANSACTIONS; i++) {
         const input = generate(random);
         const body = `Body of ${i}.\r\n`;
@@ -343,7 +343,9 @@ for (const [name, delivery] of Object.entries(DELIVERIES)) {
         } finally {
           await client.quit().catch(() => client.destroy());
         }
-        refusals.push(...replies.filter((reply) => reply.code >= 400).map((reply) => reply.raw));
+        for (const reply of replies.filter((reply) => reply.code >= 400)) {
+          refusals.set(reply.raw, (refusals.get(reply.raw) ?? 0) + 1);
+        }
         for (const reply of replies) {
           // The client reads replies as latin1: a reply line is UTF-8 with no control character in it.
           const line = Buffer.from(reply.raw, "latin1").toString("utf8");
@@ -352,12 +354,9 @@ for (const [name, delivery] of Object.entries(DELIVERIES)) {
           assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/, JSON.stringify({ input, line }));
         }
       }
-      t.diagnostic(`${accepted} of ${TRANSACTIONS} accepted and checked; refused: ${refusals.length} replies`);
+      t.diagnostic(`${accepted} of ${TRANSACTIONS} accepted and checked; refusals: ${JSON.stringify([...refusals])}`);
       // Enough got through for the header check to have meant something.
-      assert.ok(
-        accepted >= TRANSACTIONS / 4,
-        `only ${accepted} of ${TRANSACTIONS} accepted: ${JSON.stringify(refusals)}`,
-      );
+      assert.ok(accepted >= TRANSACTIONS / 4, `only ${accepted} of ${TRANSACTIONS} accepted`);
     });
   });
 }
