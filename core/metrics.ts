@@ -143,7 +143,7 @@ export class GatewayMetrics implements GatewayObserver {
     });
     this.#cuts = new Counter({
       name: "portcullis_connections_cut_total",
-      help: "Connections refused or closed on the gateway's own limits: max-clients, per-client (at connect), idle, command-timeout, connection-time",
+      help: "Connections refused or closed on the gateway's own limits: max-clients, per-client (at connect), idle, command-timeout, connection-time, evicted (slot given to a new client at maxClients)",
       labelNames: ["reason"] as const,
       registers,
     });

@@ -29,7 +29,7 @@ const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 const IDLE_TIMEOUT_TEXT = "Timeout - closing connection";
 
 /** Why the listener ended a connection on its own, before or without any hook deciding. */
-export type CutReason = "max-clients" | "per-client" | "idle" | "command-timeout" | "connection-time";
+export type CutReason = "max-clients" | "per-client" | "idle" | "command-timeout" | "connection-time" | "evicted";
 
 /** What a listener reports about its limits, so each cut and each change of stress is logged and counted. */
 export type ListenerEvent =
@@ -100,7 +100,7 @@ export class GatewayConnection extends SMTPConnection {
   override init(): void {
     this._setListeners(() => {
       const { maxClients } = this._server.options;
-      if (maxClients && this._server.connections.size > maxClients) {
+      if (maxClients && this._server.connections.size > maxClients && !this._server.evictSlowest()) {
         this.#cut("max-clients", "4.7.0 Too many connections, try again later");
         return;
       }
@@ -174,6 +174,16 @@ export class GatewayConnection extends SMTPConnection {
       () => this.#cut("command-timeout", "4.4.2 Command timeout, closing connection"),
       ms,
     ).unref();
+  }
+
+  /** How long this connection has made the gateway wait for its current command; 0 when it owes nothing. */
+  waitedMs(now: number): number {
+    return this.#waitingSince === null ? 0 : now - this.#waitingSince;
+  }
+
+  /** Gives this connection's slot to a new client (see GatewaySMTPServer#evictSlowest). */
+  evict(): void {
+    this.#cut("evicted", "4.4.2 Too slow while the server is full, closing connection");
   }
 
   /** The listener came under stress: a wait in progress ends stressTimeout after it began (now, if that is past). */
@@ -296,6 +306,14 @@ function shortDeadline(limits: SlowClientLimits): number {
   return Math.min(limits.stressTimeout, limits.commandTimeout);
 }
 
+/**
+ * At maxClients a new client may take the slot of the connection that has kept the gateway waiting
+ * longest for a command, once that wait exceeds this. A real client sends each command within a
+ * round trip; a slow client never does, so however fast a flood of slow clients reconnects, a real
+ * one still gets in (a newcomer is the freshest waiter of all, so the flood evicts itself).
+ */
+const EVICTABLE_AFTER_MS = 1000;
+
 /** Stress ends once the connections fall this far below the number that started it (no flapping). */
 const STRESS_END_RATIO = 0.9;
 
@@ -307,6 +325,22 @@ export class GatewaySMTPServer extends SMTPServer {
   /** Whether this listener is near maxClients (slowClients.stressThreshold), so deadlines are short. */
   get underStress(): boolean {
     return this.#underStress;
+  }
+
+  /** Cuts the connection waiting longest for a command past EVICTABLE_AFTER_MS; false when there is none. */
+  evictSlowest(): boolean {
+    const now = performance.now();
+    let slowest: GatewayConnection | undefined;
+    let longest = EVICTABLE_AFTER_MS;
+    for (const connection of this.connections) {
+      const waited = (connection as GatewayConnection).waitedMs(now);
+      if (waited > longest) {
+        longest = waited;
+        slowest = connection as GatewayConnection;
+      }
+    }
+    slowest?.evict();
+    return slowest !== undefined;
   }
 
   /** Called whenever a connection is added or leaves `connections`: stress starts or ends here. */

@@ -215,6 +215,35 @@ describe("per-client slots", () => {
 });
 
 describe("stress mode", () => {
+  test("at maxClients a new client takes the slot of the one keeping the gateway waiting longest", async () => {
+    const gw = await startGateway(`version: 1\nserver: { limits: { maxClients: 2, idleTimeout: 5s } }\n${ROUTES}`);
+    try {
+      const slowest = await SmtpTestClient.connect(gw.port);
+      const slow = await SmtpTestClient.connect(gw.port);
+      slow.write("EH");
+      await sleep(1200);
+      const normal = await SmtpTestClient.connect(gw.port);
+      assert.equal(normal.greeting.code, 220);
+      assert.equal((await slowest.reply()).raw, "421 4.4.2 Too slow while the server is full, closing connection");
+      await slowest.waitClosed();
+      assert.equal((await normal.command("EHLO client.test")).code, 250);
+      slow.destroy();
+      await eventually(() => gw.gateway.openSessions().sessions === 1, "the slow client left");
+      const fresh = await SmtpTestClient.connect(gw.port);
+      // Nobody has kept the gateway waiting for long now: the next client is refused.
+      const extra = await SmtpTestClient.connect(gw.port);
+      assert.equal(extra.greeting.raw, "421 4.7.0 Too many connections, try again later");
+      assert.deepEqual(
+        ["evicted", "max-clients"].map((reason) => cuts(gw, reason).length),
+        [1, 1],
+      );
+      await Promise.all([normal.quit(), fresh.quit()]);
+      await settled(gw);
+    } finally {
+      await gw.stop();
+    }
+  });
+
   test("200 slow connections near maxClients are cut at stressTimeout while a normal client delivers", async () => {
     // commandTimeout is far beyond the test's bounds: only the stress deadline can end the slow ones.
     const gw = await startGateway(`
