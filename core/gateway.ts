@@ -18,14 +18,14 @@ import { messageRefusal } from "./hardening.js";
 import { createLogger, moduleLogger } from "./log.js";
 import { MessageWriter } from "./message.js";
 import { GatewayMetrics } from "./metrics.js";
-import { formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
+import { clientGroup, formatHostPort, type HostPort, NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { LoadedPolicy } from "./policy/load.js";
 import type { PolicyConfig } from "./policy/schema.js";
 import { DeliveryQueue } from "./queue/queue.js";
 import { buildRuntime, type Runtime } from "./runtime.js";
 import { connectionContext, Session } from "./session.js";
 import { Rollout } from "./shadow.js";
-import { GatewaySMTPServer } from "./smtp-server.js";
+import { GatewaySMTPServer, type ListenerEvent } from "./smtp-server.js";
 import { createStore } from "./state.js";
 
 /** Bodies up to this size stay in memory; larger ones are spooled to a temporary file. */
@@ -79,7 +79,10 @@ export class Gateway {
   #runtime: Runtime;
   #servers: Array<{ server: GatewaySMTPServer; address: HostPort; role: Role }> = [];
   #sessions = new Map<string, Session>();
-  #perIp = new Map<string, number>();
+  /** Open connections per client (clientGroup: an IPv4 address or an IPv6 /64). */
+  #perClient = new Map<string, number>();
+  /** The client each open connection counts against, by session id. */
+  #clientOf = new Map<string, string>();
   #stopping = false;
   /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
   readonly queue: DeliveryQueue;
@@ -219,7 +222,7 @@ export class Gateway {
 
   /** Open sessions and per-IP slots; both return to zero once every connection has ended. */
   openSessions(): { sessions: number; ipSlots: number } {
-    return { sessions: this.#sessions.size, ipSlots: this.#perIp.size };
+    return { sessions: this.#sessions.size, ipSlots: this.#perClient.size };
   }
 
   #createServer(role: Role, tls: { key: Buffer; cert: Buffer } | undefined, implicitTls = false): GatewaySMTPServer {
@@ -242,6 +245,12 @@ export class Gateway {
       secure: implicitTls,
       maxCommandLength: limits.maxCommandLength,
       maxErrors: limits.maxErrors,
+      slowClients: limits,
+      admit: (id, remoteAddress) => this.#takeClientSlot(id, remoteAddress),
+      onLimit: (event) => {
+        if (event.kind === "cut") this.#reportCut(event);
+        else this.#reportStress(event, role, server);
+      },
       xclientTrusted: config.server.xclient === false ? undefined : new NetworkList(config.server.xclient),
       ...(tls ? { key: tls.key, cert: tls.cert, minVersion: "TLSv1.2" as const } : {}),
       greetingDelay: (remoteAddress) => this.#greetingDelay(remoteAddress),
@@ -348,12 +357,7 @@ export class Gateway {
     const session = new Session(runtime, connection, log, this.clock, this.metrics, this.#rollout.recorder());
     this.#sessions.set(smtp.id, session);
     this.metrics.connectionOpened(connection); // issue 10; closed in #onClose or #rekey
-    const count = (this.#perIp.get(ip) ?? 0) + 1;
-    this.#perIp.set(ip, count);
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
-    if (count > runtime.config.server.limits.maxConnectionsPerIp) {
-      throw new SmtpReply({ code: 421, enhanced: "4.7.0", text: "Too many connections from your address" });
-    }
     const decision = await session.connect();
     if (decision) {
       this.metrics.refused(decision); // issue 10
@@ -377,9 +381,13 @@ export class Gateway {
   async #rekey(smtp: SMTPServerSession, previous: Session): Promise<Session> {
     this.#sessions.delete(smtp.id);
     previous.finish("aborted", null);
-    this.#releaseIpSlot(previous.connection.client.ip);
+    this.#releaseClientSlot(smtp.id);
     this.metrics.connectionClosed(previous.connection); // issue 10: #onConnect opens the forwarded client's
     try {
+      if (!this.#takeClientSlot(smtp.id, smtp.remoteAddress)) {
+        this.#reportCut({ kind: "cut", reason: "per-client", id: smtp.id, remoteAddress: smtp.remoteAddress });
+        throw new SmtpReply({ code: 421, enhanced: "4.7.0", text: "Too many connections from your address" });
+      }
       await this.#onConnect(smtp, previous.connection.role);
     } catch (err) {
       // Refused at connect: the connection ends, as it would have at the greeting.
@@ -487,19 +495,55 @@ export class Gateway {
     }
   }
 
-  #releaseIpSlot(ip: string): void {
-    const remaining = (this.#perIp.get(ip) ?? 1) - 1;
-    if (remaining <= 0) this.#perIp.delete(ip);
-    else this.#perIp.set(ip, remaining);
+  /**
+   * Counts a new connection against its client (maxConnectionsPerIp); false when the client already
+   * holds every slot it may, and then nothing is counted. Runs before the greeting, so a refused
+   * client costs no lookup and no hook.
+   */
+  #takeClientSlot(id: string, remoteAddress: string): boolean {
+    const client = clientGroup(remoteAddress);
+    const count = this.#perClient.get(client) ?? 0;
+    if (count >= this.#runtime.config.server.limits.maxConnectionsPerIp) return false;
+    this.#perClient.set(client, count + 1);
+    this.#clientOf.set(id, client);
+    return true;
+  }
+
+  #releaseClientSlot(id: string): void {
+    const client = this.#clientOf.get(id);
+    if (client === undefined) return;
+    this.#clientOf.delete(id);
+    const remaining = (this.#perClient.get(client) ?? 1) - 1;
+    if (remaining <= 0) this.#perClient.delete(client);
+    else this.#perClient.set(client, remaining);
+  }
+
+  /** A connection the gateway refused or closed on a limit of its own, with no hook deciding. */
+  #reportCut(event: Extract<ListenerEvent, { kind: "cut" }>): void {
+    this.metrics.connectionCut(event.reason);
+    this.log.info(
+      { event: "cut", cid: event.id, client: normalizeIp(event.remoteAddress), reason: event.reason },
+      "connection cut",
+    );
+  }
+
+  #reportStress(event: Extract<ListenerEvent, { kind: "stress" }>, role: Role, server: GatewaySMTPServer): void {
+    const bound = server.server.address();
+    const port = String(typeof bound === "object" && bound ? bound.port : "");
+    this.metrics.stressChanged(event.on, { role, port });
+    this.log.warn(
+      { event: "stress", on: event.on, connections: event.connections, maxClients: event.maxClients, role, port },
+      event.on ? "listener under stress: short command deadlines" : "listener stress ended",
+    );
   }
 
   #onClose(smtp: SMTPServerSession): void {
+    this.#releaseClientSlot(smtp.id);
     const session = this.#sessions.get(smtp.id);
     // smtp-server also reports connections it refused before onConnect (maxClients): no state then.
     if (!session) return;
     this.#sessions.delete(smtp.id);
     session.finish("aborted", null);
-    this.#releaseIpSlot(session.connection.client.ip);
     this.metrics.connectionClosed(session.connection); // issue 10
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");

@@ -51,6 +51,9 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #rateLimitHits: Counter<"phase" | "kind">;
   readonly #deliveries: Counter<"route" | "status">;
   readonly #reloads: Counter<"result">;
+  readonly #cuts: Counter<"reason">;
+  readonly #stressChanges: Counter<"state">;
+  readonly #underStress: Gauge<"role" | "port">;
   /** DNS counters of resolvers that earlier policies used, so the totals survive a reload. */
   #retiredDns: DnsStats = ZERO_DNS;
   #resolver: DnsResolver | null = null;
@@ -138,6 +141,24 @@ export class GatewayMetrics implements GatewayObserver {
       labelNames: ["result"] as const,
       registers,
     });
+    this.#cuts = new Counter({
+      name: "portcullis_connections_cut_total",
+      help: "Connections refused or closed on the gateway's own limits: max-clients, per-client (at connect), idle, command-timeout, connection-time, evicted (slot given to a new client at maxClients)",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+    this.#stressChanges = new Counter({
+      name: "portcullis_stress_changes_total",
+      help: "Times a listener came under stress (near maxClients: short command deadlines) or left it, by state (on, off)",
+      labelNames: ["state"] as const,
+      registers,
+    });
+    this.#underStress = new Gauge({
+      name: "portcullis_listener_stress",
+      help: "1 while a listener is under stress (near maxClients), else 0",
+      labelNames: ["role", "port"] as const,
+      registers,
+    });
     this.#reloads.inc({ result: "ok" }, 0);
     this.#reloads.inc({ result: "failed" }, 0);
     this.#scrapedGauges();
@@ -208,6 +229,15 @@ export class GatewayMetrics implements GatewayObserver {
 
   delivery(route: string, outcomes: readonly RecipientOutcome[]): void {
     for (const outcome of outcomes) this.#deliveries.inc({ route, status: outcome.status });
+  }
+
+  connectionCut(reason: string): void {
+    this.#cuts.inc({ reason });
+  }
+
+  stressChanged(on: boolean, listener: { role: string; port: string }): void {
+    this.#stressChanges.inc({ state: on ? "on" : "off" });
+    this.#underStress.set(listener, on ? 1 : 0);
   }
 
   policyReload(ok: boolean): void {

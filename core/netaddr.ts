@@ -27,6 +27,34 @@ export function normalizeIp(ip: string): string {
   return mapped ? mapped[1] : ip.toLowerCase();
 }
 
+/**
+ * The client a connection counts against for per-client limits: an IPv4 address as it is, an IPv6
+ * address by its /64 ("2001:db8:1:2::/64"), since one site is routinely given a whole /64 and can
+ * take a new address from it for every connection.
+ */
+export function clientGroup(ip: string): string {
+  const address = normalizeIp(ip);
+  if (isIP(address) !== 6) return address;
+  const hextets = ipv6Hextets(address);
+  return `${hextets.slice(0, 4).join(":")}::/64`;
+}
+
+/** The eight groups of a valid IPv6 address, in lower-case hex without leading zeros. */
+function ipv6Hextets(address: string): string[] {
+  let text = address.split("%")[0];
+  // A trailing dotted quad (::ffff:192.0.2.1, 64:ff9b::192.0.2.1) stands for the last two groups.
+  const quad = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (quad) {
+    const [a, b, c, d] = quad.slice(1).map(Number);
+    text = `${text.slice(0, quad.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, tail] = text.split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail === undefined ? [] : tail ? tail.split(":") : [];
+  const zeros = tail === undefined ? [] : Array<string>(8 - left.length - right.length).fill("0");
+  return [...left, ...zeros, ...right].map((group) => Number.parseInt(group, 16).toString(16));
+}
+
 export interface Cidr {
   readonly address: string;
   readonly prefix: number;

@@ -11,6 +11,10 @@
  *   smtp-server would put its own code from a fixed table in front (`550 5.1.1 5.7.1 …`);
  * - an address whose domain holds an IDNA dot other than "." is handed on as written, not as
  *   smtp-server's punycode step rewrote it, so the policy refuses it (core/address.ts).
+ * - slow clients are bounded: each byte resets smtp-server's idle timeout, so a client trickling
+ *   one byte at a time could hold a slot for ever. Each command gets a deadline that bytes do not
+ *   extend, each connection a lifetime, each client a slot before any work is done for it, and a
+ *   listener near maxClients shortens the deadlines (postscreen's stress mode).
  */
 import { isUtf8 } from "node:buffer";
 import type { Socket } from "node:net";
@@ -25,6 +29,26 @@ import { readProxyHeader } from "./proxy-v2.js";
 import { sessionId } from "./random.js";
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
+
+/** smtp-server's reply when its idle timeout fires (rewritten in core/hardening.ts). */
+const IDLE_TIMEOUT_TEXT = "Timeout - closing connection";
+
+/** Why the listener ended a connection on its own, before or without any hook deciding. */
+export type CutReason = "max-clients" | "per-client" | "idle" | "command-timeout" | "connection-time" | "evicted";
+
+/** What a listener reports about its limits, so each cut and each change of stress is logged and counted. */
+export type ListenerEvent =
+  | { readonly kind: "cut"; readonly reason: CutReason; readonly id: string; readonly remoteAddress: string }
+  | { readonly kind: "stress"; readonly on: boolean; readonly connections: number; readonly maxClients: number };
+
+/** Deadlines against slow clients, in milliseconds (the policy's `server.limits`). */
+export interface SlowClientLimits {
+  readonly commandTimeout: number;
+  readonly maxConnectionTime: number;
+  /** Share of maxClients at which the listener is under stress. */
+  readonly stressThreshold: number;
+  readonly stressTimeout: number;
+}
 
 export interface GatewayServerOptions extends SMTPServerOptions {
   /** Milliseconds to wait before the greeting for this client (a promise when it takes a lookup). */
@@ -41,6 +65,15 @@ export interface GatewayServerOptions extends SMTPServerOptions {
    * with 421 "You talk too soon" and closes.
    */
   holdEarlyTalk?(): boolean;
+  /**
+   * Takes the client's slot for a new connection (per-client limits); false refuses it with 421
+   * 4.7.0 before the greeting delay, any lookup or any hook. The gateway frees the slot when the
+   * connection closes.
+   */
+  admit?(id: string, remoteAddress: string): boolean;
+  slowClients?: SlowClientLimits;
+  /** Hears every connection the listener cuts or refuses on its own, and each change of stress. */
+  onLimit?(event: ListenerEvent): void;
 }
 
 export class GatewayConnection extends SMTPConnection {
@@ -51,19 +84,44 @@ export class GatewayConnection extends SMTPConnection {
   #holdEarlyTalk = false;
   /** The command that arrived before the greeting; the parser sends no other until this one is answered. */
   #held: (() => void) | null = null;
+  /**
+   * When the gateway became ready for the client's next command (greeting or reply sent); null
+   * while the gateway owes a reply or a message is being received (that phase has dataTimeout).
+   */
+  #waitingSince: number | null = null;
+  /** Ends the wait for a command, however many bytes of it have trickled in. */
+  #commandDeadline: NodeJS.Timeout | undefined;
+  #lifetime: NodeJS.Timeout | undefined;
+  /** The lifetime ran out while a command or message was in progress: the cut waits for its reply. */
+  #expired = false;
+  /** Some command of this connection got a positive reply (2xx or 3xx). */
+  #answered = false;
+  /** The short deadline applies (see #awaitCommand). */
+  #stressed = false;
+  #lastReplyCode = 0;
+  /** DATA was accepted: command deadlines pause until the message's reply. */
+  #inMessage = false;
 
   override init(): void {
     this._setListeners(() => {
       const { maxClients } = this._server.options;
-      if (maxClients && this._server.connections.size > maxClients) {
-        this.send(421, "4.7.0 Too many connections, try again later", false);
-        this.close();
+      if (maxClients && this._server.connections.size > maxClients && !this._server.evictSlowest()) {
+        this.#cut("max-clients", "4.7.0 Too many connections, try again later");
         return;
       }
+      if (!(this._server.gatewayOptions.admit?.(this.id, this.remoteAddress) ?? true)) {
+        this.#cut("per-client", "4.7.0 Too many connections from your address");
+        return;
+      }
+      this.#startLifetime();
       this.#holdEarlyTalk = this._server.gatewayOptions.holdEarlyTalk?.() ?? false;
       const start = (delay: number) => {
         this.pregreet.delayMs = delay;
-        const ready = () => this.connectionReady(() => this.#releaseHeld());
+        const ready = () =>
+          this.connectionReady(() => {
+            this.#awaitCommand();
+            this.#releaseHeld();
+          });
         if (delay <= 0) setImmediate(ready);
         else setTimeout(ready, delay).unref();
       };
@@ -81,24 +139,108 @@ export class GatewayConnection extends SMTPConnection {
     // During a TLS handshake smtp-server discards input itself; after close nothing is answered.
     if (this.#holdEarlyTalk && !this._ready && !this._upgrading && !this._closing) {
       this.pregreet.talkedEarly = true;
-      this.#held = () => this.#command(command, callback);
+      this.#held = () => this._onCommand(command, callback);
       return;
     }
-    this.#command(command, callback);
+    clearTimeout(this.#commandDeadline);
+    this.#waitingSince = null;
+    // smtp-server decodes a command as UTF-8, turning bytes that are not UTF-8 into U+FFFD, and takes
+    // a non-ASCII address without SMTPUTF8: both are refused here, where the bytes are still at hand.
+    const refusal = this._ready && !this._upgrading ? addressEncodingRefusal(command, this.session.envelope) : null;
+    if (refusal) {
+      this.send(553, refusal);
+      this.#awaitCommand();
+      callback?.();
+      return;
+    }
+    // smtp-server calls back once the command is answered and the reply flushed.
+    super._onCommand(command, () => {
+      if (this.#lastReplyCode >= 200 && this.#lastReplyCode < 400) this.#answered = true;
+      if (this._dataStream) this.#inMessage = true;
+      else this.#awaitCommand();
+      callback?.();
+    });
   }
 
   /**
-   * smtp-server decodes a command as UTF-8, turning bytes that are not UTF-8 into U+FFFD, and takes
-   * a non-ASCII address without SMTPUTF8: both are refused here, where the bytes are still at hand.
+   * The gateway is ready for the client's next command: it must arrive complete within the
+   * deadline, counted from now. Under stress the short deadline applies, and a connection that met
+   * stress before any command of it was accepted keeps it after the stress ends: it has shown
+   * nothing that earns it the long one.
    */
-  #command(command: Buffer, callback?: () => void): void {
-    const refusal = this._ready && !this._upgrading ? addressEncodingRefusal(command, this.session.envelope) : null;
-    if (!refusal) {
-      super._onCommand(command, callback);
+  #awaitCommand(): void {
+    if (this._closing || this._closed) return;
+    if (this.#expired) {
+      this.#cut("connection-time", "4.4.2 Connection time limit reached, closing connection");
       return;
     }
-    this.send(553, refusal);
-    callback?.();
+    const limits = this._server.gatewayOptions.slowClients;
+    if (!limits) return;
+    if (this._server.underStress) this.#stressed = true;
+    else if (this.#answered) this.#stressed = false;
+    this.#waitingSince = performance.now();
+    this.#armCommandDeadline(this.#stressed ? shortDeadline(limits) : limits.commandTimeout);
+  }
+
+  #armCommandDeadline(ms: number): void {
+    clearTimeout(this.#commandDeadline);
+    this.#commandDeadline = setTimeout(
+      () => this.#cut("command-timeout", "4.4.2 Command timeout, closing connection"),
+      ms,
+    ).unref();
+  }
+
+  /** How long this connection has made the gateway wait for its current command; 0 when it owes nothing. */
+  waitedMs(now: number): number {
+    return this.#waitingSince === null ? 0 : now - this.#waitingSince;
+  }
+
+  /** Gives this connection's slot to a new client (see GatewaySMTPServer#evictSlowest). */
+  evict(): void {
+    this.#cut("evicted", "4.4.2 Too slow while the server is full, closing connection");
+  }
+
+  /** The listener came under stress: a wait in progress ends stressTimeout after it began (now, if that is past). */
+  stressBegan(): void {
+    const limits = this._server.gatewayOptions.slowClients;
+    if (!limits || this._closing || this._closed) return;
+    this.#stressed = true;
+    if (this.#waitingSince === null) return;
+    this.#armCommandDeadline(Math.max(0, this.#waitingSince + shortDeadline(limits) - performance.now()));
+  }
+
+  /**
+   * maxConnectionTime: a connection waiting for a command (or still before its greeting) is cut at
+   * once; one in the middle of a command or message is cut when that is answered, so a message the
+   * gateway may already have accepted is never cut off from its reply.
+   */
+  #startLifetime(): void {
+    const limits = this._server.gatewayOptions.slowClients;
+    if (!limits) return;
+    this.#lifetime = setTimeout(() => {
+      if (this.#waitingSince !== null || !this._ready) {
+        this.#cut("connection-time", "4.4.2 Connection time limit reached, closing connection");
+      } else this.#expired = true;
+    }, limits.maxConnectionTime).unref();
+  }
+
+  /** Sends a 421 (which closes the connection) and reports the cut. */
+  #cut(reason: CutReason, text: string): void {
+    if (this._closing || this._closed) return;
+    this._server.gatewayOptions.onLimit?.({ kind: "cut", reason, id: this.id, remoteAddress: this.remoteAddress });
+    this.send(421, text, false);
+  }
+
+  override close(): void {
+    super.close();
+    this._server.loadChanged();
+  }
+
+  override _onClose(): void {
+    clearTimeout(this.#commandDeadline);
+    clearTimeout(this.#lifetime);
+    super._onClose();
+    this._server.loadChanged();
   }
 
   /** Runs once the greeting is out (never, when the session was refused instead). */
@@ -126,9 +268,18 @@ export class GatewayConnection extends SMTPConnection {
       : typeof rawData === "string"
         ? oneLine(rawData, Number.POSITIVE_INFINITY)
         : rawData;
+    this.#lastReplyCode = code;
     // smtp-server's own replies get our codes and texts (core/hardening.ts).
     const own = typeof data === "string" ? ownReplyOverride(data) : undefined;
     if (own) {
+      if (data === IDLE_TIMEOUT_TEXT && !this._closing) {
+        this._server.gatewayOptions.onLimit?.({
+          kind: "cut",
+          reason: "idle",
+          id: this.id,
+          remoteAddress: this.remoteAddress,
+        });
+      }
       super.send(own.code, own.text, false);
       if (code === 421) this.close();
       else this.#countErrors(own.code, context);
@@ -142,10 +293,15 @@ export class GatewayConnection extends SMTPConnection {
     if (typeof data === "string" && ENHANCED_PREFIX.test(data)) {
       super.send(code, data, false);
       this.#countErrors(code, context);
-      return;
+    } else {
+      super.send(code, data, context);
+      this.#countErrors(code, context);
     }
-    super.send(code, data, context);
-    this.#countErrors(code, context);
+    // The message's reply is out (smtp-server clears _dataStream just before it): commands again.
+    if (this.#inMessage && !this._dataStream) {
+      this.#inMessage = false;
+      this.#awaitCommand();
+    }
   }
 
   /**
@@ -218,9 +374,64 @@ export function addressEncodingRefusal(
   return smtpUtf8 ? null : "5.6.7 Non-ASCII address requires SMTPUTF8";
 }
 
+/** Under stress, commands get stressTimeout, or commandTimeout if that is shorter. */
+function shortDeadline(limits: SlowClientLimits): number {
+  return Math.min(limits.stressTimeout, limits.commandTimeout);
+}
+
+/**
+ * At maxClients a new client may take the slot of the connection that has kept the gateway waiting
+ * longest for a command, once that wait exceeds this. A real client sends each command within a
+ * round trip; a slow client never does, so however fast a flood of slow clients reconnects, a real
+ * one still gets in (a newcomer is the freshest waiter of all, so the flood evicts itself).
+ */
+const EVICTABLE_AFTER_MS = 1000;
+
+/** Stress ends once the connections fall this far below the number that started it (no flapping). */
+const STRESS_END_RATIO = 0.9;
+
 export class GatewaySMTPServer extends SMTPServer {
   /** Connections by session id, so a handler can close the connection it answers for. */
   readonly byId = new Map<string, GatewayConnection>();
+  #underStress = false;
+
+  /** Whether this listener is near maxClients (slowClients.stressThreshold), so deadlines are short. */
+  get underStress(): boolean {
+    return this.#underStress;
+  }
+
+  /** Cuts the connection waiting longest for a command past EVICTABLE_AFTER_MS; false when there is none. */
+  evictSlowest(): boolean {
+    const now = performance.now();
+    let slowest: GatewayConnection | undefined;
+    let longest = EVICTABLE_AFTER_MS;
+    for (const connection of this.connections) {
+      const waited = (connection as GatewayConnection).waitedMs(now);
+      if (waited > longest) {
+        longest = waited;
+        slowest = connection as GatewayConnection;
+      }
+    }
+    slowest?.evict();
+    return slowest !== undefined;
+  }
+
+  /** Called whenever a connection is added or leaves `connections`: stress starts or ends here. */
+  loadChanged(): void {
+    const { maxClients } = this.options;
+    const limits = this.gatewayOptions.slowClients;
+    if (!limits || !maxClients) return;
+    const connections = this.connections.size;
+    const stressAt = Math.ceil(maxClients * limits.stressThreshold);
+    if (!this.#underStress && connections >= stressAt) {
+      this.#underStress = true;
+      this.gatewayOptions.onLimit?.({ kind: "stress", on: true, connections, maxClients });
+      for (const connection of this.connections) (connection as GatewayConnection).stressBegan();
+    } else if (this.#underStress && connections < stressAt * STRESS_END_RATIO) {
+      this.#underStress = false;
+      this.gatewayOptions.onLimit?.({ kind: "stress", on: false, connections, maxClients });
+    }
+  }
 
   constructor(readonly gatewayOptions: GatewayServerOptions) {
     super({ ...gatewayOptions, useProxy: gatewayOptions.proxyTrusted !== undefined });
@@ -235,6 +446,7 @@ export class GatewaySMTPServer extends SMTPServer {
     const connection = new GatewayConnection(this, socket, socketOptions);
     this.connections.add(connection);
     this.byId.set(connection.id, connection);
+    this.loadChanged();
     connection.on("error", (err: Error) => this._onError(err));
     connection.on("connect", (data) => this._onClientConnect(data));
     connection.init();

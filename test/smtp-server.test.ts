@@ -33,6 +33,30 @@ test("the smtp-server internals the gateway overrides are still there", () => {
   assert.match(handleProxy, /setImmediate\(\(\) => callback\(null, socketOptions\)\)/);
 });
 
+test("the smtp-server internals the slow-client deadlines rely on are still there", () => {
+  for (const name of ["_onCommand", "_onClose", "close", "handler_DATA"] as const) {
+    assert.equal(typeof SMTPConnection.prototype[name], "function", `SMTPConnection#${name}`);
+  }
+  // The command callback runs once the command is answered (and its reply flushed): the wait for
+  // the next command starts there.
+  const onCommand = SMTPConnection.prototype._onCommand.toString();
+  assert.match(
+    onCommand,
+    /const next = callback \|\| \(\(\) => false\);\s*const done = \(\) => this\._whenWritable\(next\);/,
+  );
+  // DATA calls back right after its 354 with _dataStream set, and clears it just before the
+  // message's reply: GatewayConnection#send starts the next wait on that change.
+  const data = SMTPConnection.prototype.handler_DATA.toString();
+  assert.match(data, /this\._dataStream = parser\.startDataMode/);
+  assert.match(data, /this\._dataStream = false;[\s\S]*this\.send\(250/);
+  assert.match(data, /this\.send\(354, 'End data with <CR><LF>\.<CR><LF>'\);\s*callback\(\);/);
+  // Stress follows connections.size, which close() and _onClose() shrink.
+  assert.match(SMTPConnection.prototype.close.toString(), /this\._server\.connections\.delete\(this\)/);
+  assert.match(SMTPConnection.prototype._onClose.toString(), /this\._server\.connections\.delete\(this\)/);
+  // The idle timeout's reply, which the gateway logs as an "idle" cut.
+  assert.match(SMTPConnection.prototype._onTimeout.toString(), /this\.send\(421, 'Timeout - closing connection'\)/);
+});
+
 test("sessions get distinct ids of smtp-server's form (16 base-32 digits), logged as cid", async () => {
   const gw = await startGateway("version: 1\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n");
   try {
@@ -53,7 +77,7 @@ test("with a configured greeting delay a client that talks first is refused and 
   try {
     const early = await SmtpTestClient.connect(gw.port, { greeting: false });
     early.write("EHLO early.test\r\n");
-    assert.equal((await early.reply()).raw, "421 gw.test You talk too soon");
+    assert.equal((await early.reply()).raw, "421 4.0.0 gw.test You talk too soon");
     await early.waitClosed();
     const polite = await SmtpTestClient.connect(gw.port);
     assert.equal(polite.greeting.raw, "220 gw.test ESMTP Portcullis");

@@ -106,8 +106,32 @@ const Limits = z.strictObject({
   maxMessageSize: Size.prefault("25MB").describe('largest message accepted, e.g. "25MB" (announced in EHLO SIZE)'),
   maxRecipients: z.int().positive().default(100).describe("most RCPT TO per transaction; more get 452"),
   maxClients: z.int().positive().default(1000).describe("most simultaneous connections in total"),
-  maxConnectionsPerIp: z.int().positive().default(20).describe("most simultaneous connections from one client IP"),
+  maxConnectionsPerIp: z
+    .int()
+    .positive()
+    .default(20)
+    .describe(
+      "most simultaneous connections from one client: an IPv4 address or an IPv6 /64 (one site's network); more get 421 4.7.0 before the greeting",
+    ),
   idleTimeout: Duration.prefault("60s").describe('closes a connection silent for this long, e.g. "60s"'),
+  // Slow clients: bytes trickled in reset the idle timeout, so these bound what trickling cannot.
+  commandTimeout: Duration.prefault("5m").describe(
+    'deadline for each command line, counted from when the gateway is ready for it (silence included) however many bytes trickle in; then 421 4.4.2 and a close, e.g. "5m" (RFC 5321 4.5.3.2)',
+  ),
+  maxConnectionTime: Duration.prefault("30m").describe(
+    'longest life of one connection; then 421 4.4.2 and a close, at once when it waits for a command, else once the command or message in progress is answered, e.g. "30m"',
+  ),
+  stressThreshold: z
+    .number()
+    .gt(0)
+    .max(1)
+    .default(0.8)
+    .describe(
+      "share of maxClients at which a listener is under stress (postscreen's stress mode): commands then get stressTimeout; it ends when the connections fall 10 % below that number",
+    ),
+  stressTimeout: Duration.prefault("10s").describe(
+    'under stress, the deadline for each command (and so the longest silence) instead of commandTimeout; a connection that met stress before any command of it was accepted keeps it, e.g. "10s"',
+  ),
   maxTransactionsPerConnection: z
     .int()
     .positive()
