@@ -18,6 +18,7 @@ import { formatReply, type Reply } from "../decision.js";
 import { httpPolicyFetch, MtaStsCache } from "../delivery/mta-sts.js";
 import { ConnectionPool } from "../delivery/pool.js";
 import type { RecipientOutcome } from "../delivery/result.js";
+import { NextHopVerifier } from "../delivery/verify.js";
 import {
   type DeliveryOptions,
   deliverPlanned,
@@ -67,6 +68,8 @@ const POOL_IDLE_MS = 10_000;
 
 export class DeliveryQueue {
   readonly pool = new ConnectionPool({ defaultLimit: POOL_SIZE, idleMs: POOL_IDLE_MS });
+  /** Recipient verification at RCPT time, on the same connections as delivery. */
+  readonly verifier: NextHopVerifier;
   #spool: Spool | null = null;
   #opening: Promise<Spool> | null = null;
   #worker: DeliveryWorker | null = null;
@@ -77,7 +80,9 @@ export class DeliveryQueue {
   readonly #settingsByRuntime = new WeakMap<Runtime, WorkerSettings>();
   #stopped = false;
 
-  constructor(private readonly deps: QueueDependencies) {}
+  constructor(private readonly deps: QueueDependencies) {
+    this.verifier = new NextHopVerifier(this.pool, deps.clock);
+  }
 
   /** Opens the spool and starts the worker. An unusable spool is logged and tried again per message. */
   async start(): Promise<void> {
