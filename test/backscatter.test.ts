@@ -13,7 +13,7 @@ import { startDnsServer, type TestDnsServer } from "../core/testing/dns-server.j
 import { cleanupAfterAll } from "./fixtures/cleanups.js";
 import { closedPort } from "./fixtures/next-hop.js";
 import { message, sendAs } from "./fixtures/sender-auth.js";
-import { until } from "./queue/helpers.js";
+import { parseDsn, until } from "./queue/helpers.js";
 
 const cleanups = cleanupAfterAll();
 
@@ -198,5 +198,65 @@ describe("<postmaster> without a domain", () => {
     const { rcpts } = await spam(gw.port, ["postmaster"]);
     assert.match(rcpts[0], /^550 5\.1\.1 <postmaster>: Recipient address rejected: no postmaster mailbox here/);
     assert.equal(smarthost.recipientsAsked.length, 0);
+  });
+});
+
+describe("bounces without recipient validation", () => {
+  // The internal server knows only alice: every other recipient fails there after we took the mail.
+  let internal: Awaited<ReturnType<typeof cleanups.hop>>;
+  let smarthost: Awaited<ReturnType<typeof cleanups.hop>>;
+  let gw: Awaited<ReturnType<typeof gateway>>;
+  before(async () => {
+    internal = await cleanups.hop({ knownRecipients: ["alice@example.test"] });
+    smarthost = await cleanups.hop();
+    gw = await gateway(policy({ internal: internal.port, smarthost: smarthost.port }));
+  });
+
+  /** Sends, waits until the message is done (bounced or not), and returns the log lines about it. */
+  async function undeliverable(ip: string, from: string) {
+    const done = gw.logs.filter((l) => l.event === "done").length;
+    const { data } = await spam(gw.port, ["nobody@example.test"], ip, from);
+    assert.match(data ?? "", /^250 /);
+    await until(() => gw.logs.filter((l) => l.event === "done").length > done, "the message to be done");
+    await until(() => gw.gateway.queue.spool?.entries().length === 0, "the spool to empty");
+    return gw.logs.filter((l) => l.event === "bounce-suppressed" && l.to === from);
+  }
+
+  const suppressedMetric = async (reason: string) =>
+    new RegExp(`portcullis_bounces_suppressed_total\\{reason="${reason}"\\} 1\\b`).test(
+      await gw.gateway.metrics.registry.metrics(),
+    );
+
+  it("no DSN for a DNSBL-listed client's message: logged and counted as suppressed", async () => {
+    const suppressed = await undeliverable(LISTED, VICTIM);
+    assert.equal(suppressed.length, 1);
+    assert.equal(suppressed[0].reason, "dnsbl-listed");
+    assert.ok(await suppressedMetric("dnsbl-listed"));
+    assert.equal(smarthost.messages.length, 0, "nothing went to the forged sender");
+  });
+
+  it("no DSN for a sender that failed SPF", async () => {
+    const suppressed = await undeliverable(CLEAN, "someone@forged.test");
+    assert.equal(suppressed[0]?.reason, "spf-fail");
+    assert.ok(await suppressedMetric("spf-fail"));
+    assert.equal(smarthost.messages.length, 0);
+  });
+
+  it("a sender that passed SPF gets its DSN, with the whole message", async () => {
+    assert.deepEqual(await undeliverable(CLEAN, "someone@good.test"), []);
+    const [bounce] = await smarthost.waitForMessages(1);
+    assert.deepEqual([bounce.from, bounce.to], ["", ["someone@good.test"]]);
+    const dsn = parseDsn(bounce.raw);
+    assert.equal(dsn.returnedType, "message/rfc822");
+    assert.match(dsn.returned, /BUY NOW/);
+  });
+
+  it("a sender nothing authenticates (SPF none) gets its DSN with the header section only", async () => {
+    assert.deepEqual(await undeliverable(CLEAN, "someone@unknown-domain.test"), []);
+    const [, bounce] = await smarthost.waitForMessages(2);
+    assert.deepEqual(bounce.to, ["someone@unknown-domain.test"]);
+    const dsn = parseDsn(bounce.raw);
+    assert.equal(dsn.returnedType, "text/rfc822-headers");
+    assert.doesNotMatch(dsn.returned, /BUY NOW/);
   });
 });

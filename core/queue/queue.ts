@@ -34,6 +34,7 @@ import { type HostPort, normalizeIp } from "../netaddr.js";
 import type { GatewayObserver } from "../observe.js";
 import type { Runtime } from "../runtime.js";
 import { QueueAdmin, type QueueRequest, type QueueResponse } from "./admin.js";
+import { senderEvidence } from "./bounce-policy.js";
 import { nextAttemptAt } from "./retry.js";
 import { type RecipientState, Spool, SpoolUnavailable } from "./spool.js";
 import { DeliveryWorker, type WorkerSettings } from "./worker.js";
@@ -208,6 +209,7 @@ export class DeliveryQueue {
         recipients,
         arrivedAt: now,
         ...(messageId ? { messageId } : {}),
+        evidence: senderEvidence(tx),
       },
       head: message.head,
       source: message.source,
@@ -260,6 +262,7 @@ export class DeliveryQueue {
       log: this.deps.log,
       clock: this.deps.clock,
       random: this.deps.random,
+      observer: this.deps.observer,
     });
     this.#spool = spool;
     this.#worker = worker;
@@ -296,6 +299,7 @@ export class DeliveryQueue {
         ...(delivery.mtaSts.enabled ? { mtaSts: this.#mtaStsCache(runtime) } : {}),
       },
       router: runtime.router,
+      bounces: delivery.bounces,
     };
     this.#settingsByRuntime.set(runtime, settings);
     return settings;
