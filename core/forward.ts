@@ -18,7 +18,8 @@ import { formatRouteTarget, parseRouteTarget, type RouteTarget } from "./deliver
 import type { DnsResolver } from "./dns.js";
 import type { HeaderField, SpooledMessage } from "./message.js";
 import type { GatewayObserver } from "./observe.js";
-import { plainRoute, type Router, type RouteSpec, routeKey } from "./routes.js";
+import { isDomainlessPostmaster } from "./relay.js";
+import { plainRoute, type RouteQuery, type Router, type RouteSpec, routeKey } from "./routes.js";
 import { loadCredentials } from "./smarthost.js";
 
 export interface DeliveryOptions {
@@ -126,21 +127,31 @@ export function envelopeDsn(sender: Address): EnvelopeDsn {
   };
 }
 
-/** Each recipient's route: a hook's `ctx.transaction.route` wins, then the policy's `routes:`. */
+/** What routes are matched on for one recipient of a transaction (at RCPT time and at delivery). */
+export function routeQuery(tx: TransactionContext, recipient: Address): RouteQuery & { readonly recipient: string } {
+  return {
+    recipientDomain: recipient.domain,
+    recipient: envelopeAddress(recipient.local, recipient.domain),
+    senderDomain: tx.sender.domain,
+    clientIp: tx.connection.client.ip,
+    listener: tx.connection.local,
+    tags: tx.tags,
+  };
+}
+
+/**
+ * Each recipient's route: a hook's `ctx.transaction.route` wins, then the policy's `routes:`. Our
+ * own `<postmaster>` is the exception: it goes where `relay.postmaster` says, never where an
+ * override would send the rest of the message (a smarthost, another organisation).
+ */
 export function planRecipients(tx: TransactionContext, router: Router): PlannedRecipient[] {
   return tx.recipients.map((recipient) => {
-    const address = envelopeAddress(recipient.local, recipient.domain);
-    const route =
-      tx.route !== null
-        ? plainRoute(tx.route)
-        : router.routeFor({
-            recipientDomain: recipient.domain,
-            recipient: address,
-            senderDomain: tx.sender.domain,
-            clientIp: tx.connection.client.ip,
-            listener: tx.connection.local,
-            tags: tx.tags,
-          });
+    const query = routeQuery(tx, recipient);
+    const { address, route } =
+      tx.route !== null && !isDomainlessPostmaster(recipient)
+        ? { address: query.recipient, route: plainRoute(tx.route) }
+        : // null only for a <postmaster> the rcpt phase refused, which never reaches delivery
+          (router.destinationFor(query) ?? { address: query.recipient, route: router.routeFor(query) });
     const notify = stringArg(recipient, "NOTIFY")?.toUpperCase().split(",");
     const orcpt = stringArg(recipient, "ORCPT");
     return { address, route, ...(notify ? { notify } : {}), ...(orcpt ? { orcpt } : {}) };

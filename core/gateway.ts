@@ -354,7 +354,15 @@ export class Gateway {
     });
     const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id }); // issue 10
     // Issue 8: the recorder of the policy version this connection runs under.
-    const session = new Session(runtime, connection, log, this.clock, this.metrics, this.#rollout.recorder());
+    const session = new Session(
+      runtime,
+      connection,
+      log,
+      this.clock,
+      this.metrics,
+      this.#rollout.recorder(),
+      this.queue.verifier,
+    );
     this.#sessions.set(smtp.id, session);
     this.metrics.connectionOpened(connection); // issue 10; closed in #onClose or #rekey
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");

@@ -91,6 +91,34 @@ export async function loadList(items: readonly ListItem[], kind: ListKind, dir: 
   );
 }
 
+/**
+ * Reads the files of a list found at `path` in a policy (validated), anchoring them at `dir`. A file
+ * that cannot be read or holds a bad entry is reported at its `{ file }` item, like any other
+ * problem of the policy, so a policy with such a list never takes effect. `raw` is the list as
+ * written: one item or a sequence, which decides where its items are.
+ */
+export async function resolveListFiles(
+  items: readonly ListItem[],
+  raw: unknown,
+  kind: ListKind,
+  dir: string,
+  path: ReadonlyArray<string | number>,
+  report: (path: ReadonlyArray<string | number>, message: string) => void,
+): Promise<ListItem[]> {
+  return Promise.all(
+    items.map(async (item, index): Promise<ListItem> => {
+      if (typeof item === "string") return item;
+      const file = resolve(dir, item.file);
+      try {
+        return { file, entries: await readListFile(kind, file) };
+      } catch (error) {
+        report([...path, ...(Array.isArray(raw) ? [index] : []), "file"], (error as Error).message);
+        return { file, entries: [] };
+      }
+    }),
+  );
+}
+
 /** Every entry of a list whose files are loaded; throws when a file was not (a programming error). */
 export function listEntries(items: readonly ListItem[]): string[] {
   return items.flatMap((item) => {

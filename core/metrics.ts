@@ -54,6 +54,7 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #cuts: Counter<"reason">;
   readonly #stressChanges: Counter<"state">;
   readonly #underStress: Gauge<"role" | "port">;
+  readonly #bouncesSuppressed: Counter<"reason">;
   /** DNS counters of resolvers that earlier policies used, so the totals survive a reload. */
   #retiredDns: DnsStats = ZERO_DNS;
   #resolver: DnsResolver | null = null;
@@ -159,6 +160,12 @@ export class GatewayMetrics implements GatewayObserver {
       labelNames: ["role", "port"] as const,
       registers,
     });
+    this.#bouncesSuppressed = new Counter({
+      name: "portcullis_bounces_suppressed_total",
+      help: "DSNs not sent because the original sender is likely forged, by reason: dnsbl-listed, spf-fail, dmarc-fail",
+      labelNames: ["reason"] as const,
+      registers,
+    });
     this.#reloads.inc({ result: "ok" }, 0);
     this.#reloads.inc({ result: "failed" }, 0);
     this.#scrapedGauges();
@@ -242,6 +249,10 @@ export class GatewayMetrics implements GatewayObserver {
 
   policyReload(ok: boolean): void {
     this.#reloads.inc({ result: ok ? "ok" : "failed" });
+  }
+
+  bounceSuppressed(reason: string): void {
+    this.#bouncesSuppressed.inc({ reason });
   }
 
   /** DNS counters over every resolver this gateway used; a replaced one's counts are kept. */

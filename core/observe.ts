@@ -62,6 +62,8 @@ export interface GatewayObserver {
   delivery(route: string, outcomes: readonly RecipientOutcome[]): void;
   /** A reload was tried: `ok` false when the new policy was refused and the old one stayed. */
   policyReload(ok: boolean): void;
+  /** A DSN was not sent because its recipient, the original sender, is likely forged (`reason`). */
+  bounceSuppressed(reason: string): void;
 }
 
 /** For engines that run without a gateway (the test kit, `portcullis try`): nothing is counted. */
@@ -73,4 +75,5 @@ export const NO_OBSERVER: GatewayObserver = Object.freeze({
   transaction() {},
   delivery() {},
   policyReload() {},
+  bounceSuppressed() {},
 });

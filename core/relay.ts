@@ -6,6 +6,7 @@
 import { asciiDomain, DomainSet } from "./address.js";
 import type { Address } from "./api.js";
 import { type Reply, reply } from "./decision.js";
+import { compileList, type ListItem } from "./lists.js";
 import { NetworkList } from "./netaddr.js";
 
 export interface RelayConfig {
@@ -14,6 +15,8 @@ export interface RelayConfig {
   /** IPv4/IPv6 addresses or CIDR networks. */
   networks: string[];
   authenticatedUsersMayRelay: boolean;
+  /** Address patterns of the recipients that exist in `domains`; unset, every recipient there is taken. */
+  recipients?: readonly ListItem[];
 }
 
 export interface RelayAccess {
@@ -30,6 +33,21 @@ export interface RelayAccess {
    * relay). Outbound signing needs this, and sender checks skip enforcement for it.
    */
   isTrustedClient(client: { ip: string; authUser: string | null }): boolean;
+  /**
+   * null = the recipient may exist; else 550 5.1.1 User unknown: its domain is one of `relay.domains`
+   * and `relay.recipients` lists no such address. Refusing here, while the client waits, is what
+   * keeps us from accepting mail that the next hop would refuse and we would have to bounce.
+   */
+  unknownRecipient(recipient: Address): Reply | null;
+}
+
+/** `<postmaster>` without a domain: RFC 5321 §4.5.1 reserves it for this host's postmaster, whoever writes. */
+export function isDomainlessPostmaster(recipient: Pick<Address, "local" | "domain">): boolean {
+  return recipient.domain === "" && recipient.local.toLowerCase() === "postmaster";
+}
+
+export function userUnknown(address: string, why = "User unknown"): Reply {
+  return reply(550, "5.1.1", `<${address}>: Recipient address rejected: ${why}`);
 }
 
 const RELAYING_DENIED = reply(550, "5.7.1", "Relaying denied");
@@ -55,6 +73,8 @@ export function compileRelayAccess(config: RelayConfig): RelayAccess {
     throw new Error(`relay.networks: ${(error as Error).message}`);
   }
 
+  const listed = config.recipients ? compileList("address", config.recipients) : null;
+
   return {
     isLocalDomain(domain) {
       const ascii = asciiDomain(domain);
@@ -68,10 +88,18 @@ export function compileRelayAccess(config: RelayConfig): RelayAccess {
     check(recipient, client) {
       if (networks.has(client.ip)) return null;
       if (config.authenticatedUsersMayRelay && client.authUser !== null && client.authUser !== "") return null;
-      if (recipient.domain === "") return recipient.local.toLowerCase() === "postmaster" ? null : RELAYING_DENIED;
+      if (recipient.domain === "") return isDomainlessPostmaster(recipient) ? null : RELAYING_DENIED;
       const canonical = asciiDomain(recipient.domain) === recipient.domain;
       if (canonical && domains.has(recipient.domain) && !ROUTING_IN_LOCAL_PART.test(recipient.local)) return null;
       return RELAYING_DENIED;
+    },
+
+    unknownRecipient(recipient) {
+      if (!listed || !domains.has(recipient.domain)) return null;
+      // Every domain we receive for must take mail for its postmaster (RFC 5321 §4.5.1).
+      if (recipient.local.toLowerCase() === "postmaster") return null;
+      const address = `${recipient.local}@${recipient.domain}`;
+      return listed(address) ? null : userUnknown(address);
     },
   };
 }

@@ -42,6 +42,7 @@ export function policyFiles(policy: LoadedPolicy): string[] {
     }
   };
   visit(policy.config.rules);
+  visit(policy.config.relay.recipients);
   for (const entry of policy.pipeline) visit(entry.options);
   return [...files];
 }

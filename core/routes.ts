@@ -4,7 +4,7 @@
  * stores with each recipient (the facts a route may depend on — tags, the listener — are gone once
  * the transaction has ended).
  */
-import { DomainSet } from "./address.js";
+import { asciiDomain, DomainSet } from "./address.js";
 import type { TlsMode } from "./delivery/smtp.js";
 import { NetworkList, normalizeIp, parseHostPort } from "./netaddr.js";
 import type { SmarthostAuth } from "./smarthost.js";
@@ -40,6 +40,8 @@ export interface RouteConfig {
   readonly sourceAddress?: string;
   /** Issue 12: AUTH at a smarthost; where the password is, not the password. */
   readonly auth?: SmarthostAuth;
+  /** `rcpt`: recipients of relay domains routed here are asked of its next hop before they are accepted. */
+  readonly verify?: "rcpt";
 }
 
 /**
@@ -157,19 +159,72 @@ export function routeKey(route: RouteSpec): string {
   ]);
 }
 
-export class Router {
-  readonly #routes: Array<{ tests: RouteTest[]; spec: RouteSpec }>;
+/** Where one recipient is delivered: the address it leaves with, and the route. */
+export interface Destination {
+  readonly address: string;
+  readonly route: RouteSpec;
+}
 
-  constructor(routes: readonly RouteConfig[]) {
-    this.#routes = routes.map((route) => ({ tests: compileMatch(route.match), spec: routeSpec(route) }));
+interface CompiledRoute {
+  readonly tests: RouteTest[];
+  readonly spec: RouteSpec;
+  readonly verify: boolean;
+}
+
+export class Router {
+  readonly #routes: CompiledRoute[];
+  readonly #postmaster: string | undefined;
+
+  /** `postmaster`: policy `relay.postmaster`, an address or a `maildir:` target (anchored). */
+  constructor(routes: readonly RouteConfig[], options: { readonly postmaster?: string } = {}) {
+    this.#routes = routes.map((route) => ({
+      tests: compileMatch(route.match),
+      spec: routeSpec(route),
+      verify: route.verify === "rcpt",
+    }));
+    this.#postmaster = options.postmaster;
+  }
+
+  #match(query: RouteQuery): CompiledRoute | undefined {
+    return this.#routes.find((route) => route.tests.every((test) => test(query)));
   }
 
   /** The route for one recipient; `mx` when no route matches. */
   routeFor(query: RouteQuery): RouteSpec {
-    for (const route of this.#routes) {
-      if (route.tests.every((test) => test(query))) return route.spec;
+    return this.#match(query)?.spec ?? plainRoute("mx");
+  }
+
+  /**
+   * Where a recipient goes. `<postmaster>` without a domain means our own postmaster (RFC 5321
+   * §4.5.1): it goes to `relay.postmaster`, or else only to a route whose conditions take it — a
+   * catch-all route (a smarthost, MX) would relay it to someone else's postmaster, so then null:
+   * there is nowhere to deliver it.
+   */
+  destinationFor(query: RouteQuery & { readonly recipient: string }): Destination | null {
+    if (query.recipientDomain !== "" || query.recipient.toLowerCase() !== "postmaster") {
+      return { address: query.recipient, route: this.routeFor(query) };
     }
-    return plainRoute("mx");
+    const postmaster = this.#postmaster;
+    if (postmaster === undefined) {
+      const route = this.#routes.find((r) => r.tests.length > 0 && r.tests.every((test) => test(query)));
+      return route ? { address: query.recipient, route: route.spec } : null;
+    }
+    if (postmaster.startsWith("maildir:")) return { address: query.recipient, route: plainRoute(postmaster) };
+    const at = postmaster.lastIndexOf("@");
+    const domain = asciiDomain(postmaster.slice(at + 1)) ?? postmaster.slice(at + 1).toLowerCase();
+    const address = `${postmaster.slice(0, at)}@${domain}`;
+    return { address, route: this.routeFor({ ...query, recipient: address, recipientDomain: domain }) };
+  }
+
+  /** The route to ask about a recipient before accepting it (`verify: rcpt`), or null. */
+  verifyingRoute(query: RouteQuery): RouteSpec | null {
+    const route = this.#match(query);
+    return route?.verify ? route.spec : null;
+  }
+
+  /** Indices of the routes with no condition, which take every recipient no earlier route took. */
+  catchAllRoutes(): number[] {
+    return this.#routes.flatMap((route, index) => (route.tests.length === 0 ? [index] : []));
   }
 
   /** The route's targets as one text (several hosts joined by ", "), for dry runs and logs. */

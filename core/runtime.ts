@@ -67,7 +67,7 @@ export async function buildRuntime(policy: LoadedPolicy, deps: RuntimeDependenci
     config,
     plugins,
     relay: compileRelayAccess(config.relay),
-    router: new Router(config.routes),
+    router: new Router(config.routes, { postmaster: config.relay.postmaster }),
     rules: compileRules(
       config.rules,
       findingCatalogue(

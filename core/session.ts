@@ -5,10 +5,23 @@
  */
 import type { Logger } from "pino";
 import { parseEnvelopeAddress } from "./address.js";
-import type { Clock, ConnectionContext, Message, Phase, Services, TraceEntry, TransactionContext } from "./api.js";
-import { type Decision, formatReply, type RefusingDecision, type Reply } from "./decision.js";
+import type {
+  Address,
+  Clock,
+  ConnectionContext,
+  Message,
+  Phase,
+  Services,
+  TraceEntry,
+  TransactionContext,
+} from "./api.js";
+import { type Decision, formatReply, type RefusingDecision, type Reply, reply } from "./decision.js";
+import { NO_VERIFIER, type RecipientVerifier } from "./delivery/verify.js";
+import { routeQuery } from "./forward.js";
 import { type GatewayObserver, NO_OBSERVER, type TransactionSummary } from "./observe.js";
 import { runPhase } from "./pipeline.js";
+import { isDomainlessPostmaster, userUnknown } from "./relay.js";
+import type { RouteQuery } from "./routes.js";
 import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "./rules/apply.js";
 import type { Runtime } from "./runtime.js";
 import type { SessionRecorder } from "./transaction-log.js";
@@ -112,6 +125,8 @@ export class Session {
     private readonly observer: GatewayObserver = NO_OBSERVER,
     /** Issue 8: records each phase for the transaction log and the shadow policy; null records nothing. */
     private readonly recorder: SessionRecorder | null = null,
+    /** Asks next hops about recipients of routes with `verify: rcpt`. */
+    private readonly verifier: RecipientVerifier = NO_VERIFIER,
   ) {
     this.#services = { ...runtime.services, log };
   }
@@ -248,12 +263,65 @@ export class Session {
       authUser: this.connection.authUser,
     });
     if (relayRefusal) return refuse(core("relay-access", "reject", relayRefusal));
+    const unknown = this.runtime.relay.unknownRecipient(recipient);
+    if (unknown) return refuse(core("recipients", "reject", unknown));
+    const query = routeQuery(tx.context, recipient);
+    if (isDomainlessPostmaster(recipient) && this.runtime.router.destinationFor(query) === null) {
+      const refusal = userUnknown(query.recipient, "no postmaster mailbox here; write to postmaster@ the domain");
+      return refuse(core("postmaster", "reject", refusal));
+    }
     const decision = refusing(
       await this.#run("rcpt", { connection: this.connection, transaction: tx.context, recipient }, tx.context.trace),
     );
     if (decision) return refuse(decision);
+    // Last, after the cheaper checks: asking the next hop costs a round trip there.
+    const verification = await this.#verify(recipient, query);
+    if (verification) return refuse(verification);
     tx.context.recipients.push(recipient);
     return null;
+  }
+
+  /**
+   * A recipient of one of our domains whose route says `verify: rcpt` is accepted only when its
+   * next hop accepts it. No answer means 450: the client retries later, nothing is taken unverified.
+   */
+  async #verify(recipient: Address, query: RouteQuery & { recipient: string }): Promise<RefusingDecision | null> {
+    if (recipient.local.toLowerCase() === "postmaster" || !this.runtime.relay.isLocalDomain(recipient.domain)) {
+      return null;
+    }
+    const route = this.runtime.router.verifyingRoute(query);
+    if (!route) return null;
+    const { config } = this.runtime;
+    const answer = await this.verifier.verify(route, query.recipient, {
+      hostname: config.server.hostname,
+      timeoutMs: config.relay.verify.timeout,
+      positiveTtlMs: config.relay.verify.positiveTtl,
+      negativeTtlMs: config.relay.verify.negativeTtl,
+      cacheSize: config.relay.verify.cacheSize,
+    });
+    switch (answer.kind) {
+      case "exists":
+        return null;
+      case "unknown":
+        return core("verify", "reject", userUnknown(query.recipient, answer.reply.text));
+      case "unverified":
+        this.#transaction?.services.log.warn(
+          { event: "verify", to: query.recipient, reason: answer.reason },
+          "recipient could not be verified",
+        );
+        return {
+          ...core(
+            "verify",
+            "defer",
+            reply(
+              450,
+              "4.1.1",
+              `<${query.recipient}>: Recipient address rejected: unverified address, try again later`,
+            ),
+          ),
+          reason: answer.reason,
+        };
+    }
   }
 
   /** Runs the data and queue hooks over the received message. */

@@ -55,7 +55,32 @@ export function staticChecks(runtime: Runtime, known: FindingCatalogue): CheckFi
     ...unreachableRules(runtime),
     ...findingNames(runtime, known),
     ...skippedPlugins(runtime),
+    ...postmasterRoute(runtime),
   ];
+}
+
+/**
+ * `<postmaster>` without a domain is our own postmaster (RFC 5321 §4.5.1), which must be accepted;
+ * a catch-all route would relay it elsewhere, so without `relay.postmaster` it is refused instead.
+ * A catch-all `mx` route is left out: it is the default of every policy without routes, and an MX
+ * lookup of no domain could never have delivered <postmaster> anyway.
+ */
+function postmasterRoute(runtime: Runtime): CheckFinding[] {
+  if (runtime.config.relay.postmaster !== undefined) return [];
+  const { routes } = runtime.config;
+  const onlyMx = (index: number) => [routes[index].to].flat().every((to) => to === "mx");
+  return runtime.router.catchAllRoutes().flatMap((index) =>
+    onlyMx(index)
+      ? []
+      : [
+          {
+            severity: "warning" as const,
+            path: ["routes", index],
+            message:
+              "this route takes every recipient, and relay.postmaster is not set: mail to <postmaster> (which RFC 5321 §4.5.1 requires us to accept) is refused with 550 rather than relayed; set relay.postmaster to an address or a maildir: folder",
+          },
+        ],
+  );
 }
 
 function openRelay(runtime: Runtime): CheckFinding[] {

@@ -72,6 +72,24 @@ test("0.0.0.0/0 or ::/0 in relay.networks is an open relay: an error", async () 
   assert.match(findings[0].message, /open relay/);
 });
 
+test("a catch-all route without relay.postmaster is reported: <postmaster> would be refused", async () => {
+  const findings = await check([
+    "routes:",
+    "  - { match: { recipientDomain: example.test }, to: 'smtp://127.0.0.1:2600' }",
+    "  - { to: 'smtp://192.0.2.25:25' }",
+  ]);
+  assert.deepEqual(
+    summary(findings).map((line) => line.slice(0, 61)),
+    ["warning routes.1: this route takes every recipient, and relay"],
+  );
+  assert.deepEqual(
+    await check(["relay: { postmaster: 'maildir:./postmaster' }", "routes: [{ to: 'smtp://192.0.2.25:25' }]"]),
+    [],
+  );
+  // Without routes the default is a catch-all MX route, which can never deliver a domainless address.
+  assert.deepEqual(await check([]), []);
+});
+
 test("a rule using findings of a plugin that is not in the pipeline is reported", async () => {
   const findings = await check(["rules: [{ name: dkim-fail, when: { dkim.result: fail }, action: reject }]"]);
   assert.deepEqual(summary(findings), [

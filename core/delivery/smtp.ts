@@ -476,3 +476,162 @@ function describeError(error: ConnectionError): string {
   const text = oneLine(error.message, 200);
   return code && !text.includes(code) ? `${code} ${text}` : text;
 }
+
+/**
+ * What a next hop says about a recipient when asked without a message: `reply` is its answer to
+ * RCPT TO; `unanswered` says why there is none (unreachable, the null sender refused, no reply in
+ * time). `unreachable` is set when no session was established, so another host may be asked.
+ */
+export type RecipientProbe =
+  | { readonly kind: "answered"; readonly reply: Reply; readonly nextHop: string }
+  | { readonly kind: "unanswered"; readonly reason: string; readonly unreachable: boolean };
+
+/**
+ * The reply-by-reply dialogue nodemailer runs its own commands with (`reset()` is written this way).
+ * Its public API has no MAIL and RCPT without DATA, and a probe must never reach DATA.
+ */
+interface CommandChannel {
+  _sendCommand(line: string): void;
+  _responseActions: Array<(reply: string) => void>;
+}
+
+function commandChannel(conn: SMTPConnection): CommandChannel {
+  const channel = conn as unknown as Partial<CommandChannel>;
+  if (typeof channel._sendCommand !== "function" || !Array.isArray(channel._responseActions)) {
+    // A nodemailer without them cannot probe: every probe stays unanswered (fail safe, 4xx).
+    throw new Error("this nodemailer cannot send single commands");
+  }
+  return channel as CommandChannel;
+}
+
+/** One command and its reply on a link; "lost" when the link failed or the deadline passed first. */
+function command(link: Link, line: string, deadline: number): Promise<{ reply: string } | { lost: string }> {
+  const channel = commandChannel(link.conn);
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (result: { reply: string } | { lost: string }) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      link.handler = null;
+      resolve(result);
+    };
+    const timer = setTimeout(() => done({ lost: "no reply in time" }), Math.max(1, deadline - Date.now()));
+    link.handler = (event) =>
+      done({ lost: event.kind === "end" ? "connection closed" : describeError(event.error as ConnectionError) });
+    channel._responseActions.push((reply) => done({ reply }));
+    channel._sendCommand(line);
+  });
+}
+
+/**
+ * Asks a next hop whether it would take mail for `address`: MAIL FROM:<>, RCPT TO, then RSET, on a
+ * pooled connection when there is one (the one deliveries use). Postfix's address verification
+ * does the same; the null sender keeps the next hop from ever treating the probe as mail from
+ * someone. Resolves, never rejects, except for an unsafe address (a programming error).
+ */
+export async function probeRecipient(
+  target: SmtpTarget,
+  address: string,
+  options: SmtpDeliveryOptions,
+): Promise<RecipientProbe> {
+  if (UNSAFE_ADDRESS.test(address)) throw new TypeError(`probeRecipient: unsafe address ${JSON.stringify(address)}`);
+  const deadline = Date.now() + options.timeoutMs;
+  const mode = options.tls ?? "opportunistic";
+  const first = await probeOnce(target, address, options, mode, deadline);
+  if (first.tlsFailed && mode === "opportunistic" && Date.now() < deadline) {
+    return (await probeOnce(target, address, options, "none", deadline)).probe;
+  }
+  return first.probe;
+}
+
+async function probeOnce(
+  target: SmtpTarget,
+  address: string,
+  options: SmtpDeliveryOptions,
+  mode: TlsMode,
+  deadline: number,
+): Promise<{ probe: RecipientProbe; tlsFailed: boolean }> {
+  const c = connectionOf(target, options, mode);
+  const unanswered = (reason: string, unreachable = false, tlsFailed = false) => ({
+    probe: { kind: "unanswered" as const, reason, unreachable },
+    tlsFailed,
+  });
+  const pool = options.pool;
+  let lease: Lease | undefined;
+  if (pool) {
+    try {
+      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, {
+        until: deadline,
+        signal: options.signal,
+      });
+    } catch {
+      return unanswered(`no connection to ${c.nextHop} became free in time`);
+    }
+  }
+  let link: Link | null = lease?.link ?? null;
+  let keep = false;
+  try {
+    if (link) {
+      const reused = await ask(link, address, c.nextHop, deadline);
+      // A pooled connection the server dropped while it was idle answers nothing: ask on a new one.
+      if (!reused.stale) {
+        keep = reused.reusable;
+        return { probe: reused.probe, tlsFailed: false };
+      }
+      link.close();
+    }
+    const opened = await open(target, c, options, mode, deadline);
+    if ("unreachable" in opened) {
+      link = null;
+      return unanswered(opened.unreachable, true, opened.tlsFailed);
+    }
+    link = opened.link;
+    const asked = await ask(link, address, c.nextHop, deadline);
+    keep = asked.reusable;
+    return { probe: asked.probe, tlsFailed: false };
+  } catch (error) {
+    return unanswered(`cannot ask ${c.nextHop}: ${(error as Error).message}`);
+  } finally {
+    if (lease && pool) pool.release(lease, keep ? link : null);
+    if (!keep) link?.close();
+    else if (!lease) link?.conn.quit();
+  }
+}
+
+/**
+ * The probe's dialogue. `reusable`: RSET was answered, so the session is clean for the next user.
+ * `stale`: the link failed before any reply (a reused connection the server had dropped).
+ */
+async function ask(
+  link: Link,
+  address: string,
+  nextHop: string,
+  deadline: number,
+): Promise<{ probe: RecipientProbe; reusable: boolean; stale: boolean }> {
+  const lost = (why: string, stale = false) => ({
+    probe: { kind: "unanswered" as const, reason: `${nextHop}: ${why}`, unreachable: false },
+    reusable: false,
+    stale,
+  });
+  const mail = await command(link, "MAIL FROM:<>", deadline);
+  if ("lost" in mail) return lost(mail.lost, true);
+  let probe: RecipientProbe;
+  if (!mail.reply.startsWith("2")) {
+    probe = {
+      kind: "unanswered",
+      reason: `${nextHop} refused the null sender: ${cleanText(mail.reply)}`,
+      unreachable: false,
+    };
+  } else {
+    const rcpt = await command(link, `RCPT TO:<${address}>`, deadline);
+    if ("lost" in rcpt) return lost(rcpt.lost);
+    probe = {
+      kind: "answered",
+      reply: nextHopReply(rcpt.reply, { code: 451, enhanced: "4.4.2", text: "Unexpected reply" }),
+      nextHop,
+    };
+  }
+  const reset = await command(link, "RSET", deadline);
+  return { probe, reusable: "reply" in reset && reset.reply.startsWith("2") && !link.dead, stale: false };
+}

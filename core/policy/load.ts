@@ -10,6 +10,7 @@ import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, 
 import { z } from "zod";
 import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
 import type { PluginDefinition, VerdictDefault } from "../api.js";
+import { type ListItem, resolveListFiles } from "../lists.js";
 import { resolveRules } from "../rules/resolve.js";
 import type { Action } from "./actions.js";
 import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
@@ -148,6 +149,7 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
   );
   // List files named by rules are read now, so their problems are listed with the others (core/rules).
   const rules = parsed.success ? await resolveRules(raw, parsed.data.rules, dir, report) : [];
+  const recipients = parsed.success ? await relayRecipients(raw, parsed.data, dir, report) : undefined;
 
   if (problems.length > 0 || !parsed.success) {
     problems.sort((a, b) => a.line - b.line || a.col - b.col);
@@ -156,7 +158,7 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
   return {
     file: absolute,
     dir,
-    config: { ...resolvePaths(parsed.data, dir), rules },
+    config: withRelayRecipients({ ...resolvePaths(parsed.data, dir), rules }, recipients),
     pipeline: entries.filter((entry): entry is PipelineEntry => entry !== undefined),
   };
 }
@@ -505,6 +507,23 @@ function yamlErrorMessage(code: string, message: string): string {
   return `YAML syntax: ${message}`;
 }
 
+/** The files of `relay.recipients`, read now so their problems are listed with the others. */
+async function relayRecipients(
+  raw: unknown,
+  config: PolicyConfig,
+  dir: string,
+  report: (path: readonly PathKey[], message: string) => void,
+): Promise<ListItem[] | undefined> {
+  const items = config.relay.recipients;
+  if (!items) return undefined;
+  const rawRelay = isRecord(raw) && isRecord(raw.relay) ? raw.relay : {};
+  return resolveListFiles(items, rawRelay.recipients, "address", dir, ["relay", "recipients"], report);
+}
+
+function withRelayRecipients(config: PolicyConfig, recipients: ListItem[] | undefined): PolicyConfig {
+  return recipients ? { ...config, relay: { ...config.relay, recipients } } : config;
+}
+
 /** Anchors the policy's relative paths at its folder, so nothing later depends on the working directory. */
 function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
   const { server, delivery, observability } = config;
@@ -529,6 +548,9 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
         ...(auth ? { auth } : {}),
       };
     }),
+    relay: config.relay.postmaster?.startsWith("maildir:")
+      ? { ...config.relay, postmaster: `maildir:${resolve(dir, config.relay.postmaster.slice("maildir:".length))}` }
+      : config.relay,
     delivery: { ...delivery, spool: resolve(dir, delivery.spool) },
     observability: observability.transactionLog
       ? {

@@ -9,6 +9,7 @@ import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { z } from "zod";
 import { asciiDomain } from "../address.js";
+import { ListOption } from "../lists.js";
 import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
 import { rulesSchema } from "../rules/schema.js";
 import { SmarthostAuthSchema, smarthostRouteProblems } from "../smarthost.js";
@@ -299,6 +300,22 @@ const State = z.strictObject({
     .describe("when the store is unreachable: defer (4xx, the client retries) or allow (skip the check)"),
 });
 
+/** Where <postmaster> goes: an address with a domain, or a maildir folder. */
+const PostmasterTarget = z.string().superRefine((text, ctx) => {
+  if (text.startsWith("maildir:")) {
+    const problem = routeTargetProblem(text);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
+    return;
+  }
+  const at = text.lastIndexOf("@");
+  if (at <= 0 || asciiDomain(text.slice(at + 1)) === undefined || /[\s<>]/.test(text)) {
+    ctx.addIssue({
+      code: "custom",
+      message: `"${text}" is neither an address nor a maildir: write e.g. "hostmaster@example.test" or "maildir:./var/postmaster"`,
+    });
+  }
+});
+
 const Relay = z.strictObject({
   domains: z
     .array(DomainPattern)
@@ -311,6 +328,34 @@ const Relay = z.strictObject({
     .boolean()
     .default(true)
     .describe("whether a client that authenticated may relay to any domain"),
+  recipients: ListOption("address")
+    .optional()
+    .describe(
+      'the recipients that exist in relay.domains: addresses, "*" matching any text ("*@example.test" accepts every user of that domain), ' +
+        "an item may be { file: PATH }. When set, a recipient of a relay domain that matches no entry gets 550 5.1.1 User unknown at RCPT; " +
+        "postmaster@ a relay domain is always accepted",
+    ),
+  postmaster: PostmasterTarget.optional().describe(
+    'where mail to <postmaster> (no domain, RFC 5321 §4.5.1) goes: an address, e.g. "hostmaster@example.test", or "maildir:PATH". ' +
+      "Without it, <postmaster> goes only to a route whose match names it; a catch-all route never takes it (it is refused)",
+  ),
+  verify: z
+    .strictObject({
+      positiveTtl: Duration.prefault("7d").describe(
+        'how long a recipient the next hop accepted stays known, e.g. "7d"',
+      ),
+      negativeTtl: Duration.prefault("3h").describe(
+        'how long a recipient the next hop refused stays refused, e.g. "3h"',
+      ),
+      timeout: Duration.prefault("10s").describe(
+        'deadline for asking the next hop; past it the client hears 450 4.1.1 and retries, e.g. "10s"',
+      ),
+      cacheSize: z.int().positive().default(100_000).describe("most answers kept in memory (the oldest go first)"),
+    })
+    .prefault({})
+    .describe(
+      "the answers of routes with `verify: rcpt` (asked at RCPT time, like Postfix's reject_unverified_recipient)",
+    ),
 });
 
 const Hooks = z.strictObject({
@@ -402,9 +447,27 @@ const Route = z
     auth: SmarthostAuthSchema.optional().describe(
       "log in to the next hop (a smarthost) with AUTH PLAIN/LOGIN; needs smtp:// targets and tls required or implicit",
     ),
+    verify: z
+      .literal("rcpt")
+      .optional()
+      .describe(
+        "rcpt: before accepting a recipient of relay.domains, ask this route's next hop (MAIL FROM:<>, RCPT TO, RSET); " +
+          "refused there = 550 5.1.1 here, no answer = 450 4.1.1. Answers are cached (relay.verify). Needs smtp:// or lmtp:// targets",
+      ),
   })
   .superRefine((route, ctx) => {
     for (const problem of smarthostRouteProblems(route)) ctx.addIssue({ code: "custom", ...problem });
+    if (route.verify) {
+      const targets = typeof route.to === "string" ? [route.to] : route.to;
+      targets.forEach((target, index) => {
+        if (/^(smtp|lmtp):\/\//.test(target)) return;
+        ctx.addIssue({
+          code: "custom",
+          path: typeof route.to === "string" ? ["to"] : ["to", index],
+          message: `verify: rcpt asks an SMTP or LMTP next hop; "${target}" is neither (use smtp://HOST:PORT or lmtp://HOST:PORT)`,
+        });
+      });
+    }
   })
   .describe("a next-hop override");
 
@@ -441,6 +504,25 @@ const Delivery = z.strictObject({
   spoolLimit: Size.prefault("10GB").describe(
     'most bytes the spool may hold; past it new mail gets 452 4.3.1, e.g. "10GB"',
   ),
+  bounces: z
+    .strictObject({
+      suppressSuspect: z
+        .boolean()
+        .default(true)
+        .describe(
+          "send no DSN for a message whose client was DNSBL-listed or whose sender failed SPF or DMARC when it was accepted: " +
+            "such senders are usually forged, and the bounce would be backscatter; each suppressed DSN is logged and counted",
+        ),
+      unauthenticated: z
+        .enum(["headers", "full"])
+        .default("headers")
+        .describe(
+          "what a DSN to a sender we could not authenticate (no SPF pass, no DKIM pass of the sender's domain, not a trusted client) returns: " +
+            "headers (RET=HDRS, whatever the client asked) or full (the client's RET, else the whole message up to 256KB)",
+        ),
+    })
+    .prefault({})
+    .describe("who gets a DSN (bounce) for mail that could not be delivered (queue mode)"),
   mtaSts: z
     .strictObject({
       enabled: z.boolean().default(true).describe("look up and enforce recipient domains' MTA-STS policies (RFC 8461)"),

@@ -124,6 +124,7 @@ async function offline(config: PolicyConfig, request: QueueRequest): Promise<Que
           dns: createResolver({ servers: config.dns.servers }),
         },
         router: new Router(config.routes),
+        bounces: config.delivery.bounces,
       }),
     });
     return await new QueueAdmin(spool, worker).handle(request);

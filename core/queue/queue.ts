@@ -18,6 +18,7 @@ import { formatReply, type Reply } from "../decision.js";
 import { httpPolicyFetch, MtaStsCache } from "../delivery/mta-sts.js";
 import { ConnectionPool } from "../delivery/pool.js";
 import type { RecipientOutcome } from "../delivery/result.js";
+import { NextHopVerifier } from "../delivery/verify.js";
 import {
   type DeliveryOptions,
   deliverPlanned,
@@ -33,6 +34,7 @@ import { type HostPort, normalizeIp } from "../netaddr.js";
 import type { GatewayObserver } from "../observe.js";
 import type { Runtime } from "../runtime.js";
 import { QueueAdmin, type QueueRequest, type QueueResponse } from "./admin.js";
+import { senderEvidence } from "./bounce-policy.js";
 import { nextAttemptAt } from "./retry.js";
 import { type RecipientState, Spool, SpoolUnavailable } from "./spool.js";
 import { DeliveryWorker, type WorkerSettings } from "./worker.js";
@@ -67,6 +69,8 @@ const POOL_IDLE_MS = 10_000;
 
 export class DeliveryQueue {
   readonly pool = new ConnectionPool({ defaultLimit: POOL_SIZE, idleMs: POOL_IDLE_MS });
+  /** Recipient verification at RCPT time, on the same connections as delivery. */
+  readonly verifier: NextHopVerifier;
   #spool: Spool | null = null;
   #opening: Promise<Spool> | null = null;
   #worker: DeliveryWorker | null = null;
@@ -77,7 +81,9 @@ export class DeliveryQueue {
   readonly #settingsByRuntime = new WeakMap<Runtime, WorkerSettings>();
   #stopped = false;
 
-  constructor(private readonly deps: QueueDependencies) {}
+  constructor(private readonly deps: QueueDependencies) {
+    this.verifier = new NextHopVerifier(this.pool, deps.clock);
+  }
 
   /** Opens the spool and starts the worker. An unusable spool is logged and tried again per message. */
   async start(): Promise<void> {
@@ -203,6 +209,7 @@ export class DeliveryQueue {
         recipients,
         arrivedAt: now,
         ...(messageId ? { messageId } : {}),
+        evidence: senderEvidence(tx),
       },
       head: message.head,
       source: message.source,
@@ -255,6 +262,7 @@ export class DeliveryQueue {
       log: this.deps.log,
       clock: this.deps.clock,
       random: this.deps.random,
+      observer: this.deps.observer,
     });
     this.#spool = spool;
     this.#worker = worker;
@@ -291,6 +299,7 @@ export class DeliveryQueue {
         ...(delivery.mtaSts.enabled ? { mtaSts: this.#mtaStsCache(runtime) } : {}),
       },
       router: runtime.router,
+      bounces: delivery.bounces,
     };
     this.#settingsByRuntime.set(runtime, settings);
     return settings;

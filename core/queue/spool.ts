@@ -48,6 +48,7 @@ import type { Reply } from "../decision.js";
 import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../forward.js";
 import type { SpooledMessage } from "../message.js";
 import { randomHex } from "../random.js";
+import type { SenderEvidence } from "./bounce-policy.js";
 
 export interface StoredEnvelope {
   readonly id: string;
@@ -61,6 +62,8 @@ export interface StoredEnvelope {
   readonly size: number;
   /** The Message-ID header, for `queue list` and for reconciling. */
   readonly messageId?: string;
+  /** What was known about the sender at acceptance: whether a DSN may go to it (core/queue/bounce-policy.ts). */
+  readonly evidence?: SenderEvidence;
 }
 
 export interface RecipientState {

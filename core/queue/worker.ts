@@ -11,7 +11,9 @@ import type { Logger } from "pino";
 import type { Clock } from "../api.js";
 import { formatReply, type Reply } from "../decision.js";
 import { type DeliveryOptions, deliverPlanned } from "../forward.js";
+import type { GatewayObserver } from "../observe.js";
 import type { Router } from "../routes.js";
+import { type BounceSettings, bouncePlan } from "./bounce-policy.js";
 import { buildDsn, type DsnRecipient, headerSection } from "./dsn.js";
 import { nextAttemptAt, type RetryPolicy } from "./retry.js";
 import type { QueueEntry, RecipientState, Spool } from "./spool.js";
@@ -23,6 +25,8 @@ export interface WorkerSettings {
   readonly delivery: Omit<DeliveryOptions, "signal">;
   /** Routes DSNs to the original sender. */
   readonly router: Router;
+  /** Who gets a DSN, with how much of the message. */
+  readonly bounces: BounceSettings;
 }
 
 export interface WorkerOptions {
@@ -33,10 +37,9 @@ export interface WorkerOptions {
   readonly random?: () => number;
   /** Messages in delivery at once. */
   readonly concurrency?: number;
+  /** Told of every DSN the bounce policy kept from going out. */
+  readonly observer?: Pick<GatewayObserver, "bounceSuppressed">;
 }
-
-/** A DSN carries the whole original up to this size when the client asked for no RET; headers beyond. */
-const FULL_RETURN_LIMIT = 256 * 1024;
 
 export class DeliveryWorker {
   readonly #active = new Map<string, { controller: AbortController; done: Promise<void> }>();
@@ -201,8 +204,24 @@ export class DeliveryWorker {
       });
     });
     if (recipients.length === 0) return;
-    const { spool, clock } = this.options;
-    const ret = envelope.dsn.ret ?? (envelope.size <= FULL_RETURN_LIMIT ? "FULL" : "HDRS");
+    const { spool, clock, log } = this.options;
+    const plan = bouncePlan(envelope.evidence, settings.bounces, { ret: envelope.dsn.ret, size: envelope.size });
+    if (plan.kind === "suppress") {
+      // Never silent: the sender loses its notification, so the operator must be able to see why.
+      log.warn(
+        {
+          event: "bounce-suppressed",
+          id: envelope.id,
+          to: envelope.from,
+          reason: plan.reason,
+          recipients: recipients.map((r) => ({ to: r.address, reply: formatReply(r.reply) })),
+        },
+        "bounce suppressed",
+      );
+      this.options.observer?.bounceSuppressed(plan.reason);
+      return;
+    }
+    const { ret } = plan;
     const original = await spool.readAll(entry, ret === "FULL" ? Number.POSITIVE_INFINITY : 64 * 1024);
     const now = clock.now();
     const dsn = buildDsn({

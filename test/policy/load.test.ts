@@ -67,6 +67,13 @@ test("a policy setting every key comes out as written, normalised and with absol
       domains: ["example.test", "*.example.org", "bücher.example"],
       networks: ["192.0.2.0/24", "2001:db8::1"],
       authenticatedUsersMayRelay: false,
+      recipients: [
+        "alice@example.test",
+        "*@example.org",
+        { file: join(fixtures, "lists/recipients.txt"), entries: ["bob@example.test"] },
+      ],
+      postmaster: `maildir:${join(fixtures, "var/postmaster")}`,
+      verify: { positiveTtl: 86_400_000, negativeTtl: 600_000, timeout: 5000, cacheSize: 1000 },
     },
     hooks: { timeout: 5000, onError: { type: "disconnect", reply: "421 4.3.0 Try again later [{client.ip}]" } },
     rules: [
@@ -85,6 +92,7 @@ test("a policy setting every key comes out as written, normalised and with absol
           clientNetwork: ["192.0.2.0/24"],
         },
         to: "lmtp://127.0.0.1:2400",
+        verify: "rcpt",
       },
       { match: { recipientDomain: ["*.example.org"] }, to: `maildir:${join(fixtures, "var/maildir")}` },
       { match: { clientNetwork: ["2001:db8::/32"] }, to: "discard" },
@@ -100,6 +108,7 @@ test("a policy setting every key comes out as written, normalised and with absol
       maxReceived: 50,
       spoolLimit: 1_000_000_000,
       mtaSts: { enabled: false, policyUrl: "http://127.0.0.1:8080/{domain}" },
+      bounces: { suppressSuspect: false, unauthenticated: "full" },
     },
     observability: {
       // Issue 10: per-module levels.
@@ -165,7 +174,12 @@ test("a minimal policy gets every default", async () => {
   assert.equal(config.server.auth, undefined);
   assert.deepEqual(config.dns, { timeout: 3000, cacheSize: 50_000 });
   assert.deepEqual(config.state, { store: "memory", onStoreError: "defer" });
-  assert.deepEqual(config.relay, { domains: [], networks: [], authenticatedUsersMayRelay: true });
+  assert.deepEqual(config.relay, {
+    domains: [],
+    networks: [],
+    authenticatedUsersMayRelay: true,
+    verify: { positiveTtl: 7 * 86_400_000, negativeTtl: 3 * 3_600_000, timeout: 10_000, cacheSize: 100_000 },
+  });
   assert.deepEqual(config.hooks, {
     timeout: 10_000,
     onError: { type: "defer", reply: "451 4.3.0 Temporary policy failure, try again later" },
@@ -182,6 +196,7 @@ test("a minimal policy gets every default", async () => {
     maxReceived: 100,
     spoolLimit: 10_000_000_000,
     mtaSts: { enabled: true, policyUrl: "https://mta-sts.{domain}/.well-known/mta-sts.txt" },
+    bounces: { suppressSuspect: true, unauthenticated: "headers" },
   });
   assert.deepEqual(config.observability, { log: { level: "info" } });
 });

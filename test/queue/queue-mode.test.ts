@@ -76,9 +76,14 @@ describe("queue mode", () => {
       rejectRecipients: { "gone@example.test": "550 5.1.1 no such user here", "never@example.test": "550 5.1.1 nope" },
     });
     const senderHop = await hop();
+    // Nothing authenticates this sender, whose DSNs would return headers only: the client's RET
+    // and its absence are what this test is about (test/backscatter.test.ts covers that default).
     const gw = await gateway(
-      policy(`  - { match: { recipientDomain: sender.test }, to: "smtp://127.0.0.1:${senderHop.port}" }
-  - { to: "smtp://127.0.0.1:${next.port}" }`),
+      policy(
+        `  - { match: { recipientDomain: sender.test }, to: "smtp://127.0.0.1:${senderHop.port}" }
+  - { to: "smtp://127.0.0.1:${next.port}" }`,
+        "  bounces: { unauthenticated: full }",
+      ),
     );
     const reply = await send(gw.port, {
       to: ["gone@example.test", "b@example.test"],

@@ -50,6 +50,7 @@ test("a message whose place came up during its own deferral's write is scheduled
     retry: { schedule: [60_000], maxAgeMs: 3_600_000, jitter: 0 },
     delivery: { hostname: "gw.test", timeoutMs: 2_000, dns: createResolver() },
     router: {} as Router, // only for DSNs, and nothing here fails for good
+    bounces: { suppressSuspect: true, unauthenticated: "headers" },
   };
   const worker = new DeliveryWorker({ spool, settings: () => settings, log, clock });
   const entry = await spool.store({
