@@ -620,7 +620,7 @@ async function ask(
   if (!mail.reply.startsWith("2")) {
     probe = {
       kind: "unanswered",
-      reason: `${nextHop} refused the null sender: ${cleanText(mail.reply)}`,
+      reason: `${nextHop} refused the null sender: ${oneLine(mail.reply)}`,
       unreachable: false,
     };
   } else {
