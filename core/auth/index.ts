@@ -9,6 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { isIPv6 } from "node:net";
+import { setTimeout as delay } from "node:timers/promises";
 import { isAddressProblem, parseEnvelopeAddress } from "../address.js";
 import type { Address, ConnectionContext } from "../api.js";
 import { coreReject, type RefusingDecision, type Reply } from "../decision.js";
@@ -92,7 +93,12 @@ export class SubmissionAuth {
   }
 
   async authenticate(clientIp: string, username: string, password: string): Promise<AuthResult> {
-    const client = clientKey(clientIp);
+    const result = await this.#attempt(clientKey(clientIp), username, password);
+    if ("reply" in result) await delay(this.config.refusalDelay);
+    return result;
+  }
+
+  async #attempt(client: string, username: string, password: string): Promise<AuthResult> {
     const inFlight = this.#inFlight.get(client) ?? 0;
     if (inFlight >= this.config.maxInFlightPerIp) return this.#refuse("busy");
     this.#inFlight.set(client, inFlight + 1);

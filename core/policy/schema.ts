@@ -182,6 +182,10 @@ const Auth = z.strictObject({
       "password hashes (scrypt, 32 MiB each) running at once; keep it below the libuv thread pool " +
         "(UV_THREADPOOL_SIZE, default 4), which spool writes share",
     ),
+  refusalDelay: Duration.prefault("1s").describe(
+    'pause before answering a failed or refused AUTH (535, 454), e.g. "1s": a client that retries at once ' +
+      "gets one answer per pause per connection, not thousands a second",
+  ),
   hashQueue: z
     .int()
     .nonnegative()
