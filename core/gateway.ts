@@ -150,7 +150,9 @@ export class Gateway {
         }
       : undefined;
     const { auth } = config.server;
-    this.#auth = auth ? await SubmissionAuth.load(resolve(policy.dir, auth.users), auth, this.clock) : null;
+    this.#auth = auth
+      ? await SubmissionAuth.load(resolve(policy.dir, auth.users), auth, this.#runtime.services.state)
+      : null;
     for (const listener of config.server.listen) {
       const address = parseHostPort(listener.address)!;
       const role: Role = listener.submission ? "submission" : "mx";
@@ -418,8 +420,14 @@ export class Gateway {
     const result = this.#auth
       ? await this.#auth.authenticate(session.connection.client.ip, username, password)
       : { reply: { code: 454, enhanced: "4.7.0", text: "Authentication not available" } };
-    session.log.info({ event: "auth", user: username, ok: "user" in result }, "authentication");
-    if ("reply" in result) throw new SmtpReply(result.reply);
+    if ("reply" in result) {
+      const refused = "refused" in result ? result.refused : undefined;
+      const err = "error" in result ? result.error : undefined;
+      // A store that cannot count attempts refuses every AUTH: operators must hear about it.
+      session.log[err ? "warn" : "info"]({ event: "auth", user: username, ok: false, refused, err }, "authentication");
+      throw new SmtpReply(result.reply);
+    }
+    session.log.info({ event: "auth", user: username, ok: true }, "authentication");
     session.connection.authUser = result.user;
     return { user: result.user };
   }

@@ -21,7 +21,11 @@ export interface MetricSources {
   /** The open spool's messages; null while the spool is not open. */
   readonly queue: () => { entries(): readonly QueueEntry[]; readonly bytes: number } | null;
   /** Issue 9: the submission AUTH checker (core/auth), null without `server.auth` or before listening. */
-  readonly auth?: () => { readonly failed: number } | null;
+  readonly auth?: () => {
+    readonly failed: number;
+    /** AUTH attempts refused without a password check, by why (locked out, busy, store unavailable). */
+    readonly refused: Readonly<Record<string, number>>;
+  } | null;
   /**
    * Issue 5: the shared state store; one that can fail (RedisStore) counts its failed operations
    * in `failures`. The store lives as long as the gateway (reloads keep it).
@@ -330,6 +334,16 @@ export class GatewayMetrics implements GatewayObserver {
       collect() {
         this.reset();
         this.inc(auth?.()?.failed ?? 0);
+      },
+    });
+    new Counter({
+      name: "portcullis_auth_refused_total",
+      help: "AUTH attempts refused with 454 without a password check, by reason: locked-ip, locked-user (too many failures), busy (too many at once), store-unavailable",
+      labelNames: ["reason"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, count] of Object.entries(auth?.()?.refused ?? {})) this.inc({ reason }, count);
       },
     });
     // Issue 5: state store operations that failed (store unreachable or too slow); onStoreError applied.

@@ -180,8 +180,42 @@ const Auth = z.strictObject({
     .int()
     .positive()
     .default(5)
-    .describe("failed AUTH attempts allowed per client IP within failureWindow; then AUTH is refused with 454"),
+    .describe(
+      "failed AUTH attempts allowed per client IP (IPv6: per /64) within failureWindow; then AUTH is refused with 454. " +
+        "An attempt counts from before its password check, so parallel attempts cannot overrun it; a success is not counted",
+    ),
+  maxFailuresPerUser: z
+    .int()
+    .positive()
+    .default(20)
+    .describe(
+      "failed AUTH attempts allowed per user name (known or not) within failureWindow, from all client IPs together; " +
+        "then AUTH as that user is refused with 454. Stops a guess spread over many IPs; set it above maxFailures, " +
+        "or one client IP alone can lock a user out",
+    ),
   failureWindow: Duration.prefault("15m").describe('how long a failed AUTH attempt counts, e.g. "15m"'),
+  maxInFlightPerIp: z
+    .int()
+    .positive()
+    .default(2)
+    .describe("AUTH attempts one client IP (IPv6: /64) may have under check at once; more get 454 at once"),
+  hashConcurrency: z
+    .int()
+    .positive()
+    .default(2)
+    .describe(
+      "password hashes (scrypt, 32 MiB each) running at once; keep it below the libuv thread pool " +
+        "(UV_THREADPOOL_SIZE, default 4), which spool writes share",
+    ),
+  refusalDelay: Duration.prefault("1s").describe(
+    'pause before answering a failed or refused AUTH (535, 454), e.g. "1s": a client that retries at once ' +
+      "gets one answer per pause per connection, not thousands a second",
+  ),
+  hashQueue: z
+    .int()
+    .nonnegative()
+    .default(32)
+    .describe("AUTH attempts that may wait for a hash place; when they are all taken AUTH gets 454 at once"),
 });
 
 /** Exported so the JSON Schema can leave out its default, which is the host that generates the schema. */

@@ -51,7 +51,7 @@ server:
   hostname: gw.test
   tls: { cert: ./cert.pem, key: ./key.pem }
   listen: [{ address: "127.0.0.1:0", submission: true }]
-  auth: { users: ./users, maxFailures: 3, failureWindow: 10m }
+  auth: { users: ./users, maxFailures: 3, failureWindow: 10m, refusalDelay: 0s }
 relay: { domains: [example.test] }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
 `,
@@ -151,6 +151,7 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
     try {
       const metrics = await scrape(`http://127.0.0.1:${ops.address.port}`);
       assert.equal(metrics.value("portcullis_auth_failures_total"), 3);
+      assert.equal(metrics.value("portcullis_auth_refused_total", { reason: "locked-ip" }), 1);
     } finally {
       await ops.close();
     }
