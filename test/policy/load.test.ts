@@ -55,20 +55,26 @@ test("a policy setting every key comes out as written, normalised and with absol
         maxHeaderCount: 500,
         maxCommandLength: 2048,
         maxErrors: 10,
+        commandTimeout: 120_000,
+        maxConnectionTime: 600_000,
+        stressThreshold: 0.5,
+        stressTimeout: 5_000,
       },
       xclient: ["192.0.2.25"],
       bareLineEndings: "reject",
+      nulBytes: "strip",
+      longLines: "allow",
       workers: 2,
       auth: {
         users: join(fixtures, "users"),
         senders: "any",
         maxFailures: 3,
         failureWindow: 300_000,
-        maxFailuresPerUser: 20,
-        maxInFlightPerIp: 2,
-        hashConcurrency: 2,
-        hashQueue: 32,
-        refusalDelay: 1000,
+        maxFailuresPerUser: 10,
+        maxInFlightPerIp: 1,
+        hashConcurrency: 1,
+        hashQueue: 8,
+        refusalDelay: 500,
       },
     },
     dns: { servers: ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"], timeout: 1500, cacheSize: 100 },
@@ -178,9 +184,15 @@ test("a minimal policy gets every default", async () => {
     maxHeaderCount: 1000,
     maxCommandLength: 4096,
     maxErrors: 20,
+    commandTimeout: 300_000,
+    maxConnectionTime: 1_800_000,
+    stressThreshold: 0.8,
+    stressTimeout: 10_000,
   });
   assert.equal(config.server.xclient, false);
   assert.equal(config.server.bareLineEndings, "normalize");
+  assert.equal(config.server.nulBytes, "reject");
+  assert.equal(config.server.longLines, "reject");
   assert.equal(config.server.auth, undefined);
   assert.deepEqual(config.dns, { timeout: 3000, cacheSize: 50_000 });
   assert.deepEqual(config.state, { store: "memory", onStoreError: "defer" });
