@@ -1,7 +1,7 @@
 /**
  * What `portcullis check` finds in a policy that is valid but probably wrong: rules that can never
  * act, an open relay, rules naming findings no plugin in the pipeline records, a plugin listed
- * twice. An open relay is an error (check exits 1); the rest are warnings. Pure over a built
+ * twice. An open relay and a catch-all route without relay.postmaster are errors (check exits 1); the rest are warnings. Pure over a built
  * runtime, plus a catalogue of the built-in plugins' findings to tell "not in the pipeline" from
  * "unknown".
  */
@@ -74,10 +74,10 @@ function postmasterRoute(runtime: Runtime): CheckFinding[] {
       ? []
       : [
           {
-            severity: "warning" as const,
+            severity: "error" as const,
             path: ["routes", index],
             message:
-              "this route takes every recipient, and relay.postmaster is not set: mail to <postmaster> (which RFC 5321 §4.5.1 requires us to accept) is refused with 550 rather than relayed; set relay.postmaster to an address or a maildir: folder",
+              "this route takes every recipient, and relay.postmaster is not set: mail to <postmaster> (which RFC 5321 §4.5.1 requires us to accept) would be refused with 550 rather than relayed; set relay.postmaster to an address or a maildir: folder",
           },
         ],
   );

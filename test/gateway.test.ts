@@ -270,7 +270,7 @@ describe("relay access through the wire", () => {
     relay = await startRelay(
       (hop) => `
 version: 1
-relay: { domains: [example.test, bücher.example], networks: [192.0.2.0/24] }
+relay: { domains: [example.test, bücher.example], networks: [192.0.2.0/24], postmaster: "maildir:./postmaster" }
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
 `,
     );

@@ -42,7 +42,7 @@ function policy(port: number, options: { mode: "queue" | "proxy"; tls?: string; 
   return `
 version: 1
 server: { hostname: gw.test }
-relay: { networks: [127.0.0.0/8] }
+relay: { networks: [127.0.0.0/8], postmaster: "maildir:./postmaster" }
 routes:
   - to: "smtp://127.0.0.1:${port}"
     tls: { mode: ${options.tls ?? "required"}, verify: false }

@@ -80,7 +80,7 @@ test("a catch-all route without relay.postmaster is reported: <postmaster> would
   ]);
   assert.deepEqual(
     summary(findings).map((line) => line.slice(0, 61)),
-    ["warning routes.1: this route takes every recipient, and relay"],
+    ["error routes.1: this route takes every recipient, and relay.p"],
   );
   assert.deepEqual(
     await check(["relay: { postmaster: 'maildir:./postmaster' }", "routes: [{ to: 'smtp://192.0.2.25:25' }]"]),
