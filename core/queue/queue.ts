@@ -161,13 +161,15 @@ export class DeliveryQueue {
         return { status, reply: o.reply, at: this.deps.clock.now(), ...(o.nextHop ? { remoteMta: o.nextHop } : {}) };
       });
       try {
-        // Attempt 1 was the proxy attempt: retries follow the schedule from here.
+        // Attempt 1 was the proxy attempt: retries follow the schedule from here. With nothing left
+        // to retry the worker's only task is the DSN for the failed ones, due now, not at the first retry.
         const now = this.deps.clock.now();
         const next = nextAttemptAt(1, now, now, this.#settingsFor(runtime).retry, this.deps.random);
+        const retrying = state.some((s) => s.status === "pending") && next !== "expired";
         await this.#store(tx, message, planned, from, dsn, {
           state,
           attempts: 1,
-          nextAt: next === "expired" ? now : next,
+          nextAt: retrying ? next : now,
         });
       } catch (error) {
         // The client will resend to everyone: duplicates for the delivered, nothing lost.

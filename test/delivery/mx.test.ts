@@ -228,9 +228,9 @@ describe("deliverMx", () => {
       port: deadPort,
     });
     assert.ok(result.unreachable);
-    for (const r of result.recipients) {
-      assert.equal(r.status, "deferred");
-      assert.equal(r.reply.enhanced, "4.4.1");
-    }
+    assert.deepEqual(
+      result.recipients.map((r) => [r.recipient, r.status, r.reply.enhanced]),
+      envelope.to.map((to) => [to, "deferred", "4.4.1"]),
+    );
   });
 });

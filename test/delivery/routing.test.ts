@@ -75,8 +75,9 @@ describe("MX delivery", () => {
   let gw: TestGateway;
 
   before(async () => {
-    mxPort = await closedPort();
-    primary = await hop({ host: "127.0.0.2", port: mxPort });
+    // One MX port for every host: the OS picks it for the first, the second binds it on its own address.
+    primary = await hop({ host: "127.0.0.2" });
+    mxPort = primary.port;
     backup = await hop({ host: "127.0.0.3", port: mxPort });
     dns = await startDnsServer({
       "example.test": {

@@ -1,7 +1,8 @@
 /**
  * A submission listener through real sockets: AUTH only after STARTTLS, PLAIN and LOGIN against a
  * users file of scrypt hashes, authenticated users relay, senders limited to the user's own
- * addresses, failed attempts refused, counted and locked out; plus `portcullis passwd`.
+ * addresses (any address with `senders: any`), failed attempts refused, counted and locked out; plus
+ * `portcullis passwd`.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -154,6 +155,43 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
       assert.equal(metrics.value("portcullis_auth_refused_total", { reason: "locked-ip" }), 1);
     } finally {
       await ops.close();
+    }
+  });
+});
+
+describe("submission listener with server.auth.senders: any", () => {
+  test("an authenticated user may send as an address that is not theirs", async () => {
+    const hop = await startNextHop();
+    const users = `alice@example.test:${await hashPassword("alice-pw", FAST)}`;
+    const gw = await startGateway(
+      `
+version: 1
+server:
+  hostname: gw.test
+  tls: { cert: ./cert.pem, key: ./key.pem }
+  listen: [{ address: "127.0.0.1:0", submission: true }]
+  auth: { users: ./users, senders: any }
+relay: { domains: [example.test] }
+routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
+`,
+      { files: { ...testCertificate().files, users } },
+    );
+    try {
+      const client = await secureClient(gw.port);
+      assert.equal((await authPlain(client, "alice@example.test", "alice-pw")).code, 235);
+      const result = await client.transaction({
+        from: "bob@corp.test",
+        to: ["someone@elsewhere.test"],
+        data: "Subject: on behalf\r\n\r\nhello\r\n",
+      });
+      assert.equal(result.mail.raw, "250 2.1.0 Accepted");
+      assert.equal(result.data?.code, 250);
+      await client.quit();
+      const [message] = await hop.waitForMessages(1);
+      assert.equal(message.from, "bob@corp.test");
+    } finally {
+      await gw.stop();
+      await hop.close();
     }
   });
 });

@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { connect } from "node:net";
+import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
 import { SMTPServer } from "smtp-server";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
@@ -63,19 +63,30 @@ export function refused(port: number): Promise<boolean> {
 }
 
 export interface Sink {
+  readonly port: number;
   /** Message-IDs received, one entry per delivery (a duplicate appears twice). */
   readonly ids: string[];
+  /** Takes mail from now on; until then every connection is greeted with 421. */
+  up(): void;
   close(): Promise<void>;
 }
 
-/** A next hop on a given port that accepts everything and records each message's Message-ID. */
-export async function startSink(port: number): Promise<Sink> {
+/**
+ * A next hop on a port the OS picks, down until `up()`, that then accepts everything and records
+ * each message's Message-ID. Down, it still holds its port, so queued mail can be routed to it
+ * before it takes any and no other process can take the port meanwhile.
+ */
+export async function startSink(): Promise<Sink> {
   const ids: string[] = [];
+  let isUp = false;
   const server = new SMTPServer({
     logger: false,
     disableReverseLookup: true,
     disabledCommands: ["AUTH", "STARTTLS"],
     closeTimeout: 200,
+    onConnect(_session, callback) {
+      callback(isUp ? null : Object.assign(new Error("4.3.2 Service not available"), { responseCode: 421 }));
+    },
     onData(stream, _session, callback) {
       let raw = "";
       stream.on("data", (chunk: Buffer) => {
@@ -89,9 +100,16 @@ export async function startSink(port: number): Promise<Sink> {
     },
   });
   server.on("error", () => undefined);
-  server.listen(port, "127.0.0.1");
+  server.listen(0, "127.0.0.1");
   await once(server.server, "listening");
-  return { ids, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  return {
+    port: (server.server.address() as AddressInfo).port,
+    ids,
+    up() {
+      isUp = true;
+    },
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }
 
 /** One message over its own connection; resolves with the DATA reply code (0 when it never got one). */

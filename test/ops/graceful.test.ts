@@ -45,10 +45,10 @@ describe("graceful stop", () => {
 
   test("SIGTERM under load: in-flight transactions finish, exit 0, every acknowledged message delivered", async () => {
     const spool = join(dir, "spool");
-    // Nothing listens at the next hop yet: acknowledged mail stays in the spool across the stop.
-    const nextHopPort = await closedPort();
+    // The next hop is down: acknowledged mail stays in the spool across the stop.
+    const sink = await startSink();
     const file = join(dir, "load.yaml");
-    await writeFile(file, policy(spool, nextHopPort));
+    await writeFile(file, policy(spool, sink.port));
     const gateway = await startChild(file);
 
     // A message half received when the signal comes; it is finished after the listener closed.
@@ -84,8 +84,8 @@ describe("graceful stop", () => {
     assert.equal(await gateway.exited, 0);
 
     // Every acknowledged message was in the spool: a gateway on it delivers each one.
-    const sink = await startSink(nextHopPort);
-    const resumed = await startGateway(policy(spool, nextHopPort));
+    sink.up();
+    const resumed = await startGateway(policy(spool, sink.port));
     try {
       await eventually(
         () => acknowledged.every((id) => sink.ids.includes(id)),

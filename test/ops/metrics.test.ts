@@ -1,9 +1,12 @@
 /**
  * Acceptance (issue 10): a known mix of traffic through the wire — accepted and delivered,
  * rejected by a rule, rejected by a DNSBL listing, deferred by a rule — then /metrics scraped over
- * HTTP: every counter matches the mix exactly.
+ * HTTP: every counter matches the mix exactly. Then the gauges read at scrape time: the bytes the
+ * spool holds for a deferred message, and a DNS query held unanswered.
  */
 import assert from "node:assert/strict";
+import { readdir, stat } from "node:fs/promises";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/http.js";
 import { loadPolicy } from "../../core/policy/load.js";
@@ -13,6 +16,7 @@ import type { NextHop } from "../fixtures/next-hop.js";
 import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { sendAs } from "../fixtures/sender-auth.js";
 import { closedConnections } from "../plugins/connection-checks.js";
+import { message, send as sendMessage, until } from "../queue/helpers.js";
 import { scrape } from "./scrape.js";
 
 const CLEAN = "192.0.2.10";
@@ -150,6 +154,69 @@ describe("metrics after a known mix of traffic", () => {
     assert.equal((await fetch(`${base}/metrics`, { method: "POST" })).status, 405);
   });
 });
+
+describe("gauges read from the spool and the resolver when scraped", () => {
+  let relay: DnsRelay;
+  let ops: OpsServer;
+  let base: string;
+
+  before(async () => {
+    relay = await startDnsRelay(
+      { "held.test": { A: "timeout" } },
+      (hop) => `
+version: 1
+server: { hostname: gw.test }
+dns: { timeout: 2s }
+relay: { domains: [example.test] }
+routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
+delivery: { mode: queue, spool: ./spool, retry: { schedule: [1h], maxAge: 1d } }
+`,
+      { hop: { rejectMail: "451 4.3.0 Try again later" } },
+    );
+    ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(relay.gw.gateway));
+    base = `http://127.0.0.1:${ops.address.port}`;
+  });
+  after(async () => {
+    await ops.close();
+    await relay.stop();
+  });
+
+  test("portcullis_queue_bytes is what the spool holds on disk while a deferred message waits", async () => {
+    const { gw } = relay;
+    assert.equal((await scrape(base)).value("portcullis_queue_bytes"), 0, "nothing stored yet");
+    const data = message("held", `${"x".repeat(78)}\r\n`.repeat(64));
+    assert.equal((await sendMessage(gw.port, { to: ["b@example.test"], data })).code, 250);
+    await until(() => gw.logs.some((line) => line.event === "deferred"), "the next hop's deferral");
+    const spool = gw.gateway.queue.spool!;
+    const onDisk = await bytesIn(spool.queueDir, (name) => name.endsWith(".seg"));
+    const large = await bytesIn(spool.largeDir, () => true);
+    const held = (await scrape(base)).value("portcullis_queue_bytes");
+    assert.equal(held, onDisk + large);
+    // The one record holds the whole message, plus its Received header and the envelope.
+    assert.ok(held > data.length, `${held} bytes held for a ${data.length}-byte message`);
+    assert.equal((await scrape(base)).value("portcullis_queue_messages"), 1);
+  });
+
+  test("portcullis_dns_inflight counts a query the server holds unanswered, and drops when it ends", async () => {
+    const { gw, dns } = relay;
+    assert.equal((await scrape(base)).value("portcullis_dns_inflight"), 0);
+    const lookup = gw.gateway.runtime.services.dns.resolve4("held.test").then(
+      () => assert.fail("the DNS server answers nothing for held.test"),
+      (error: { code?: string }) => error.code,
+    );
+    await until(() => dns.count("held.test", "A") === 1, "the query to reach the DNS server");
+    assert.equal((await scrape(base)).value("portcullis_dns_inflight"), 1);
+    assert.equal(await lookup, "ETIMEOUT");
+    assert.equal((await scrape(base)).value("portcullis_dns_inflight"), 0);
+  });
+});
+
+/** Total size of the files in `dir` whose names pass `include` (none when the folder is absent). */
+async function bytesIn(dir: string, include: (name: string) => boolean): Promise<number> {
+  const names = await readdir(dir).catch(() => []);
+  const sizes = await Promise.all(names.filter(include).map(async (name) => (await stat(join(dir, name))).size));
+  return sizes.reduce((sum, size) => sum + size, 0);
+}
 
 function deliveredLabels(hop: NextHop): Record<string, string> {
   return { route: `smtp://127.0.0.1:${hop.port}`, status: "delivered" };

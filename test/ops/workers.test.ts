@@ -18,13 +18,12 @@ const MESSAGES = 20;
 describe("two workers", () => {
   let dir: string;
   let gateway: ChildGateway;
-  let sinkPort: number;
-  let sink: Sink | null = null;
+  let sink: Sink;
   let base: string;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "portcullis-workers-"));
-    sinkPort = await closedPort();
+    sink = await startSink();
     const metricsPort = await closedPort();
     base = `http://127.0.0.1:${metricsPort}`;
     const file = join(dir, "policy.yaml");
@@ -34,7 +33,7 @@ describe("two workers", () => {
 version: 1
 server: { hostname: mx.gateway.test, workers: 2 }
 relay: { domains: [example.test] }
-routes: [{ to: "smtp://127.0.0.1:${sinkPort}" }]
+routes: [{ to: "smtp://127.0.0.1:${sink.port}" }]
 delivery: { mode: queue, spool: ./spool, retry: { schedule: [100ms], maxAge: 1h } }
 observability: { metrics: "127.0.0.1:${metricsPort}" }
 `,
@@ -48,7 +47,7 @@ observability: { metrics: "127.0.0.1:${metricsPort}" }
   after(async () => {
     if (gateway.child.exitCode === null) gateway.child.kill("SIGTERM");
     assert.equal(await gateway.exited, 0);
-    await sink?.close();
+    await sink.close();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -78,7 +77,7 @@ observability: { metrics: "127.0.0.1:${metricsPort}" }
     await eventually(() => workerPids(2).length === 2, "a replacement for slot 2");
     await eventually(async () => (await fetch(`${base}/readyz`)).status === 200, "the replacement is ready");
 
-    sink = await startSink(sinkPort);
+    sink.up();
     await eventually(
       async () => (await scrape(base)).value("portcullis_queue_messages") === 0,
       "both spools delivered",

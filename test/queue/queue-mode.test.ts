@@ -10,7 +10,6 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { cleanupAfterAll } from "../fixtures/cleanups.js";
 import { startGateway } from "../fixtures/gateway.js";
-import { closedPort } from "../fixtures/next-hop.js";
 import { message, parseDsn, send, until } from "./helpers.js";
 
 const cleanups = cleanupAfterAll();
@@ -45,14 +44,14 @@ describe("queue mode", () => {
   });
 
   it("retries while the next hop is down, on the schedule, and delivers every message once it is up", async () => {
-    const port = await closedPort();
-    const gw = await gateway(policy(`  - { to: "smtp://127.0.0.1:${port}" }`));
+    const next = await hop({ down: true });
+    const gw = await gateway(policy(`  - { to: "smtp://127.0.0.1:${next.port}" }`));
     for (const id of ["d1", "d2", "d3"]) {
       assert.equal((await send(gw.port, { to: ["b@example.test"], data: message(id) })).code, 250);
     }
     const deferrals = () => gw.logs.filter((l) => l.event === "deferred");
     await until(() => deferrals().length >= 6, "two deferrals per message");
-    const next = await hop({ port });
+    next.up();
     const received = await next.waitForMessages(3, 10_000);
     assert.deepEqual(received.map((m) => /Message-ID: <(\w+)@/.exec(m.raw.toString())![1]).sort(), ["d1", "d2", "d3"]);
     // Every wait is the schedule's (200 ms, then 400 ms) within the ±10 % jitter, and no attempt
@@ -63,12 +62,15 @@ describe("queue mode", () => {
       const planned = attempts === 1 ? 200 : 400;
       assert.ok(wait >= planned * 0.9 - 1 && wait <= planned * 1.1 + 1, `wait ${wait} after attempt ${attempts}`);
     }
+    // Every deferral was followed by another attempt (each message was delivered in the end); the
+    // spool empties only after the last attempt's line is logged.
+    await until(() => gw.gateway.queue.spool?.entries().length === 0, "the spool to empty");
     const attempts = gw.logs.filter((l) => l.event === "delivery");
     for (const line of deferrals()) {
       const nextAttempt = attempts.find((a) => a.id === line.id && a.attempt === (line.attempts as number) + 1);
-      if (nextAttempt) assert.ok(Date.parse(String(nextAttempt.time)) >= (line.nextAt as number) - 1);
+      assert.ok(nextAttempt, `an attempt after deferral ${line.attempts} of ${line.id}`);
+      assert.ok(Date.parse(String(nextAttempt.time)) >= (line.nextAt as number) - 1);
     }
-    await until(() => gw.gateway.queue.spool?.entries().length === 0, "the spool to empty");
   });
 
   it("bounces a 5xx with an RFC 3464 DSN to the sender, honouring NOTIFY, ORCPT, ENVID and RET", async () => {
@@ -148,25 +150,24 @@ describe("queue mode", () => {
     assert.equal(next.messages.length, 0, "nothing acknowledged, nothing delivered");
   });
 
-  /** Past the in-memory threshold, so the body is spooled to a file of its own; lines within RFC 5322's 998. */
-  const LARGE_BODY = `${"y".repeat(76)}\r\n`.repeat(4000);
-
   it("resumes the spool after a restart", async () => {
-    const port = await closedPort();
+    const next = await hop({ down: true });
     const name = `portcullis-spool-${randomBytes(6).toString("hex")}`;
-    const text = policy(`  - { to: "smtp://127.0.0.1:${port}" }`, `  spool: ../${name}`);
+    const text = policy(`  - { to: "smtp://127.0.0.1:${next.port}" }`, `  spool: ../${name}`);
+    // Large enough to be stored as a file of its own, in lines short enough for DATA's line limit.
+    const largeBody = `${"y".repeat(998)}\r\n`.repeat(300);
     const first = await startGateway(text);
     const spoolDir = join(first.dir, "..", name);
     cleanups.add(() => rm(spoolDir, { recursive: true, force: true }));
     assert.equal((await send(first.port, { to: ["b@example.test"], data: message("r1") })).code, 250);
-    assert.equal((await send(first.port, { to: ["b@example.test"], data: message("r2", LARGE_BODY) })).code, 250);
+    assert.equal((await send(first.port, { to: ["b@example.test"], data: message("r2", largeBody) })).code, 250);
     await first.stop();
-    const next = await hop({ port });
-    const second = await gateway(text.replace("../shared-spool", spoolDir));
+    next.up();
+    const second = await gateway(text);
     const received = await next.waitForMessages(2, 10_000);
     assert.deepEqual(received.map((m) => /Message-ID: <(\w+)@/.exec(m.raw.toString())![1]).sort(), ["r1", "r2"]);
     assert.ok(
-      received.some((m) => m.raw.includes(LARGE_BODY)),
+      received.some((m) => m.raw.includes(largeBody)),
       "the large body survived the restart",
     );
     await until(() => second.gateway.queue.spool?.entries().length === 0, "the spool to empty");
@@ -212,19 +213,19 @@ describe("proxy mode takes over what the next hop left", () => {
 
   it("queues recipients whose next hop is down when others were delivered, and delivers them later", async () => {
     const up = await hop();
-    const port = await closedPort();
+    const later = await hop({ down: true });
     const gw = await gateway(
-      policy(`  - { match: { recipientDomain: other.test }, to: "smtp://127.0.0.1:${port}" }
+      policy(`  - { match: { recipientDomain: other.test }, to: "smtp://127.0.0.1:${later.port}" }
   - { to: "smtp://127.0.0.1:${up.port}" }`).replace("mode: queue", "mode: proxy"),
     );
     const reply = await send(gw.port, { to: ["b@example.test", "c@other.test"], data: message("p3") });
     assert.equal(reply.code, 250, "the delivered recipient must not get a duplicate from a client retry");
     await up.waitForMessages(1);
-    const later = await hop({ port });
+    later.up();
     const [received] = await later.waitForMessages(1, 10_000);
     assert.deepEqual(received.to, ["c@other.test"]);
     // Nothing was delivered anywhere: the client keeps the message (4xx).
-    await later.close();
+    later.down();
     const nowhere = await send(gw.port, { to: ["c@other.test"], data: message("p4") });
     assert.equal(nowhere.code, 451);
   });
