@@ -22,10 +22,11 @@ export interface ChildGateway {
   readonly exited: Promise<number | null>;
 }
 
-export async function startChild(policyFile: string): Promise<ChildGateway> {
+/** `options` are further `start` options, e.g. `["--grace", "60s"]`. */
+export async function startChild(policyFile: string, options: readonly string[] = []): Promise<ChildGateway> {
   const child = spawn(
     process.execPath,
-    [join(root, "bin/portcullis.js"), "start", "--policy", policyFile, "--listen", "127.0.0.1:0"],
+    [join(root, "bin/portcullis.js"), "start", "--policy", policyFile, "--listen", "127.0.0.1:0", ...options],
     { cwd: root, stdio: ["ignore", "pipe", "pipe"] },
   );
   const exited = once(child, "exit").then(([code]) => code as number | null);
