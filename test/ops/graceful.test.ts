@@ -103,7 +103,7 @@ describe("graceful stop", () => {
     const file = join(dir, "second.yaml");
     await writeFile(file, policy(join(dir, "spool2"), await closedPort()));
     // A grace far longer than the wait below: only the second signal can end the process in time.
-    const gateway = await startChild(file, ["--grace", "60s"]);
+    const gateway = await startChild(file, { args: ["--grace", "60s"] });
     const held = await holdInData(gateway.port);
     gateway.child.kill("SIGTERM");
     await eventually(() => refused(gateway.port), "the listener closed");
