@@ -18,10 +18,11 @@ import { PolicyReloader } from "./reload.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
 import { checkPolicy } from "./static-checks.js";
 import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
+import { parseDuration } from "./units.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
 const USAGE = `usage:
-  portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE]
+  portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
   portcullis check FILE [--strict]
   ${TRY_USAGE}
   portcullis test FILE.test.yaml [FILE.test.yaml…]
@@ -46,9 +47,14 @@ async function start(args: string[]): Promise<number> {
       listen: { type: "string" },
       dns: { type: "string", multiple: true },
       shadow: { type: "string" }, // issue 8: a candidate policy evaluated beside this one (core/shadow.ts)
+      // How long the first SIGTERM waits for transactions in flight; a service manager's stop timeout
+      // must be longer, so it never has to SIGKILL a gateway that is finishing a message.
+      grace: { type: "string", default: "10s" },
     },
   });
   if (!values.policy) throw new UsageError("start needs --policy FILE");
+  const graceMs = parseDuration(values.grace);
+  if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
   const policy = await loadPolicy(policyFile);
   // Issue 10: with server.workers > 1 this process supervises; each worker runs the rest (core/workers.ts).
@@ -63,12 +69,14 @@ async function start(args: string[]): Promise<number> {
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // issue 10: /metrics, /healthz, /readyz
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
+  // The first signal drains; a second one means the operator will not wait, so the process exits at
+  // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
   let stops = 0;
   const stop = () => {
     stops++;
     if (stops > 1) process.exit(0);
     gateway
-      .stop(10_000)
+      .stop(graceMs)
       .then(() => ops?.close())
       .then(() => process.exit(0));
   };

@@ -4,8 +4,12 @@
  * only over TLS with a certificate valid for the MX name.
  *
  * Parsing is pure (tested by tables); `MtaStsCache` does the lookups, caches policies for their
- * max_age, and takes the fetch as a function, so tests serve policies from loopback.
+ * max_age, and takes the fetch as a function, so tests serve policies from loopback. A domain whose
+ * policy cannot be had (no record, or a fetch that fails for any reason) has no policy, unless one
+ * fetched earlier has not yet expired: that one still applies (§3.3, §5.1).
  */
+import { request as httpsRequest } from "node:https";
+import { isIP } from "node:net";
 import type { Clock } from "../api.js";
 import type { DnsResolver } from "../dns.js";
 
@@ -17,8 +21,14 @@ export interface MtaStsPolicy {
   readonly maxAge: number;
 }
 
-/** Gets the policy text of a domain; throws when there is none to be had (HTTP error, timeout…). */
-export type PolicyFetch = (domain: string, signal?: AbortSignal) => Promise<string>;
+/** The lookups MTA-STS needs: the `_mta-sts` record and the policy host's address. */
+export type PolicyHostResolver = Pick<DnsResolver, "resolve4" | "resolve6">;
+
+/**
+ * Gets the policy text of a domain, finding the policy host through `dns`; throws when there is
+ * none to be had (HTTP error, refused certificate, timeout…).
+ */
+export type PolicyFetch = (domain: string, dns: PolicyHostResolver, signal?: AbortSignal) => Promise<string>;
 
 /** RFC 8461 §3.2: the largest max_age a policy may ask for (about a year). */
 const MAX_AGE_LIMIT = 31_557_600;
@@ -63,26 +73,73 @@ export function mxMatches(policy: MtaStsPolicy, host: string): boolean {
   });
 }
 
+export interface PolicyFetchOptions {
+  readonly timeoutMs?: number;
+  /** Trust anchors for the policy host's certificate (PEM); the system's when absent. */
+  readonly ca?: string | Buffer | Array<string | Buffer>;
+}
+
 /**
- * Fetches `https://mta-sts.DOMAIN/.well-known/mta-sts.txt` (or the policy's `policyUrl` with
- * `{domain}` filled in): no redirects (§3.3), text/plain only, size-capped, certificate verified.
+ * Fetches the policy from `urlTemplate` with `{domain}` filled in (in real life
+ * `https://mta-sts.{domain}/.well-known/mta-sts.txt`, the policy's `delivery.mtaSts.policyUrl`) with the
+ * protections of §3.3: HTTPS only, the certificate verified for the policy host's name, a redirect
+ * is a failure (not followed), the media type must be text/plain, and a body past 64 KiB is
+ * abandoned as it arrives. The host is looked up through `dns`, the gateway's own resolver, like
+ * every other name the gateway needs.
  */
-export function httpPolicyFetch(urlTemplate: string, timeoutMs = 10_000): PolicyFetch {
-  return async (domain, signal) => {
-    const url = urlTemplate.replaceAll("{domain}", domain);
-    const deadline = AbortSignal.timeout(timeoutMs);
-    const response = await fetch(url, {
-      redirect: "error",
-      signal: signal ? AbortSignal.any([signal, deadline]) : deadline,
+export function httpPolicyFetch(urlTemplate: string, options: PolicyFetchOptions = {}): PolicyFetch {
+  return async (domain, dns, signal) => {
+    const url = new URL(urlTemplate.replaceAll("{domain}", domain));
+    if (url.protocol !== "https:") throw new Error(`MTA-STS policy of ${domain}: ${url.protocol} is not HTTPS`);
+    const deadline = AbortSignal.timeout(options.timeoutMs ?? 10_000);
+    const abort = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    const host = url.hostname.replace(/^\[|\]$/g, "");
+    const address = isIP(host) ? host : await addressOf(host, dns, abort);
+    return new Promise<string>((resolve, reject) => {
+      const fail = (why: string) => reject(new Error(`MTA-STS policy of ${domain}: ${why}`));
+      const request = httpsRequest(
+        {
+          host: address,
+          port: url.port || 443,
+          path: `${url.pathname}${url.search}`,
+          headers: { host: url.host },
+          // The certificate must be valid for the name in the URL, not for the address we connect to.
+          servername: isIP(host) ? undefined : host,
+          ...(options.ca ? { ca: options.ca } : {}),
+          rejectUnauthorized: true,
+          agent: false,
+          signal: abort,
+        },
+        (response) => {
+          const refuse = (why: string) => {
+            fail(why);
+            response.destroy();
+          };
+          const type = (response.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+          if (response.statusCode !== 200) return refuse(`HTTP ${response.statusCode}`);
+          if (type !== "text/plain") return refuse(`content type "${type}", not text/plain`);
+          const chunks: Buffer[] = [];
+          let size = 0;
+          response.on("data", (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_POLICY_BYTES) return refuse(`larger than ${MAX_POLICY_BYTES} bytes`);
+            chunks.push(chunk);
+          });
+          response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+          response.on("error", (error) => fail(error.message));
+        },
+      );
+      request.on("error", (error) => fail(error.message));
+      request.end();
     });
-    if (response.status !== 200) throw new Error(`MTA-STS policy of ${domain}: HTTP ${response.status}`);
-    if (!(response.headers.get("content-type") ?? "").toLowerCase().startsWith("text/plain")) {
-      throw new Error(`MTA-STS policy of ${domain}: not text/plain`);
-    }
-    const body = await response.text();
-    if (body.length > MAX_POLICY_BYTES) throw new Error(`MTA-STS policy of ${domain}: too large`);
-    return body;
   };
+}
+
+async function addressOf(host: string, dns: PolicyHostResolver, signal: AbortSignal): Promise<string> {
+  const answers = await Promise.allSettled([dns.resolve4(host, signal), dns.resolve6(host, signal)]);
+  const address = answers.flatMap((answer) => (answer.status === "fulfilled" ? answer.value : []))[0];
+  if (address === undefined) throw new Error(`MTA-STS policy host ${host} has no address`);
+  return address;
 }
 
 interface Cached {
@@ -96,7 +153,7 @@ export class MtaStsCache {
   readonly #cache = new Map<string, Cached>();
 
   constructor(
-    private readonly dns: Pick<DnsResolver, "resolveTxt">,
+    private readonly dns: Pick<DnsResolver, "resolveTxt"> & PolicyHostResolver,
     private readonly fetchPolicy: PolicyFetch,
     private readonly clock: Clock,
   ) {}
@@ -116,7 +173,7 @@ export class MtaStsCache {
     if (id === undefined) return fresh?.policy ?? null;
     if (fresh && fresh.id === id) return fresh.policy;
     try {
-      const policy = parseMtaStsPolicy(await this.fetchPolicy(domain, signal));
+      const policy = parseMtaStsPolicy(await this.fetchPolicy(domain, this.dns, signal));
       if (!policy) return fresh?.policy ?? null;
       this.#cache.set(domain, { id, policy, expiresAt: now + policy.maxAge * 1000 });
       return policy;

@@ -1,7 +1,4 @@
 import assert from "node:assert/strict";
-import { once } from "node:events";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import {
@@ -13,8 +10,10 @@ import {
 } from "../../core/delivery/mta-sts.js";
 import { deliverMx } from "../../core/delivery/mx.js";
 import { createResolver } from "../../core/dns.js";
-import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
+import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
 import { closedPort, type NextHop, selfSignedCertificate, startNextHop } from "../fixtures/next-hop.js";
+import { enforcePolicy, type PolicyHost, startPolicyHost } from "../fixtures/policy-host.js";
+import { createTestCa, type TestCa } from "../fixtures/test-ca.js";
 
 describe("MTA-STS parsing", () => {
   it("reads the id of exactly one STSv1 record", () => {
@@ -49,31 +48,102 @@ describe("MTA-STS parsing", () => {
   });
 });
 
-describe("MTA-STS enforcement in MX delivery", () => {
+describe("MTA-STS policy fetch (RFC 8461 §3.3)", () => {
+  let ca: TestCa;
+  let host: PolicyHost;
   let dns: TestDnsServer;
-  let http: Server;
-  let url: string;
-  let fetches = 0;
-  const policies = new Map<string, string>();
+  const domains = ["good.test", "redirect.test", "html.test", "big.test", "untrusted.test", "wrongname.test"];
+
+  before(async () => {
+    ca = createTestCa();
+    host = await startPolicyHost(ca);
+    const zone: ZoneData = {};
+    for (const domain of [...domains, "cached.test"]) {
+      zone[`_mta-sts.${domain}`] = { TXT: ["v=STSv1; id=one"] };
+      zone[`mta-sts.${domain}`] = { A: ["127.0.0.1"] };
+    }
+    dns = await startDnsServer(zone);
+  });
+  after(async () => {
+    await host.close();
+    await dns.close();
+    ca.dispose();
+  });
+
+  const newCache = () =>
+    new MtaStsCache(
+      createResolver({ servers: [dns.address], cacheSize: 0 }),
+      httpPolicyFetch(host.urlTemplate, { ca: ca.cert, timeoutMs: 5000 }),
+      { now: () => 0 },
+    );
+
+  it("takes a policy served over verified HTTPS as text/plain", async () => {
+    host.serve("good.test", { type: "text/plain; charset=utf-8", body: enforcePolicy("mx.good.test") });
+    assert.deepEqual(await newCache().policyFor("good.test"), { mode: "enforce", mx: ["mx.good.test"], maxAge: 86400 });
+  });
+
+  it("leaves a domain without a policy when the fetch must be refused", async () => {
+    host.serve("good.test", { body: enforcePolicy("mx.good.test") });
+    host.serve("redirect.test", {
+      status: 301,
+      headers: { location: host.urlTemplate.replace("{domain}", "good.test") },
+      body: enforcePolicy("mx.redirect.test"),
+    });
+    host.serve("html.test", { type: "text/html", body: enforcePolicy("mx.html.test") });
+    // A valid policy followed by lines the parser ignores, past 64 KiB in all.
+    host.serve("big.test", { body: enforcePolicy("mx.big.test") + `${"#".repeat(99)}\n`.repeat(700) });
+    host.serve("untrusted.test", {
+      body: enforcePolicy("mx.untrusted.test"),
+      certificate: selfSignedCertificate("mta-sts.untrusted.test"),
+    });
+    host.serve("wrongname.test", {
+      body: enforcePolicy("mx.wrongname.test"),
+      certificate: ca.issue("mta-sts.good.test"),
+    });
+    const cache = newCache();
+    const seen = host.requested.length;
+    assert.equal(await cache.policyFor("redirect.test"), null, "a redirect is not followed");
+    assert.deepEqual(host.requested.slice(seen), ["redirect.test"], "the redirect's target was never asked");
+    assert.equal(await cache.policyFor("html.test"), null, "text/html is refused");
+    assert.equal(await cache.policyFor("big.test"), null, "a body past 64 KiB is refused");
+    assert.equal(await cache.policyFor("untrusted.test"), null, "a certificate no trusted CA issued is refused");
+    assert.equal(await cache.policyFor("wrongname.test"), null, "a certificate for another name is refused");
+    assert.deepEqual(host.requested.slice(seen), ["redirect.test", "html.test", "big.test"], "no request over bad TLS");
+  });
+
+  it("keeps an enforce policy it holds when a refresh meets a bad certificate", async () => {
+    host.serve("cached.test", { body: enforcePolicy("mx.cached.test") });
+    const cache = newCache();
+    assert.equal((await cache.policyFor("cached.test"))?.mode, "enforce");
+    // A new id asks for a refresh; someone else answering for the policy host must not strip the policy.
+    dns.load({ "_mta-sts.cached.test": { TXT: ["v=STSv1; id=two"] } });
+    host.serve("cached.test", {
+      body: "version: STSv1\nmode: none\nmax_age: 86400\n",
+      certificate: selfSignedCertificate("mta-sts.cached.test"),
+    });
+    assert.deepEqual(await cache.policyFor("cached.test"), { mode: "enforce", mx: ["mx.cached.test"], maxAge: 86400 });
+  });
+});
+
+describe("MTA-STS enforcement in MX delivery", () => {
+  let ca: TestCa;
+  let dns: TestDnsServer;
+  let host: PolicyHost;
   const cert = selfSignedCertificate("mx.sts.test");
   const hops: NextHop[] = [];
   let port: number;
 
   before(async () => {
     port = await closedPort();
-    http = createServer((request, response) => {
-      fetches++;
-      const body = policies.get(request.url!.slice(1));
-      response.writeHead(body ? 200 : 404, { "content-type": "text/plain" }).end(body ?? "");
-    });
-    http.listen(0, "127.0.0.1");
-    await once(http, "listening");
-    url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/{domain}`;
+    ca = createTestCa();
+    host = await startPolicyHost(ca);
     dns = await startDnsServer({
       "_mta-sts.sts.test": { TXT: ["v=STSv1; id=one"] },
+      "mta-sts.sts.test": { A: ["127.0.0.1"] },
       "sts.test": { MX: [{ priority: 10, exchange: "mx.sts.test" }] },
       "mx.sts.test": { A: ["127.0.0.4"] },
       "_mta-sts.other.test": { TXT: ["v=STSv1; id=one"] },
+      "mta-sts.other.test": { A: ["127.0.0.1"] },
       "other.test": { MX: [{ priority: 10, exchange: "mx.elsewhere.test" }] },
       "mx.elsewhere.test": { A: ["127.0.0.4"] },
     });
@@ -81,8 +151,11 @@ describe("MTA-STS enforcement in MX delivery", () => {
   after(async () => {
     for (const hop of hops) await hop.close();
     await dns.close();
-    http.close();
+    await host.close();
+    ca.dispose();
   });
+
+  const policyFetch = () => httpPolicyFetch(host.urlTemplate, { ca: ca.cert });
 
   async function deliver(domain: string, cache: MtaStsCache, ca?: Buffer) {
     return deliverMx(
@@ -95,10 +168,10 @@ describe("MTA-STS enforcement in MX delivery", () => {
   }
 
   it("delivers only over verified TLS to an MX the enforce policy names", async () => {
-    policies.set("sts.test", "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 600\n");
-    policies.set("other.test", "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 600\n");
+    host.serve("sts.test", { body: "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 600\n" });
+    host.serve("other.test", { body: "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 600\n" });
     const clock = { now: () => 0 };
-    const cache = new MtaStsCache(createResolver({ servers: [dns.address] }), httpPolicyFetch(url), clock);
+    const cache = new MtaStsCache(createResolver({ servers: [dns.address] }), policyFetch(), clock);
 
     const plain = await startNextHop({ host: "127.0.0.4", port });
     hops.push(plain);
@@ -121,16 +194,16 @@ describe("MTA-STS enforcement in MX delivery", () => {
   });
 
   it("caches a policy until its id changes, and keeps it when a refresh fails", async () => {
-    policies.set("sts.test", "version: STSv1\nmode: testing\nmx: mx.sts.test\nmax_age: 600\n");
+    host.serve("sts.test", { body: "version: STSv1\nmode: testing\nmx: mx.sts.test\nmax_age: 600\n" });
     let now = 0;
     const resolver = createResolver({ servers: [dns.address], cacheSize: 0 });
-    const cache = new MtaStsCache(resolver, httpPolicyFetch(url), { now: () => now });
-    const before = fetches;
+    const cache = new MtaStsCache(resolver, policyFetch(), { now: () => now });
+    const before = host.requested.length;
     assert.equal((await cache.policyFor("sts.test"))?.mode, "testing");
     assert.equal((await cache.policyFor("sts.test"))?.mode, "testing");
-    assert.equal(fetches - before, 1, "same id: no second fetch");
+    assert.equal(host.requested.length - before, 1, "same id: no second fetch");
     dns.load({ "_mta-sts.sts.test": { TXT: ["v=STSv1; id=two"] } });
-    policies.delete("sts.test");
+    host.serve("sts.test", { status: 404 });
     now = 1000;
     assert.equal((await cache.policyFor("sts.test"))?.mode, "testing", "the fetch failed: the cached policy holds");
     now = 700_000;

@@ -22,11 +22,23 @@ export interface ChildGateway {
   readonly exited: Promise<number | null>;
 }
 
-export async function startChild(policyFile: string): Promise<ChildGateway> {
+/** `args` are further `start` options, e.g. `["--grace", "60s"]`; `env` is added to this process's. */
+export async function startChild(
+  policyFile: string,
+  options: { args?: readonly string[]; env?: Record<string, string> } = {},
+): Promise<ChildGateway> {
   const child = spawn(
     process.execPath,
-    [join(root, "bin/portcullis.js"), "start", "--policy", policyFile, "--listen", "127.0.0.1:0"],
-    { cwd: root, stdio: ["ignore", "pipe", "pipe"] },
+    [
+      join(root, "bin/portcullis.js"),
+      "start",
+      "--policy",
+      policyFile,
+      "--listen",
+      "127.0.0.1:0",
+      ...(options.args ?? []),
+    ],
+    { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   );
   const exited = once(child, "exit").then(([code]) => code as number | null);
   let stdout = "";
