@@ -23,7 +23,7 @@ import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { CLI, type GatewayProcess, startGatewayProcess } from "../fixtures/gateway-process.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 import { connectAs } from "../fixtures/smtp-client.js";
-import { scrape } from "../ops/scrape.js";
+import { type Scrape, scrape } from "../ops/scrape.js";
 
 const HOUR = 3_600_000;
 
@@ -223,14 +223,6 @@ routes: [{ to: discard }]
     assert.equal(third.reply?.enhanced, "4.7.0");
   });
 
-  test("a tarpit waits and lets the transaction through", async () => {
-    const { run } = kit({ limits: [{ key: "client.ip", rate: "1/1h", action: { tarpit: "1ms" } }] });
-    await run();
-    const slowed = await run();
-    assert.equal(slowed.outcome, "accepted");
-    assert.equal((slowed.facts.rateLimit as { exceeded: string }).exceeded, "client.ip/messages/1/1h");
-  });
-
   test("the options are checked: rates, keys per count, duplicate names", () => {
     const parse = (options: unknown) => rateLimit.options.safeParse(options);
     assert.equal(parse({ limits: [{ key: "client.ip", rate: "100/1m" }] }).success, true);
@@ -318,6 +310,67 @@ async function runCli(args: string[]): Promise<{ code: number | null; stdout: st
   const [code] = await once(child, "exit");
   return { code, stdout, stderr };
 }
+
+/** A gateway on the memory store with its metrics endpoint, both stopped once `use` is done. */
+async function withGateway(
+  policyText: string,
+  use: (port: number, metrics: () => Promise<Scrape>) => Promise<void>,
+): Promise<void> {
+  const gw = await startGateway(policyText);
+  const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
+  try {
+    await use(gw.port, () => scrape(`http://127.0.0.1:${ops.address.port}`));
+  } finally {
+    await ops.close();
+    await gw.stop();
+  }
+}
+
+const HITS = "portcullis_rate_limit_hits_total";
+
+/** Every series of the hits counter added up, whatever its labels. */
+function allHits(metrics: Scrape): number {
+  const series = metrics.text.split("\n").filter((line) => line.startsWith(`${HITS}{`) || line.startsWith(`${HITS} `));
+  return series.reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+}
+
+describe("limit actions through a gateway", () => {
+  test("a tarpit holds the reply for its delay, then accepts", async () => {
+    const TARPIT_MS = 400;
+    await withGateway(policy("memory", { rate: "1/1h", action: `{ tarpit: ${TARPIT_MS}ms }` }), async (port) => {
+      assert.equal(await send(port, "192.0.2.40"), 250);
+      const started = performance.now();
+      assert.equal(await send(port, "192.0.2.40"), 250, "a tarpit slows a client down, it does not refuse");
+      const waited = performance.now() - started;
+      // libuv counts timers in whole milliseconds, so a timer may fire up to one early by this clock.
+      assert.ok(waited >= TARPIT_MS - 1, `the transaction ended ${waited.toFixed(1)} ms after it began`);
+    });
+  });
+
+  test("portcullis_rate_limit_hits_total counts each refusal", async () => {
+    await withGateway(policy("memory", { rate: "2/1h" }), async (port, metrics) => {
+      assert.equal(allHits(await metrics()), 0);
+      const codes = [];
+      for (let i = 0; i < 5; i++) codes.push(await send(port, "192.0.2.41"));
+      assert.deepEqual(codes, [250, 250, 451, 451, 451]);
+      const scraped = await metrics();
+      assert.equal(scraped.value(HITS, { phase: "mail", kind: "defer" }), 3);
+      assert.equal(allHits(scraped), 3, "counted once per refusal, under no other labels");
+    });
+  });
+
+  test("disconnect answers 421 4.7.0 at MAIL FROM and closes the connection", async () => {
+    await withGateway(policy("memory", { rate: "1/1h", action: "disconnect" }), async (port, metrics) => {
+      assert.equal(await send(port, "192.0.2.42"), 250);
+      const client = await connectAs(port, "192.0.2.42");
+      assert.equal((await client.command("EHLO client.test")).code, 250);
+      const refused = await client.command("MAIL FROM:<a@sender.test>");
+      assert.match(refused.raw, /^421 4\.7\.0 Rate limit exceeded, try again in \d+ seconds$/);
+      await client.waitClosed();
+      assert.equal((await metrics()).value(HITS, { phase: "mail", kind: "disconnect" }), 1);
+    });
+  });
+});
 
 describe("rate limits on a shared Redis", () => {
   let redis: TestRedis;
