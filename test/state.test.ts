@@ -289,12 +289,13 @@ function storeSuite(name: string, open: () => Promise<StateStore>) {
 
     test("a slot's lease runs out: another holder gets it after the lease, not before", async () => {
       const k = key("lease");
-      assert.equal((await store.acquireSlot(k, "gone", 2, 500)).acquired, true);
-      // A holder with a long lease keeps the slot set alive, so only the per-holder lease can free "gone".
+      // A holder with a long lease, taken first, keeps the slot set alive: only the per-holder lease
+      // can free "gone", and a later, shorter lease must not cut "alive" short.
       assert.equal((await store.acquireSlot(k, "alive", 2, HOUR)).acquired, true);
+      assert.equal((await store.acquireSlot(k, "gone", 2, 500)).acquired, true);
       assert.deepEqual(await store.acquireSlot(k, "next", 2, HOUR), { acquired: false, held: 2 });
       await sleep(1500);
-      assert.deepEqual(await store.acquireSlot(k, "next", 2, HOUR), { acquired: true, held: 2 });
+      assert.deepEqual(await store.acquireSlot(k, "next", 2, HOUR), { acquired: true, held: 2 }, "alive still holds");
     });
 
     test("greylist: a retry is early while the delay runs and passes after it", async () => {
