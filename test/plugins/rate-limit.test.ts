@@ -469,7 +469,7 @@ describe("rate limits on a shared Redis", () => {
         await redis.stop();
         const during = await Promise.all(Array.from({ length: 5 }, () => send(port, "203.0.113.5")));
         assert.deepEqual(during, Array(5).fill(onStoreError === "defer" ? 451 : 250));
-        // Issue 5: the outage is counted, at least once per transaction that met it.
+        // The outage is counted, at least once per transaction that met it.
         const counted = await storeErrors();
         assert.ok(counted >= 5, `store errors counted: ${counted}`);
         if (onStoreError === "defer") {
