@@ -1,7 +1,8 @@
 /**
  * rate-limit: what a transaction costs (pure), limits through the test kit with an injected clock
- * and the memory store, then real gateways on one real Redis: two gateway processes sharing a
- * limit, and a Redis outage in the middle of a run.
+ * and the memory store, the tarpit, disconnect and the hits metric through a real gateway, then
+ * real gateways on one real Redis: two gateway processes sharing a limit exactly, and a Redis
+ * outage in the middle of a run.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
