@@ -1,14 +1,17 @@
 /**
  * core/state: the limiter and greylist arithmetic as pure functions with an injected clock, then
- * one behaviour suite run against both stores (memory, and a real redis-server), then what the
- * Redis store does when Redis goes away and comes back.
+ * one behaviour suite run against both stores (memory, and a real redis-server) — counts at one
+ * instant, and expiry over short real intervals, since the Lua scripts read Redis's own clock and
+ * no hand-moved clock reaches them — then what the Redis store does when Redis goes away and comes back.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { countStep } from "../core/state/arithmetic.js";
 import {
   type BucketRequest,
+  type BucketResult,
   clientNet,
   gcra,
   greylistStep,
@@ -142,7 +145,12 @@ async function allowedCount(store: StateStore, request: BucketRequest, times: nu
   return results.filter(([r]) => r.allowed).length;
 }
 
-/** Behaviour both stores must share. Refill needs time, so buckets refill once an hour here: only counts matter. */
+/**
+ * Behaviour both stores must share. The counting tests refill once an hour, so only counts matter;
+ * the tests of expiry wait out short intervals on the real clock (Date.now for the memory store, the
+ * server's TIME for Redis). Each checks the state before an interval, then after a wait several
+ * times longer, so a slow machine can only make the wait longer, never the answer different.
+ */
 function storeSuite(name: string, open: () => Promise<StateStore>) {
   describe(`${name} store`, () => {
     let store: StateStore;
@@ -257,6 +265,73 @@ function storeSuite(name: string, open: () => Promise<StateStore>) {
       for (let i = 0; i < 3; i++) statuses.push((await store.greylist(k, params)).status);
       assert.deepEqual(statuses, ["new", "passed", "known"]);
       assert.equal((await store.inspect(k)).greylist?.passed, true);
+    });
+
+    test("a drained bucket gets units back as time passes, up to its burst and no further", async () => {
+      // A full refill takes a second, so the bucket's record outlives the partial wait (in Redis
+      // it expires when full) and the script's refill arithmetic, not a fresh key, answers.
+      const request = bucket(key("refill"), 10, 1, { intervalMs: 100, blocking: false });
+      // One batch is one instant: no refill slips in between its requests. Non-blocking, so the
+      // allowed part is taken although the last request is denied.
+      const takeAll = () => store.consume(Array(11).fill(request));
+      const allowed = (results: BucketResult[]) => results.filter((r) => r.allowed).length;
+      const drained = await takeAll();
+      assert.equal(allowed(drained), 10);
+      const { retryAfterMs } = drained[10];
+      assert.ok(retryAfterMs > 0 && retryAfterMs <= 100, `one unit back within an interval: ${retryAfterMs}`);
+      await sleep(300);
+      const partly = await takeAll();
+      assert.ok(allowed(partly) >= 3, `at least three intervals refilled: ${allowed(partly)}`);
+      assert.equal(partly[10].allowed, false, "never more than the burst");
+      await sleep(2000);
+      assert.equal(allowed(await takeAll()), 10, "full again after a long wait, and only the burst");
+    });
+
+    test("a slot's lease runs out: another holder gets it after the lease, not before", async () => {
+      const k = key("lease");
+      // A holder with a long lease, taken first, keeps the slot set alive: only the per-holder lease
+      // can free "gone", and a later, shorter lease must not cut "alive" short.
+      assert.equal((await store.acquireSlot(k, "alive", 2, HOUR)).acquired, true);
+      assert.equal((await store.acquireSlot(k, "gone", 2, 500)).acquired, true);
+      assert.deepEqual(await store.acquireSlot(k, "next", 2, HOUR), { acquired: false, held: 2 });
+      await sleep(1500);
+      assert.deepEqual(await store.acquireSlot(k, "next", 2, HOUR), { acquired: true, held: 2 }, "alive still holds");
+    });
+
+    test("greylist: a retry is early while the delay runs and passes after it", async () => {
+      const k = key("grey-delay");
+      const params = { delayMs: 300, retryWindowMs: HOUR, lifetimeMs: HOUR };
+      assert.deepEqual(await store.greylist(k, params), { status: "new", retryInMs: 300 });
+      const early = await store.greylist(k, params);
+      assert.equal(early.status, "early");
+      assert.ok(early.retryInMs > 0 && early.retryInMs <= 300, `retry in ${early.retryInMs}`);
+      await sleep(900);
+      assert.deepEqual(await store.greylist(k, params), { status: "passed", retryInMs: 0 });
+      assert.deepEqual(await store.greylist(k, params), { status: "known", retryInMs: 0 });
+    });
+
+    test("greylist: a retry after the retry window starts over", async () => {
+      const k = key("grey-window");
+      const params = { delayMs: 100, retryWindowMs: 400, lifetimeMs: HOUR };
+      assert.equal((await store.greylist(k, params)).status, "new");
+      assert.equal((await store.greylist(k, params)).status, "early");
+      await sleep(1200);
+      assert.deepEqual(await store.greylist(k, params), { status: "new", retryInMs: 100 });
+      assert.equal((await store.greylist(k, params)).status, "early", "the delay runs again from the new attempt");
+    });
+
+    test("greylist: each pass renews the lifetime; unseen for a lifetime, the triplet starts over", async () => {
+      const k = key("grey-lifetime");
+      const params = { delayMs: 0, retryWindowMs: HOUR, lifetimeMs: 1500 };
+      assert.equal((await store.greylist(k, params)).status, "new");
+      assert.equal((await store.greylist(k, params)).status, "passed");
+      // Two waits of 900 ms outlast one lifetime only if the first "known" renewed it.
+      for (let i = 0; i < 2; i++) {
+        await sleep(900);
+        assert.equal((await store.greylist(k, params)).status, "known", `renewed, wait ${i + 1}`);
+      }
+      await sleep(3000);
+      assert.equal((await store.greylist(k, params)).status, "new");
     });
   });
 }

@@ -119,7 +119,8 @@ export class MemoryStore implements StateStore {
     const holders = this.#liveHolders(key, now);
     if (!holders.has(holder) && holders.size >= max) return { acquired: false, held: holders.size };
     holders.set(holder, now + leaseMs);
-    this.#write("cc", key, holders, now + leaseMs);
+    // The record lives as long as its longest lease: a shorter lease taken later must not cut the others short.
+    this.#write("cc", key, holders, Math.max(...holders.values()));
     return { acquired: true, held: holders.size };
   }
 

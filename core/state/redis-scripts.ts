@@ -73,7 +73,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now))
 local held = redis.call('ZCARD', KEYS[1])
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and held >= tonumber(ARGV[2]) then return { 0, held } end
 redis.call('ZADD', KEYS[1], fmt(now + lease), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease))
+-- The set lives as long as its longest lease: a shorter lease taken later must not cut the others short.
+local longest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(longest[2]) - now))
 return { 1, redis.call('ZCARD', KEYS[1]) }
 `;
 

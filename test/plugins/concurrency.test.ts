@@ -1,18 +1,24 @@
 /**
  * concurrency: simultaneous connections per client IP through real sockets, on the memory store
- * and on a real Redis. Slots must come back however a connection ends: QUIT, reset, idle timeout.
+ * and on a real Redis. Slots must come back however a connection ends: QUIT, reset, idle timeout,
+ * and — through the lease on Redis — a gateway killed while holding them.
  */
 import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 
 const connect = (port: number, ip: string) =>
   SmtpTestClient.connect(port, { proxy: `PROXY TCP4 ${ip} 192.0.2.1 40000 25` });
 
-function policy(store: string): string {
+function policy(store: string, lease = "10m"): string {
   return `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true, limits: { idleTimeout: 1s } }
@@ -21,6 +27,7 @@ relay: { domains: [example.test] }
 pipeline:
   - plugin: concurrency
     limits: [{ key: client.ip, max: 12 }, { key: client.net, max: 14 }]
+    lease: ${lease}
 routes: [{ to: discard }]
 `;
 }
@@ -79,6 +86,33 @@ describe("concurrency slots", () => {
       }
     });
   }
+
+  test("redis: a killed gateway's slots come back after the lease, not before", async () => {
+    const LEASE_MS = 3000;
+    const text = policy(`{ redis: "${redis.url}" }`, `${LEASE_MS}ms`);
+    const dir = await mkdtemp(join(tmpdir(), "portcullis-cc-"));
+    const file = join(dir, "policy.yaml");
+    await writeFile(file, text);
+    const [crashing, survivor] = await Promise.all([startGatewayProcess(file), startGateway(text)]);
+    try {
+      const held = await Promise.all(Array.from({ length: 12 }, () => connect(crashing.port, "203.0.113.40")));
+      assert.ok(held.every((c) => c.greeting.code === 220));
+      // SIGKILL runs no close hook: only the leases can give these slots back.
+      await crashing.kill();
+      for (const client of held) client.destroy();
+      const early = await connect(survivor.port, "203.0.113.40");
+      assert.equal(early.greeting.code, 421, "the dead gateway's leases still run");
+      await early.waitClosed();
+      await sleep(2 * LEASE_MS);
+      const later = await connect(survivor.port, "203.0.113.40");
+      assert.equal(later.greeting.code, 220, "the leases ran out");
+      await later.quit();
+    } finally {
+      await crashing.kill();
+      await survivor.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe("concurrency lease renewal", () => {

@@ -1,12 +1,14 @@
 /**
  * greylist through the test kit with an injected clock (delay, retry window, lifetime, exemptions,
- * the SPF+DMARC pass), and its reply through a real gateway.
+ * the SPF+DMARC pass), its reply through a real gateway, and two gateways on one real Redis, where
+ * a retry reaches the other gateway after a real delay.
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { MemoryStore, RedisStore, type StateStore } from "../../core/state.js";
@@ -14,6 +16,7 @@ import { runPlugin, runPolicy, type SimulatedTransaction } from "../../core/test
 import greylist from "../../plugins/greylist/index.js";
 import { manualClock } from "../fixtures/clock.js";
 import { startGateway } from "../fixtures/gateway.js";
+import { startRedis } from "../fixtures/redis.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 
 const MINUTE = 60_000;
@@ -197,4 +200,42 @@ routes: [{ to: discard }]
   } finally {
     await gw.stop();
   }
+});
+
+describe("two gateways on one Redis", () => {
+  test("a retry after the delay passes on the gateway that never saw the first attempt", async () => {
+    const redis = await startRedis();
+    const policy = `
+version: 1
+server: { hostname: gw.test }
+state: { store: { redis: "${redis.url}" } }
+relay: { domains: [example.test] }
+pipeline:
+  - { plugin: greylist, delay: 300ms, retryWindow: 1m }
+routes: [{ to: discard }]
+`;
+    const gateways = await Promise.all([startGateway(policy), startGateway(policy)]);
+    const rcpt = async (port: number) => {
+      const client = await SmtpTestClient.connect(port);
+      try {
+        await client.command("EHLO client.test");
+        await client.command("MAIL FROM:<a@sender.test>");
+        return (await client.command("RCPT TO:<b@example.test>")).raw;
+      } finally {
+        await client.quit();
+      }
+    };
+    try {
+      const [first, second] = gateways.map((gw) => gw.port);
+      assert.match(await rcpt(first), /^451 4\.7\.1 Greylisted/);
+      assert.match(await rcpt(first), /^451 4\.7\.1 Greylisted/, "a retry before the delay is deferred again");
+      await sleep(1000);
+      // Only the shared record can pass here: this gateway's own first sighting would be "new".
+      assert.match(await rcpt(second), /^250 /);
+      assert.match(await rcpt(first), /^250 /, "and the triplet is known to both");
+    } finally {
+      await Promise.all(gateways.map((gw) => gw.stop()));
+      await redis.stop();
+    }
+  });
 });
