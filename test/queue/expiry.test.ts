@@ -1,8 +1,9 @@
 /**
  * The end of a deferral through real sockets: a next hop that only ever answers 4xx keeps a message
  * in the queue until `delivery.retry.maxAge`; then the worker bounces it with an RFC 3464 DSN to the
- * sender's route and the message leaves the spool. Without RET, the DSN returns the whole original
- * up to 256 KiB and only its header section beyond (core/queue/worker.ts).
+ * sender's route and the message leaves the spool. Without RET, and with full DSNs allowed for
+ * unauthenticated senders, the DSN returns the whole original up to 256 KiB and only its header
+ * section beyond (core/queue/worker.ts).
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
@@ -30,6 +31,8 @@ routes:
 delivery:
   mode: queue
   retry: { schedule: [200ms], maxAge: ${MAX_AGE_MS}ms }
+  # The sender is not authenticated (no SPF record): by default its DSN would return headers only.
+  bounces: { unauthenticated: full }
 `);
     const sentAt = Date.now();
     const bigBody = `${"x".repeat(99)}\r\n`.repeat(Math.ceil((FULL_RETURN_LIMIT + 10_000) / 101));
