@@ -157,6 +157,28 @@ function poolKey(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode
 }
 
 /**
+ * A place among the pooled connections to this target (with an idle connection in it when there is
+ * one); undefined without a pool; "busy" when no place came free before the deadline or the abort.
+ */
+async function leaseFor(
+  target: SmtpTarget,
+  options: SmtpDeliveryOptions,
+  mode: TlsMode,
+  c: Connection,
+  deadline: number,
+): Promise<Lease | undefined | "busy"> {
+  if (!options.pool) return undefined;
+  try {
+    return await options.pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, {
+      until: deadline,
+      signal: options.signal,
+    });
+  } catch {
+    return "busy";
+  }
+}
+
+/**
  * One attempt on one connection: a pooled idle one when there is one, else a new one. A pooled
  * connection can turn out to be dead only now (the server dropped it as we wrote); when nothing of
  * the transaction was answered, the attempt is made again on a fresh connection.
@@ -179,18 +201,11 @@ async function attempt(
     },
   });
   const pool = options.pool;
-  let lease: Lease | undefined;
-  if (pool) {
-    try {
-      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, {
-        until: deadline,
-        signal: options.signal,
-      });
-    } catch {
-      return allDeferred(
-        options.signal?.aborted ? "Delivery aborted" : `Timed out waiting for a connection to ${c.nextHop}`,
-      );
-    }
+  const lease = await leaseFor(target, options, mode, c, deadline);
+  if (lease === "busy") {
+    return allDeferred(
+      options.signal?.aborted ? "Delivery aborted" : `Timed out waiting for a connection to ${c.nextHop}`,
+    );
   }
   let link: Link | null = lease?.link ?? null;
   let keep = false;
@@ -558,17 +573,8 @@ async function probeOnce(
     tlsFailed,
   });
   const pool = options.pool;
-  let lease: Lease | undefined;
-  if (pool) {
-    try {
-      lease = await pool.acquire(poolKey(target, options, mode, c), options.connectionLimit, {
-        until: deadline,
-        signal: options.signal,
-      });
-    } catch {
-      return unanswered(`no connection to ${c.nextHop} became free in time`);
-    }
-  }
+  const lease = await leaseFor(target, options, mode, c, deadline);
+  if (lease === "busy") return unanswered(`no connection to ${c.nextHop} became free in time`);
   let link: Link | null = lease?.link ?? null;
   let keep = false;
   try {

@@ -8,7 +8,8 @@ import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { describe, test } from "node:test";
 import { headerFieldBytes, oneLine } from "../../core/client-text.js";
-import { hostileText, seededRandom, strictHeader } from "../fixtures/hostile-text.js";
+import { hostileText, strictHeader } from "../fixtures/hostile-text.js";
+import { seededRandom } from "../fixtures/seeded-random.js";
 
 const SEED = Number(process.env.PORTCULLIS_SEED ?? 20261206);
 // biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point

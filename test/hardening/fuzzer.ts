@@ -10,19 +10,8 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { PolicyError, parsePolicy } from "../../core/policy/load.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { seededRandom } from "../fixtures/seeded-random.js";
 import { proxyV2Header } from "./proxy-header.js";
-
-/** mulberry32: small, fast and good enough to spread test inputs. */
-export function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Rng = () => number;
 const pick = <T>(rng: Rng, items: readonly T[]): T => items[Math.floor(rng() * items.length)];
@@ -281,7 +270,7 @@ export async function fuzzGateways(options: { seed: number; sessions: number; pa
     `version: 1\nserver: { hostname: gw.test, proxyProtocol: true, ${LIMITS} }\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n`,
   );
   try {
-    const rng = prng(options.seed);
+    const rng = seededRandom(options.seed);
     const plans = Array.from({ length: options.sessions }, () => {
       const proxy = rng() < 0.3;
       return { port: proxy ? balanced.port : direct.port, steps: randomSession(rng, { proxy }) };
@@ -316,7 +305,7 @@ export async function fuzzGateways(options: { seed: number; sessions: number; pa
 
 /** Runs `count` random policies through the loader; returns the texts that made it fail otherwise than with a PolicyError. */
 export async function fuzzPolicyLoader(seed: number, count: number): Promise<string[]> {
-  const rng = prng(seed);
+  const rng = seededRandom(seed);
   const faults: string[] = [];
   for (let i = 0; i < count; i++) {
     const text = randomPolicy(rng);

@@ -13,8 +13,9 @@ import { after, before, describe, test } from "node:test";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
-import { hostileText, LINE_ENDS, seededRandom, strictHeader } from "../fixtures/hostile-text.js";
+import { hostileText, LINE_ENDS, strictHeader } from "../fixtures/hostile-text.js";
 import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
+import { seededRandom } from "../fixtures/seeded-random.js";
 import { connectAs } from "../fixtures/smtp-client.js";
 
 /** The red team's envelope sender: it reads `x`, CRLF, `From:ceo@example.test`, CRLF, CRLF in latin1. */

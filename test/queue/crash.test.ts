@@ -17,8 +17,8 @@ import { join } from "node:path";
 import { after, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { seededRandom } from "../fixtures/hostile-text.js";
 import { startNextHop } from "../fixtures/next-hop.js";
+import { seededRandom } from "../fixtures/seeded-random.js";
 import { message, send, until } from "./helpers.js";
 
 const bin = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));

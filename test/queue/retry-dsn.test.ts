@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { buildDsn, headerSection } from "../../core/queue/dsn.js";
 import { nextAttemptAt, type RetryPolicy } from "../../core/queue/retry.js";
-import { hostileText, seededRandom, strictHeader } from "../fixtures/hostile-text.js";
+import { hostileText, strictHeader } from "../fixtures/hostile-text.js";
+import { seededRandom } from "../fixtures/seeded-random.js";
 import { parseDsn } from "./helpers.js";
 
 describe("nextAttemptAt", () => {
