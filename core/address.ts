@@ -73,7 +73,7 @@ function toAsciiDomain(domain: string): string | undefined {
   const asciiLabels: string[] = [];
   for (const label of labels) {
     // Most labels are plain ASCII letters, digits and hyphens, for which IDNA only lower-cases
-    // (measured: domainToASCII was 1–2 % of the gateway's CPU, issue 11); "xn--" labels still go
+    // (measured: domainToASCII was 1–2 % of the gateway's CPU); "xn--" labels still go
     // through it to be checked.
     const ascii = PLAIN_LABEL.test(label) && !ACE_PREFIX.test(label) ? label.toLowerCase() : domainToASCII(label);
     if (!LDH_LABEL.test(ascii) || ascii.length > MAX_LABEL) return undefined;

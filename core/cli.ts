@@ -46,7 +46,7 @@ async function start(args: string[]): Promise<number> {
       policy: { type: "string" },
       listen: { type: "string" },
       dns: { type: "string", multiple: true },
-      shadow: { type: "string" }, // issue 8: a candidate policy evaluated beside this one (core/shadow.ts)
+      shadow: { type: "string" }, // A candidate policy evaluated beside this one (core/shadow.ts)
       // How long the first SIGTERM waits for transactions in flight; a service manager's stop timeout
       // must be longer, so it never has to SIGKILL a gateway that is finishing a message.
       grace: { type: "string", default: "10s" },
@@ -57,7 +57,7 @@ async function start(args: string[]): Promise<number> {
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
   const policy = await loadPolicy(policyFile);
-  // Issue 10: with server.workers > 1 this process supervises; each worker runs the rest (core/workers.ts).
+  // With server.workers > 1 this process supervises; each worker runs the rest (core/workers.ts).
   if (cluster.isPrimary && workerCount(policy.config) > 1) {
     return superviseWorkers({ policy, log: createLogger(policy.config.observability.log.level) });
   }
@@ -67,7 +67,7 @@ async function start(args: string[]): Promise<number> {
     shadow: values.shadow ? resolve(values.shadow) : undefined,
   });
   const addresses = await gateway.listen();
-  const ops = await startOperations(gateway); // issue 10: /metrics, /healthz, /readyz
+  const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   // The first signal drains; a second one means the operator will not wait, so the process exits at
   // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
@@ -141,13 +141,13 @@ async function main(argv: string[]): Promise<number> {
       }
       case "limits":
         return await limitsCommand(args);
-      case "queue": // issue 6: the spool (core/queue/cli.ts)
+      case "queue": // the spool (core/queue/cli.ts)
         return await queueCommand(args, process.stdout, process.stderr);
-      case "doctor": // issue 12: deliverability self-check (core/doctor.ts)
+      case "doctor": // deliverability self-check (core/doctor.ts)
         return await doctorCommand(args, process.stdout, process.stderr);
-      case "passwd": // issue 9: a users-file hash (core/auth/passwd.ts)
+      case "passwd": // A users-file hash (core/auth/passwd.ts)
         return await passwdCommand(args, process.stdin, process.stdout);
-      case "replay": // issue 8: a candidate policy over the transaction log (core/replay.ts)
+      case "replay": // A candidate policy over the transaction log (core/replay.ts)
         return await replayCommand(args, process.stdout).catch((error: unknown) => {
           throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
         });

@@ -34,7 +34,7 @@ export interface DeliveryOptions {
   /** Whether an MX host is this gateway (loop detection). */
   readonly isSelf?: (exchange: string, address: string) => boolean;
   readonly mtaSts?: Pick<MtaStsCache, "policyFor">;
-  /** Issue 10: told each route's per-recipient outcomes (deliveries, deferrals, bounces by route). */
+  /** Told each route's per-recipient outcomes (deliveries, deferrals, bounces by route). */
   readonly observer?: Pick<GatewayObserver, "delivery">;
 }
 
@@ -251,7 +251,7 @@ export async function deliverTo(
   switch (target.kind) {
     case "smtp":
     case "lmtp": {
-      // Issue 12: a smarthost's password is read at each attempt and goes no further than the login;
+      // A smarthost's password is read at each attempt and goes no further than the login;
       // when it cannot be read the mail waits (4xx) under a reason naming the route and the source.
       const login = route.auth ? await loadCredentials(route.auth) : undefined;
       if (login && !login.ok) {

@@ -38,7 +38,7 @@ export interface GatewayOptions {
   readonly listen?: string;
   /** Overrides `dns.servers` (`--dns`). */
   readonly dnsServers?: readonly string[];
-  /** Overrides `shadow:` (`--shadow`, issue 8): an absolute path to a candidate policy. */
+  /** Overrides `shadow:` (`--shadow`): an absolute path to a candidate policy. */
   readonly shadow?: string;
 }
 
@@ -58,7 +58,7 @@ type Role = ConnectionContext["role"];
 /**
  * `pipeline(stream, writer)` without its cost: Node 20's pipeline makes an AbortController per call
  * and aborts it when done, which builds a DOMException with a stack trace for every message (2 % of
- * the relay's CPU, issue 11). Same outcome: resolves when the writer has finished; rejects when
+ * the relay's CPU). Same outcome: resolves when the writer has finished; rejects when
  * either side fails or the client's stream closes before its end, and then destroys both.
  */
 async function receive(stream: Readable, writer: Writable): Promise<void> {
@@ -84,19 +84,19 @@ export class Gateway {
   /** The client each open connection counts against, by session id. */
   #clientOf = new Map<string, string>();
   #stopping = false;
-  /** Issue 6: the spool, delivery worker and next-hop connection pool, in both delivery modes. */
+  /** The spool, delivery worker and next-hop connection pool, in both delivery modes. */
   readonly queue: DeliveryQueue;
   /** Users of submission listeners (`server.auth`); loaded by listen(). */
   #auth: SubmissionAuth | null = null;
-  /** Issue 10: what sessions and deliveries report, plus DNS and spool numbers read when scraped. */
+  /** What sessions and deliveries report, plus DNS and spool numbers read when scraped. */
   readonly metrics: GatewayMetrics;
-  /** Issue 8: the transaction log and the shadow policy, following the policy across reloads. */
+  /** The transaction log and the shadow policy, following the policy across reloads. */
   readonly #rollout: Rollout;
 
   /** `--listen`/`--dns` from the command line: they hold for every policy version, reloads included. */
   readonly #overrides: GatewayOptions;
 
-  /** Issue 10: the queue's logger, at `observability.log.levels.queue` (set again on reload). */
+  /** The queue's logger, at `observability.log.levels.queue` (set again on reload). */
   readonly #queueLog: Logger;
 
   private constructor(runtime: Runtime, log: Logger, clock: Clock, overrides: GatewayOptions) {
@@ -107,8 +107,8 @@ export class Gateway {
     this.metrics = new GatewayMetrics({
       dns: () => this.#runtime.services.dns,
       queue: () => this.queue.spool,
-      auth: () => this.#auth, // issue 9: failed AUTH attempts
-      state: () => this.#runtime.services.state, // issue 5: store outages
+      auth: () => this.#auth, // failed AUTH attempts
+      state: () => this.#runtime.services.state, // store outages
       clock,
     });
     this.#queueLog = moduleLogger(log, "queue", runtime.config.observability.log.levels);
@@ -132,7 +132,7 @@ export class Gateway {
     });
     const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
     const gateway = new Gateway(runtime, log, clock, options);
-    await gateway.#rollout.apply(runtime); // issue 8
+    await gateway.#rollout.apply(runtime);
     return gateway;
   }
 
@@ -164,7 +164,7 @@ export class Gateway {
       this.#servers.push({ server, address: actual, role });
       this.log.info({ listen: formatHostPort(actual), role }, "listening");
     }
-    await this.queue.start(); // issue 6: opens the spool, resumes what it holds
+    await this.queue.start(); // opens the spool, resumes what it holds
     return this.addresses();
   }
 
@@ -172,7 +172,7 @@ export class Gateway {
     return this.#servers.map((s) => s.address);
   }
 
-  /** Issue 10 (/readyz): accepting connections, i.e. started and not stopping. */
+  /** For /readyz: accepting connections, i.e. started and not stopping. */
   get listening(): boolean {
     return this.#servers.length > 0 && !this.#stopping;
   }
@@ -188,19 +188,19 @@ export class Gateway {
         state: this.#runtime.services.state,
       },
     )
-      // Issue 8: a shadow candidate that does not load refuses the reload too (the old policy stays).
+      // A shadow candidate that does not load refuses the reload too (the old policy stays).
       .then(async (runtime) => {
         await this.#rollout.apply(runtime);
         return runtime;
       })
       .catch((error: unknown) => {
-        this.metrics.policyReload(false); // issue 10: a plugin refused its setup; the old policy stays
+        this.metrics.policyReload(false); // A plugin refused its setup; the old policy stays
         throw error;
       });
-    this.#queueLog.level = this.#runtime.config.observability.log.levels?.queue ?? this.log.level; // issue 10
+    this.#queueLog.level = this.#runtime.config.observability.log.levels?.queue ?? this.log.level;
     this.log.info({ policy: policy.file }, "policy reloaded");
-    this.metrics.policyReload(true); // issue 10
-    this.queue.reloaded(); // issue 6: pooled connections may follow old route settings
+    this.metrics.policyReload(true);
+    this.queue.reloaded(); // pooled connections may follow old route settings
   }
 
   /** Stops accepting, lets sessions in flight finish for up to graceMs, then closes them. */
@@ -216,9 +216,9 @@ export class Gateway {
           }),
       ),
     );
-    await this.queue.stop(); // issue 6: the worker ends its attempts, the spool is closed
+    await this.queue.stop(); // the worker ends its attempts, the spool is closed
     await this.#runtime.services.state.close();
-    this.#rollout.close(); // issue 8
+    this.#rollout.close();
     this.log.info("stopped");
   }
 
@@ -298,7 +298,7 @@ export class Gateway {
   }
 
   #refuseNow(decision: RefusingDecision, session: SMTPServerSession): never {
-    this.metrics.refused(decision); // issue 10
+    this.metrics.refused(decision);
     if (decision.kind === "disconnect") {
       for (const { server } of this.#servers) server.closeSession(session.id);
     }
@@ -354,8 +354,8 @@ export class Gateway {
       authUser: null,
       pregreet: this.#pregreetOf(smtp.id),
     });
-    const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id }); // issue 10
-    // Issue 8: the recorder of the policy version this connection runs under.
+    const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id });
+    // The recorder of the policy version this connection runs under.
     const session = new Session(
       runtime,
       connection,
@@ -366,11 +366,11 @@ export class Gateway {
       this.queue.verifier,
     );
     this.#sessions.set(smtp.id, session);
-    this.metrics.connectionOpened(connection); // issue 10; closed in #onClose or #rekey
+    this.metrics.connectionOpened(connection); // closed in #onClose or #rekey
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
     const decision = await session.connect();
     if (decision) {
-      this.metrics.refused(decision); // issue 10
+      this.metrics.refused(decision);
       throw new SmtpReply(decision.reply);
     }
   }
@@ -392,7 +392,7 @@ export class Gateway {
     this.#sessions.delete(smtp.id);
     previous.finish("aborted", null);
     this.#releaseClientSlot(smtp.id);
-    this.metrics.connectionClosed(previous.connection); // issue 10: #onConnect opens the forwarded client's
+    this.metrics.connectionClosed(previous.connection); // #onConnect opens the forwarded client's
     try {
       if (!this.#takeClientSlot(smtp.id, smtp.remoteAddress)) {
         this.#reportCut({ kind: "cut", reason: "per-client", id: smtp.id, remoteAddress: smtp.remoteAddress });
@@ -478,7 +478,7 @@ export class Gateway {
       // Smuggling attempts and header limits are refused before any data hook runs (core/hardening.ts).
       const refusal = messageRefusal(writer, message.headers.length, config.server);
       if (refusal) return refuse(refusal);
-      // Issue 6: a message that went around too often is a loop (554 5.4.6).
+      // A message that went around too often is a loop (554 5.4.6).
       const loop = tooManyHops(message.headers, config.delivery.maxReceived);
       if (loop) return refuse(loop);
       const decision = await session.data(message);
@@ -495,7 +495,7 @@ export class Gateway {
         recipient: tx.recipients.length === 1 ? tx.recipients[0].address : undefined,
         date: new Date(this.clock.now()),
       });
-      // Issue 6: stored (queue mode) or forwarded now (proxy mode); see core/queue/queue.ts.
+      // Stored (queue mode) or forwarded now (proxy mode); see core/queue/queue.ts.
       const delivery = await this.queue.handOff(tx, composeMessage(message, tx, received), session.runtime);
       const { reply } = delivery;
       session.finish(reply.code < 300 ? "accepted" : reply.code < 500 ? "deferred" : "rejected", null, {
@@ -560,7 +560,7 @@ export class Gateway {
     if (!session) return;
     this.#sessions.delete(smtp.id);
     session.finish("aborted", null);
-    this.metrics.connectionClosed(session.connection); // issue 10
+    this.metrics.connectionClosed(session.connection);
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
     const { plugins, services } = session.runtime;

@@ -19,7 +19,7 @@ export function createLogger(level: LogLevel, destination?: NodeJS.WritableStrea
 }
 
 /**
- * Issue 10: the modules whose level `observability.log.levels` can set apart from the global one.
+ * The modules whose level `observability.log.levels` can set apart from the global one.
  * `smtp`: listener and session lines (connect, auth, transaction summary, close); `queue`: the
  * spool and the delivery worker; `state`: the shared state store (Redis outages); `plugin:NAME`:
  * the logger a pipeline entry gets in its setup (NAME as written in the entry's `name:`/`plugin:`).

@@ -4,7 +4,7 @@
  *
  * mailauth 4.13 turns the key record into a key object on every signature it checks
  * (`createPublicKey`, a PEM export and a schema check: 8–10 % of the gateway's CPU under the edge
- * policy, issue 11) and offers no option to cache it. The parse is a pure function of the TXT
+ * policy) and offers no option to cache it. The parse is a pure function of the TXT
  * record, so it is memoized by the record's text; the record itself is still asked of the resolver
  * every time, so the DNS cache (and its TTLs) decides when a changed key is seen. The memo holds
  * key objects, so the signature check does not parse the PEM text again either.
@@ -123,7 +123,7 @@ function headerEnd(carry: readonly number[], chunk: Buffer): number {
 /**
  * mailauth's MessageParser finds the end of the header block one byte at a time, pushing each byte
  * onto an array and slicing it: ~30 µs and hundreds of small arrays per message, 15–25 % of a DKIM
- * check (issue 11). This does the same with `indexOf` and ends in the same state.
+ * check. This does the same with `indexOf` and ends in the same state.
  */
 async function processChunk(this: MessageParserState, chunk: Buffer): Promise<void> {
   if (!chunk?.length) return;

@@ -20,14 +20,14 @@ export interface MetricSources {
   readonly dns: () => DnsResolver;
   /** The open spool's messages; null while the spool is not open. */
   readonly queue: () => { entries(): readonly QueueEntry[]; readonly bytes: number } | null;
-  /** Issue 9: the submission AUTH checker (core/auth), null without `server.auth` or before listening. */
+  /** The submission AUTH checker (core/auth), null without `server.auth` or before listening. */
   readonly auth?: () => {
     readonly failed: number;
     /** AUTH attempts refused without a password check, by why (locked out, busy, store unavailable). */
     readonly refused: Readonly<Record<string, number>>;
   } | null;
   /**
-   * Issue 5: the shared state store; one that can fail (RedisStore) counts its failed operations
+   * The shared state store; one that can fail (RedisStore) counts its failed operations
    * in `failures`. The store lives as long as the gateway (reloads keep it).
    */
   readonly state?: () => object;
@@ -49,7 +49,7 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #hookErrors: Counter<"plugin" | "phase" | "error">;
   readonly #verdicts: Counter<"plugin" | "verdict">;
   readonly #ruleMatches: Counter<"rule" | "phase">;
-  /** Issue 8: matches of rules in `mode: observe`, which acted nowhere. */
+  /** Matches of rules in `mode: observe`, which acted nowhere. */
   readonly #ruleObserved: Counter<"rule" | "phase">;
   readonly #dnsblListings: Counter<"zone">;
   readonly #rateLimitHits: Counter<"phase" | "kind">;
@@ -192,7 +192,7 @@ export class GatewayMetrics implements GatewayObserver {
 
   /**
    * The labelled series of the two metrics every hook run touches, kept at hand: prom-client hashes
-   * a label object on every call (1 % of the gateway's CPU under the edge policy, issue 11).
+   * a label object on every call (1 % of the gateway's CPU under the edge policy).
    */
   readonly #hookTimers = new Map<string, { observe(seconds: number): void }>();
   readonly #verdictCounters = new Map<string, { inc(): void }>();
@@ -325,7 +325,7 @@ export class GatewayMetrics implements GatewayObserver {
         this.set(queue()?.bytes ?? 0);
       },
     });
-    // Issue 9: failed AUTH attempts (wrong user or password; attempts refused while locked out are not checked).
+    // Failed AUTH attempts (wrong user or password; attempts refused while locked out are not checked).
     const auth = this.sources.auth;
     new Counter({
       name: "portcullis_auth_failures_total",
@@ -346,7 +346,7 @@ export class GatewayMetrics implements GatewayObserver {
         for (const [reason, count] of Object.entries(auth?.()?.refused ?? {})) this.inc({ reason }, count);
       },
     });
-    // Issue 5: state store operations that failed (store unreachable or too slow); onStoreError applied.
+    // State store operations that failed (store unreachable or too slow); onStoreError applied.
     const state = this.sources.state;
     new Counter({
       name: "portcullis_state_store_errors_total",

@@ -89,7 +89,7 @@ class HookTimeout extends Error {}
 /**
  * Races a hook against its deadline; the hook's signal is aborted when the deadline passes. The
  * signal is made only when the hook asks for it: most hooks never do, and an AbortSignal per hook
- * run was 2 % of the gateway's CPU (issue 11).
+ * run was 2 % of the gateway's CPU.
  */
 async function runWithDeadline<T>(run: (signal: () => AbortSignal) => Promise<T>, timeoutMs: number): Promise<T> {
   let controller: AbortController | undefined;
@@ -118,7 +118,7 @@ async function runWithDeadline<T>(run: (signal: () => AbortSignal) => Promise<T>
 
 /**
  * What one hook run sees (HookContext). A class, so every run has the same shape: spreading the
- * services and the phase input into a new literal per run was 3 % of the gateway's CPU (issue 11).
+ * services and the phase input into a new literal per run was 3 % of the gateway's CPU.
  */
 class HookRun {
   readonly dns: Services["dns"];

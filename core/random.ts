@@ -1,6 +1,6 @@
 /**
  * Random identifiers drawn from a block of random bytes filled a few kilobytes at a time: a crypto
- * call per message and per connection showed in profiles (issue 11). The bytes are the same CSPRNG's.
+ * call per message and per connection showed in profiles. The bytes are the same CSPRNG's.
  */
 import { randomFillSync } from "node:crypto";
 

@@ -1,5 +1,5 @@
 /**
- * Replay (issue 8): what a candidate policy's rules would have answered to transactions recorded in
+ * Replay: what a candidate policy's rules would have answered to transactions recorded in
  * the transaction log (core/transaction-log.ts), and `portcullis replay`.
  *
  * What is re-evaluated, and what is not:

@@ -38,7 +38,7 @@ export interface RouteConfig {
   readonly connections?: number;
   /** Local address outgoing connections are bound to. */
   readonly sourceAddress?: string;
-  /** Issue 12: AUTH at a smarthost; where the password is, not the password. */
+  /** AUTH at a smarthost; where the password is, not the password. */
   readonly auth?: SmarthostAuth;
   /** `rcpt`: recipients of relay domains routed here are asked of its next hop before they are accepted. */
   readonly verify?: "rcpt";
@@ -53,7 +53,7 @@ export interface RouteSpec {
   readonly tls?: RouteTlsConfig;
   readonly connections?: number;
   readonly sourceAddress?: string;
-  /** Issue 12: safe to store in the spool, it holds no secret. */
+  /** Safe to store in the spool, it holds no secret. */
   readonly auth?: SmarthostAuth;
 }
 
@@ -129,7 +129,7 @@ function compileMatch(match: RouteMatchConfig | undefined): RouteTest[] {
 }
 
 function routeSpec(route: RouteConfig): RouteSpec {
-  // Issue 12: a password never travels in clear text, so a smarthost route without `tls` requires it.
+  // A password never travels in clear text, so a smarthost route without `tls` requires it.
   const tls =
     typeof route.tls === "string"
       ? { mode: route.tls }
@@ -155,7 +155,7 @@ export function routeKey(route: RouteSpec): string {
     route.tls ?? null,
     route.connections ?? null,
     route.sourceAddress ?? null,
-    route.auth ?? null, // issue 12
+    route.auth ?? null,
   ]);
 }
 

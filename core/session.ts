@@ -58,7 +58,7 @@ export function connectionContext(
 
 /**
  * A connection's context as a class with a fixed shape: every hook, rule and template reads it,
- * and the literal with a spread and a getter it replaces was slow to build and to read (issue 11).
+ * and the literal with a spread and a getter it replaces was slow to build and to read.
  */
 class OpenConnection implements ConnectionContext {
   readonly id: string;
@@ -121,9 +121,9 @@ export class Session {
     readonly connection: ConnectionContext,
     readonly log: Logger,
     private readonly clock: Clock,
-    /** Issue 10: the gateway's metrics; engines without a gateway count nothing. */
+    /** The gateway's metrics; engines without a gateway count nothing. */
     private readonly observer: GatewayObserver = NO_OBSERVER,
-    /** Issue 8: records each phase for the transaction log and the shadow policy; null records nothing. */
+    /** Records each phase for the transaction log and the shadow policy; null records nothing. */
     private readonly recorder: SessionRecorder | null = null,
     /** Asks next hops about recipients of routes with `verify: rcpt`. */
     private readonly verifier: RecipientVerifier = NO_VERIFIER,
@@ -156,7 +156,7 @@ export class Session {
     const services = this.#transaction?.services ?? this.#services;
     const rules = this.#transaction?.rules ?? this.#connectionRules;
     const from = trace.length;
-    // Issue 8: what this phase's hooks find is recorded apart from what its rules then do (core/transaction-log.ts).
+    // What this phase's hooks find is recorded apart from what its rules then do (core/transaction-log.ts).
     const step = this.recorder?.step(phase, input, this.runtime.plugins, rules.skip);
     const decision = await runPhase(phase, this.runtime.plugins, input, services, trace, rules.skip);
     step?.hooksRan();
@@ -166,7 +166,7 @@ export class Session {
         ? decision
         : await applyRules(this.runtime.rules, phase, input, rules, services, trace);
     const ran = trace.slice(from);
-    // Issue 10: this phase's hook timings, verdicts and rule matches, for the metrics.
+    // This phase's hook timings, verdicts and rule matches, for the metrics.
     this.observer.phase(phase, ran, input.transaction?.facts ?? input.connection.facts);
     step?.end(final, ran);
     return final;
@@ -346,7 +346,7 @@ export class Session {
     this.#transaction = null;
     const { context } = tx;
     const reply = delivery?.reply ?? decision?.reply ?? null;
-    // Issue 10: the field set is documented (TransactionSummary, docs/operations.md) and counted.
+    // The field set is documented (TransactionSummary, docs/operations.md) and counted.
     const summary: TransactionSummary = {
       event: "transaction",
       client: { ip: this.connection.client.ip, name: this.connection.verifiedName },
@@ -369,6 +369,6 @@ export class Session {
     };
     tx.services.log.info(summary, "transaction");
     this.observer.transaction(summary);
-    this.recorder?.finish(context, summary, tx.services.log); // issue 8
+    this.recorder?.finish(context, summary, tx.services.log);
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Safe roll-out at run time (issue 8): the transaction log and the shadow policy.
+ * Safe roll-out at run time: the transaction log and the shadow policy.
  *
  * `shadow: FILE` (or `portcullis start --shadow FILE`) names a candidate policy whose rules are
  * evaluated on every finished transaction, over the same recorded findings replay uses

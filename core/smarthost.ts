@@ -1,5 +1,5 @@
 /**
- * Smarthost routes (issue 12): submission to an upstream provider (587 with STARTTLS, or 465 with
+ * Smarthost routes: submission to an upstream provider (587 with STARTTLS, or 465 with
  * implicit TLS) with AUTH PLAIN/LOGIN, for networks whose outbound port 25 is blocked.
  *
  * The policy names where the password is (a file or an environment variable), never the password

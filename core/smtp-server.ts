@@ -462,7 +462,7 @@ export class GatewaySMTPServer extends SMTPServer {
   ): void {
     if (!this._expectsProxyHeader(socket)) {
       // smtp-server's own version, with the session id from a pooled block of random bytes instead
-      // of a crypto call and a BigInt conversion per connection (issue 11); same id form.
+      // of a crypto call and a BigInt conversion per connection; same id form.
       const ignore = this.options.ignoredHosts?.includes(socket.remoteAddress ?? "") ?? false;
       setImmediate(() => callback(null, { id: sessionId(), ignore }));
       return;

@@ -1,5 +1,5 @@
 /**
- * The transaction log (issue 8): one JSON line per transaction with everything the policy's rules
+ * The transaction log: one JSON line per transaction with everything the policy's rules
  * can test, step by step, so that `portcullis replay` and the shadow policy can evaluate other rules
  * over the same findings without DNS or any other lookup.
  *

@@ -45,7 +45,7 @@ export interface SmtpEnvelope {
   };
 }
 
-/** Issue 12: "implicit" is TLS from the first byte (port 465 submission), the others use STARTTLS. */
+/** "implicit" is TLS from the first byte (port 465 submission), the others use STARTTLS. */
 export type TlsMode = "none" | "opportunistic" | "required" | "implicit";
 
 export interface SmtpDeliveryOptions {
@@ -66,7 +66,7 @@ export interface SmtpDeliveryOptions {
   readonly pool?: ConnectionPool;
   /** Most connections to this next hop at once (the pool's default when unset). */
   readonly connectionLimit?: number;
-  /** Issue 12: AUTH (PLAIN/LOGIN, whichever the server offers) after EHLO; needs tls required or implicit. */
+  /** AUTH (PLAIN/LOGIN, whichever the server offers) after EHLO; needs tls required or implicit. */
   readonly auth?: SmarthostCredentials;
 }
 
@@ -97,7 +97,7 @@ export async function deliverSmtp(
   }
   const deadline = Date.now() + options.timeoutMs;
   const mode = options.tls ?? "opportunistic";
-  // Issue 12: the policy schema refuses this too; a password must never go out unencrypted.
+  // The policy schema refuses this too; a password must never go out unencrypted.
   if (options.auth && mode !== "required" && mode !== "implicit")
     throw new TypeError(`deliverSmtp: AUTH needs tls "required" or "implicit", not "${mode}"`);
   try {
@@ -115,7 +115,7 @@ export async function deliverSmtp(
 
 /**
  * What a delivery attempt sends, made anew for each attempt. A Buffer when the bytes are in memory:
- * nodemailer writes it at once, where a stream costs a pipe per message (issue 11).
+ * nodemailer writes it at once, where a stream costs a pipe per message.
  */
 export type MessageSource = () => Readable | Buffer;
 
@@ -152,7 +152,7 @@ function poolKey(target: SmtpTarget, options: SmtpDeliveryOptions, mode: TlsMode
     options.localAddress ?? null,
     options.name,
     options.ca ? String(options.ca).length : 0,
-    options.auth?.user ?? null, // issue 12: a connection is logged in as this user
+    options.auth?.user ?? null, // A connection is logged in as this user
   ]);
 }
 
@@ -249,7 +249,7 @@ async function attempt(
  * RSET clears an envelope a refusal left open on the server (a refused MAIL or every RCPT refused);
  * only a connection that answered it goes back to the pool. After the reply to the end of data the
  * server has cleared the transaction itself (RFC 5321 §4.1.1.4), so no RSET is sent then: it was a
- * write, a read and a reply parse per message (issue 11). A pooled connection that died meanwhile
+ * write, a read and a reply parse per message. A pooled connection that died meanwhile
  * is caught at its next use, which then goes to a fresh connection (`attempt`).
  */
 function resetThenRelease(pool: ConnectionPool, lease: Lease, link: Link): void {
@@ -286,7 +286,7 @@ function open(
       lmtp: target.lmtp === true,
       ignoreTLS: mode === "none",
       requireTLS: mode === "required",
-      // Issue 12: undefined keeps nodemailer's own default (implicit TLS on port 465).
+      // Undefined keeps nodemailer's own default (implicit TLS on port 465).
       secure: mode === "implicit" ? true : undefined,
       opportunisticTLS: mode === "opportunistic",
       servername: c.servername,
@@ -338,7 +338,7 @@ function open(
       if (error) return fail(`Cannot connect to ${c.nextHop}: ${describeError(error as ConnectionError)}`);
       if (settled) return;
       if (!options.auth) return opened();
-      // Issue 12: a refused login defers (the operator can fix the credentials; nothing bounces).
+      // A refused login defers (the operator can fix the credentials; nothing bounces).
       // The reason names the user and the next hop; nodemailer's error text carries only the reply.
       const { user } = options.auth;
       link.conn.login(options.auth, (authError) => {

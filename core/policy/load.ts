@@ -532,13 +532,13 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
     server: {
       ...server,
       ...(server.tls ? { tls: { cert: resolve(dir, server.tls.cert), key: resolve(dir, server.tls.key) } } : {}),
-      // The users file of submission listeners (issue 9).
+      // The users file of submission listeners.
       ...(server.auth ? { auth: { ...server.auth, users: resolve(dir, server.auth.users) } } : {}),
     },
-    // `to` may be a list of targets since issue 6; only maildir targets hold paths.
+    // `to` may be a list of targets; only maildir targets hold paths.
     routes: config.routes.map((route) => {
       const anchor = (to: string) => (to.startsWith("maildir:") ? `maildir:${resolve(dir, to.slice(8))}` : to);
-      // Issue 12: a smarthost's password file.
+      // A smarthost's password file.
       const auth = route.auth?.passwordFile
         ? { ...route.auth, passwordFile: resolve(dir, route.auth.passwordFile) }
         : route.auth;
@@ -555,7 +555,7 @@ function resolvePaths(config: PolicyConfig, dir: string): PolicyConfig {
     observability: observability.transactionLog
       ? {
           ...observability,
-          // Issue 8: keeps the rotation and privacy settings next to the anchored path.
+          // Keeps the rotation and privacy settings next to the anchored path.
           transactionLog: { ...observability.transactionLog, path: resolve(dir, observability.transactionLog.path) },
         }
       : observability,

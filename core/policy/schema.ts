@@ -141,7 +141,7 @@ const Limits = z.strictObject({
   dataTimeout: Duration.prefault("10m").describe('deadline for receiving a whole message after DATA, e.g. "10m"'),
   maxHeaderSize: Size.prefault("64KiB").describe('largest header section accepted, e.g. "64KiB"'),
   maxHeaderCount: z.int().positive().default(1000).describe("most header fields accepted in one message"),
-  // Protocol hardening (issue 9): bounds on what a client may send outside DATA.
+  // Protocol hardening: bounds on what a client may send outside DATA.
   maxCommandLength: z
     .int()
     .min(512)
@@ -275,7 +275,7 @@ const Server = z
           "a next hop may split or cut it, which breaks DKIM signatures and can turn the rest of a header line into a new field)",
       ),
     auth: Auth.optional().describe("AUTH PLAIN/LOGIN on submission listeners, after TLS only"),
-    // Issue 10: multi-core (core/workers.ts).
+    // Multi-core (core/workers.ts).
     workers: z
       .union([z.literal("auto"), z.number().int().min(1).max(256)])
       .default(1)
@@ -427,7 +427,7 @@ const RouteMatch = z.strictObject({
     .optional()
     .describe('sender domain(s), exact and case-insensitive; "*.example.test" for subdomains'),
   clientNetwork: oneOrMany(Network).optional().describe("client address(es) or CIDR network(s)"),
-  // Issue 6: more route conditions (core/routes.ts compiles them).
+  // More route conditions (core/routes.ts compiles them).
   recipient: oneOrMany(z.string().min(1))
     .optional()
     .describe('recipient address(es); "*" matches any characters, e.g. "postmaster@*" or "*+bulk@example.test"'),
@@ -439,8 +439,8 @@ const RouteMatch = z.strictObject({
     .describe("tag(s) a hook or rule set on the transaction; any one matches"),
 });
 
-// Issue 6: per-route outbound TLS, connection limit and source address; `to` may list hosts.
-// Issue 12: "implicit" is TLS from the first byte (port 465 smarthosts).
+// Per-route outbound TLS, connection limit and source address; `to` may list hosts.
+// "implicit" is TLS from the first byte (port 465 smarthosts).
 const RouteTls = z.enum(["none", "opportunistic", "required", "implicit"]);
 
 const Route = z
@@ -477,7 +477,7 @@ const Route = z
       .refine((text) => isIP(text) !== 0, { error: "expected an IP address of this host" })
       .optional()
       .describe("local IP address outgoing connections of this route are made from"),
-    // Issue 12: smarthost AUTH; the policy names where the password is, never the password (core/smarthost.ts).
+    // Smarthost AUTH; the policy names where the password is, never the password (core/smarthost.ts).
     auth: SmarthostAuthSchema.optional().describe(
       "log in to the next hop (a smarthost) with AUTH PLAIN/LOGIN; needs smtp:// targets and tls required or implicit",
     ),
@@ -523,7 +523,7 @@ const Delivery = z.strictObject({
     .prefault({})
     .describe("retry schedule for deferred deliveries (queue mode)"),
   timeout: Duration.prefault("5m").describe('deadline for one attempt at the next hop, e.g. "5m"'),
-  // Issue 6: MX port for labs and tests, loop limit, spool limit, MTA-STS.
+  // MX port for labs and tests, loop limit, spool limit, MTA-STS.
   mxPort: z
     .int()
     .min(1)
@@ -576,7 +576,7 @@ const Observability = z.strictObject({
         .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
         .default("info")
         .describe("least severe level written (JSON lines on stdout)"),
-      // Issue 10: per-module levels (core/log.ts moduleLogger).
+      // Per-module levels (core/log.ts moduleLogger).
       levels: z
         .record(
           z.string().regex(/^(smtp|queue|state|plugin:.+)$/),
@@ -601,7 +601,7 @@ const Observability = z.strictObject({
   transactionLog: z
     .strictObject({
       path: z.string().min(1).describe("JSON-lines file, relative to the policy file"),
-      // Issue 8: rotation and privacy (core/transaction-log.ts).
+      // Rotation and privacy (core/transaction-log.ts).
       maxSize: Size.prefault("100MB").describe(
         'a line that would grow the file past this starts a new file, e.g. "100MB"',
       ),
@@ -633,7 +633,7 @@ export const PolicySchema = z
     relay: Relay.prefault({}).describe("who may send to which recipients (keeps the gateway from being an open relay)"),
     hooks: Hooks.prefault({}).describe("defaults for every pipeline entry"),
     pipeline: z.array(PipelineEntry).default([]).describe("the plugins to run, in this order"),
-    // Rules (issue 7): conditions over findings and their actions; the grammar lives in core/rules.
+    // Rules: conditions over findings and their actions; the grammar lives in core/rules.
     rules: rulesSchema({ routeTarget: RouteTarget }),
     routes: z
       .array(Route)
@@ -641,7 +641,7 @@ export const PolicySchema = z
       .describe('next-hop overrides, first match wins (default: [{ to: "mx" }])'),
     delivery: Delivery.prefault({}).describe("how accepted mail reaches the next hop"),
     observability: Observability.prefault({}).describe("logs, metrics and the transaction log"),
-    // Issue 8: a candidate policy evaluated beside this one (core/shadow.ts).
+    // A candidate policy evaluated beside this one (core/shadow.ts).
     shadow: z
       .string()
       .min(1)

@@ -47,7 +47,7 @@ export interface QueueDependencies {
   /** Where this gateway listens: an MX pointing at one of these is a loop. */
   readonly listeners: () => readonly HostPort[];
   readonly random?: () => number;
-  /** Issue 10: the gateway's metrics, told every delivery attempt's outcomes. */
+  /** The gateway's metrics, told every delivery attempt's outcomes. */
   readonly observer?: GatewayObserver;
 }
 

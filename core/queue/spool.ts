@@ -269,7 +269,7 @@ export class Spool {
   readonly #commit = new GroupCommit();
   /**
    * The stored bytes of messages not yet tried. The first attempt usually follows the store at once,
-   * and reading them here spares it opening the segment file again (issue 11: an open, a read and a
+   * and reading them here spares it opening the segment file again (an open, a read and a
    * close per message). A message leaves this at its first update or completion; large bodies never
    * enter it.
    */

@@ -19,7 +19,7 @@ interface SigningKey {
   readonly pem: string;
 }
 
-/** Reads and type-checks a key file; also used by `portcullis doctor` (issue 12) to compare it with DNS. */
+/** Reads and type-checks a key file; also used by `portcullis doctor` to compare it with DNS. */
 export async function loadKey(
   entry: { domain: string; selector: string; key: string },
   dir: string,

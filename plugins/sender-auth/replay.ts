@@ -5,7 +5,7 @@
  * again (from the shared DNS cache, so TTLs still decide freshness) and, when every answer is the
  * same, takes the kept result instead of evaluating again: mailauth's SPF and DMARC evaluations
  * (domain validation, CIDR and public-suffix parsing, header formatting) were 4–5 % of the
- * gateway's CPU under the edge policy (issue 11); a cached lookup costs microseconds. A result that
+ * gateway's CPU under the edge policy; a cached lookup costs microseconds. A result that
  * saw a DNS failure (anything but "no such name" / "no data") is never kept.
  */
 import { LRUCache } from "lru-cache";

@@ -1,6 +1,6 @@
 /**
  * The two gateway policies the benchmark runs: (b) a plain relay, and (c) the full edge policy of
- * issue 11, built from whatever exists in the tree today. Plugins and queue mode are being written
+ * Built from whatever exists in the tree today. Plugins and queue mode are being written
  * while this benchmark already runs, so (c) takes each part that is present, leaves out what is not,
  * and says which is which.
  */

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- options]`: the side-by-side relay benchmark of issue 11. See test/bench/README.md.
+ * `npm run bench [-- options]`: the side-by-side relay benchmark. See test/bench/README.md.
  */
 import { parseArgs } from "node:util";
 import { type BenchOptions, CONFIGS, type ConfigName, formatBench, runBench } from "./bench.js";

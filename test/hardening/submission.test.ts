@@ -147,7 +147,7 @@ routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
     await client.quit();
     const failures = gw.logs.filter((line) => line.event === "auth" && line.ok === false);
     assert.equal(failures.length, 4);
-    // Issue 9: counted for /metrics too; the locked-out attempt was refused unchecked, so not a failure.
+    // Counted for /metrics too; the locked-out attempt was refused unchecked, so not a failure.
     const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
     try {
       const metrics = await scrape(`http://127.0.0.1:${ops.address.port}`);

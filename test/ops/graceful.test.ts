@@ -1,5 +1,5 @@
 /**
- * Acceptance (issue 10): SIGTERM during a load stops accepting, lets the transactions in flight
+ * Acceptance: SIGTERM during a load stops accepting, lets the transactions in flight
  * finish, exits 0, and loses no acknowledged message (a second gateway on the same spool delivers
  * every one); a second SIGTERM exits at once although a client still holds a transaction open and
  * the grace period of the first has long to run.

@@ -1,5 +1,5 @@
 /**
- * Issue 10, through a real gateway: per-module log levels (`observability.log.levels`), the exact
+ * Through a real gateway: per-module log levels (`observability.log.levels`), the exact
  * field set of the transaction summary line, and message bodies never reaching the log, even at
  * debug level.
  */

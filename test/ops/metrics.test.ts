@@ -1,5 +1,5 @@
 /**
- * Acceptance (issue 10): a known mix of traffic through the wire — accepted and delivered,
+ * Acceptance: a known mix of traffic through the wire — accepted and delivered,
  * rejected by a rule, rejected by a DNSBL listing, deferred by a rule — then /metrics scraped over
  * HTTP: every counter matches the mix exactly. Then the gauges read at scrape time: the bytes the
  * spool holds for a deferred message, and a DNS query held unanswered.

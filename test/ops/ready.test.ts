@@ -1,5 +1,5 @@
 /**
- * Acceptance (issue 10): /readyz turns unready when the spool cannot be written or Redis is down,
+ * Acceptance: /readyz turns unready when the spool cannot be written or Redis is down,
  * and ready again after; a stopping gateway is unready. /healthz stays 200 throughout.
  */
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * Acceptance (issue 10): with `server.workers: 2`, N messages are each delivered exactly once, and
+ * Acceptance: with `server.workers: 2`, N messages are each delivered exactly once, and
  * killing a worker while it holds queued messages does not strand them: its replacement resumes
  * its spool. The supervisor's /metrics sums the workers and /readyz asks each of them.
  */

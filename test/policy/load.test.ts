@@ -119,7 +119,7 @@ test("a policy setting every key comes out as written, normalised and with absol
       spool: join(fixtures, "var/spool"),
       retry: { schedule: [30_000, 120_000], maxAge: 86_400_000 },
       timeout: 90_000,
-      // issue 6
+
       mxPort: 2525,
       maxReceived: 50,
       spoolLimit: 1_000_000_000,
@@ -127,13 +127,13 @@ test("a policy setting every key comes out as written, normalised and with absol
       bounces: { suppressSuspect: false, unauthenticated: "full" },
     },
     observability: {
-      // Issue 10: per-module levels.
+      // Per-module levels.
       log: {
         level: "debug",
         levels: { smtp: "info", queue: "trace", state: "warn", "plugin:./plugins/check.ts": "error" },
       },
       metrics: "127.0.0.1:9464",
-      // Issue 8: rotation and privacy defaults.
+      // Rotation and privacy defaults.
       transactionLog: {
         path: join(fixtures, "var/log/transactions.jsonl"),
         maxSize: 100_000_000,
@@ -213,7 +213,7 @@ test("a minimal policy gets every default", async () => {
     spool: "/srv/portcullis/var/spool",
     retry: { schedule: [60_000, 300_000, 900_000, 3_600_000, 14_400_000], maxAge: 5 * 86_400_000 },
     timeout: 300_000,
-    // issue 6
+
     mxPort: 25,
     maxReceived: 100,
     spoolLimit: 10_000_000_000,
@@ -279,7 +279,7 @@ test("policyJsonSchema describes every key and accepts durations and sizes as te
   const idleTimeout = (serverKeys.limits as { properties: Record<string, { anyOf?: Array<{ type?: string }> }> })
     .properties.idleTimeout;
   assert.ok(idleTimeout.anyOf?.some((alternative) => alternative.type === "string"));
-  // `rules:` arrived with issue 7; its keys are described like every other (walked above).
+  // `rules:` keys are described like every other (walked above).
   assert.match(String((properties.rules as { description?: string }).description), /evaluated in order/);
 });
 

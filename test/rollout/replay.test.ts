@@ -1,5 +1,5 @@
 /**
- * Replay fidelity (issue 8): traffic through a policy that uses every kind of thing rules depend on
+ * Replay fidelity: traffic through a policy that uses every kind of thing rules depend on
  * — a connect-phase accept, points from a finding and from rules, an observe-mode rule, a
  * per-recipient refusal, tags set by one rule and tested by another, a quarantine, a score threshold
  * at DATA — is recorded, and replayed. Under the same policy every outcome comes back; under a

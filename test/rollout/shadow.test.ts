@@ -1,5 +1,5 @@
 /**
- * Acceptance (issue 8), through the wire: a live policy with a shadow candidate and a transaction
+ * Acceptance, through the wire: a live policy with a shadow candidate and a transaction
  * log. Live answers follow the live policy only; the candidate's differences are logged and counted
  * exactly; an observe-mode rule acts nowhere and is counted. Then the recorded log is replayed
  * (asking the DNS server nothing): under the live policy every outcome is reproduced, under the candidate

@@ -1,5 +1,5 @@
 /**
- * The transaction log file (issue 8): rotation by size and by the age of the first record (on an
+ * The transaction log file: rotation by size and by the age of the first record (on an
  * injected clock), the number of rotated files kept, reopening an existing file, and hashed local
  * parts that still replay domain rules.
  */

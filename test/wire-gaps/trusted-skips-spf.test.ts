@@ -1,5 +1,5 @@
 /**
- * Issue 4's default: authenticated clients (like relay.networks clients) skip SPF enforcement. One
+ * the default: authenticated clients (like relay.networks clients) skip SPF enforcement. One
  * gateway, two listeners: the same sender whose SPF fails everywhere is refused on the MX listener
  * and accepted from the authenticated user on the submission listener, where SPF is still recorded.
  */
