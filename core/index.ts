@@ -20,11 +20,11 @@ export type {
   TransactionContext,
   Verdict,
   VerdictDefault,
-} from "./api.js";
-export { definePlugin, PHASES, verdict } from "./api.js";
+} from "./contract/api.js";
+export { definePlugin, PHASES, verdict } from "./contract/api.js";
+export type { DecidedBy, Decision, Reply } from "./contract/decision.js";
+export { parseReply } from "./contract/decision.js";
+export type { DnsResolver, MxRecord } from "./dns/resolver.js";
+export type { StateStore } from "./state/create.js";
 /** Text a client controlled, made safe for a header field or a reply line we write. */
-export { oneLine } from "./client-text.js";
-export type { DecidedBy, Decision, Reply } from "./decision.js";
-export { parseReply } from "./decision.js";
-export type { DnsResolver, MxRecord } from "./dns.js";
-export type { StateStore } from "./state.js";
+export { oneLine } from "./toolkit/client-text.js";

@@ -6,7 +6,7 @@
  * @example
  * fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
  */
-import type { PluginDefinition } from "../core/api.js";
+import type { PluginDefinition } from "../core/contract/api.js";
 
 export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({
   arc: () => import("./arc/index.js").then((module) => module.default),

@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "node:tls";
 import { parseArgs } from "node:util";
-import { hashPassword } from "../core/auth/users.js";
+import { hashPassword } from "../core/smtp/auth/users.js";
 import { startNextHop } from "../test/fixtures/next-hop.js";
 import { SmtpTestClient } from "../test/fixtures/smtp-client.js";
 import { testCertificate } from "../test/fixtures/tls.js";

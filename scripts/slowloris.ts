@@ -15,9 +15,9 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
-import { Gateway } from "../core/gateway.js";
-import { createLogger } from "../core/log.js";
+import { createLogger } from "../core/observability/log.js";
 import { loadPolicy } from "../core/policy/load.js";
+import { Gateway } from "../core/smtp/gateway.js";
 import { SmtpTestClient } from "../test/fixtures/smtp-client.js";
 
 const { values } = parseArgs({

@@ -11,7 +11,7 @@ import { constants, type FileHandle, mkdir, open, rename, unlink } from "node:fs
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { headerFieldBytes, oneLine } from "../client-text.js";
+import { headerFieldBytes, oneLine } from "../toolkit/client-text.js";
 import { type DeliveryResult, sameForAll } from "./result.js";
 
 export interface MaildirEnvelope {

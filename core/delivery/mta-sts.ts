@@ -10,8 +10,8 @@
  */
 import { request as httpsRequest } from "node:https";
 import { isIP } from "node:net";
-import type { Clock } from "../api.js";
-import type { DnsResolver } from "../dns.js";
+import type { Clock } from "../contract/api.js";
+import type { DnsResolver } from "../dns/resolver.js";
 
 export interface MtaStsPolicy {
   readonly mode: "enforce" | "testing" | "none";

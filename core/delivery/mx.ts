@@ -3,8 +3,8 @@
  * `resolveMxHosts` is pure logic over the resolver's answers (tested with a fake resolver);
  * `deliverMx` walks the plan with `deliverSmtp`.
  */
-import type { Reply } from "../decision.js";
-import type { DnsResolver } from "../dns.js";
+import type { Reply } from "../contract/decision.js";
+import type { DnsResolver } from "../dns/resolver.js";
 import { type MtaStsCache, mxMatches } from "./mta-sts.js";
 import { type DeliveryResult, sameForAll } from "./result.js";
 import { deliverSmtp, type MessageSource, type SmtpDeliveryOptions, type SmtpEnvelope } from "./smtp.js";

@@ -4,7 +4,7 @@
  * written: no CR/LF, no comment or `;` delimiters, bounded length — header injection is impossible.
  */
 import { isIP } from "node:net";
-import { normalizeIp } from "../netaddr.js";
+import { normalizeIp } from "../toolkit/netaddr.js";
 
 export type ReceivedProtocol = "SMTP" | "ESMTP" | "ESMTPS" | "ESMTPA" | "ESMTPSA" | "LMTP";
 

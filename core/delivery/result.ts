@@ -2,8 +2,9 @@
  * What a delivery attempt says about each recipient. Every route (SMTP, LMTP, MX, Maildir) answers
  * with this shape, so retry, bounce and the DATA reply logic never look at transport details.
  */
-import { oneLine } from "../client-text.js";
-import type { Reply } from "../decision.js";
+
+import type { Reply } from "../contract/decision.js";
+import { oneLine } from "../toolkit/client-text.js";
 
 export type DeliveryStatus = "delivered" | "deferred" | "failed";
 

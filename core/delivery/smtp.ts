@@ -16,12 +16,12 @@ import SMTPConnection, {
   type SMTPConnectionSendInfo,
   type SMTPEnvelope,
 } from "nodemailer/lib/smtp-connection";
-import { oneLine } from "../client-text.js";
-import type { Reply } from "../decision.js";
-import { formatHostPort } from "../netaddr.js";
-import type { SmarthostCredentials } from "../smarthost.js";
+import type { Reply } from "../contract/decision.js";
+import { oneLine } from "../toolkit/client-text.js";
+import { formatHostPort } from "../toolkit/netaddr.js";
 import { type ConnectionPool, type Lease, Link } from "./pool.js";
 import { type DeliveryResult, nextHopReply, outcome, type RecipientOutcome } from "./result.js";
+import type { SmarthostCredentials } from "./smarthost.js";
 
 export interface SmtpTarget {
   /** An IP address, or a hostname that nodemailer then resolves with the system resolver. */

@@ -4,7 +4,7 @@
  */
 import { isIP } from "node:net";
 import { isAbsolute } from "node:path";
-import { formatHostPort } from "../netaddr.js";
+import { formatHostPort } from "../toolkit/netaddr.js";
 
 export type RouteTarget =
   /** A fixed next hop speaking SMTP (a smarthost or an internal server). */

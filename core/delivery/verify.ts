@@ -8,10 +8,10 @@
  * the shorter `negativeTtl` (a new mailbox should not stay refused for long). Having no answer —
  * next hop down, 4xx, timeout — is never cached and never accepts: the client hears 4xx and retries.
  */
-import type { Clock } from "../api.js";
-import type { Reply } from "../decision.js";
-import { type RouteSpec, routeKey } from "../routes.js";
+import type { Clock } from "../contract/api.js";
+import type { Reply } from "../contract/decision.js";
 import type { ConnectionPool } from "./pool.js";
+import { type RouteSpec, routeKey } from "./routes.js";
 import { probeRecipient } from "./smtp.js";
 import { parseRouteTarget } from "./target.js";
 

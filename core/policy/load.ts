@@ -9,10 +9,10 @@ import { pathToFileURL } from "node:url";
 import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
 import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
-import type { PluginDefinition, VerdictDefault } from "../api.js";
-import { type ListItem, resolveListFiles } from "../lists.js";
-import { resolveRules } from "../rules/resolve.js";
-import type { Action } from "./actions.js";
+import type { Action } from "../contract/actions.js";
+import type { PluginDefinition, VerdictDefault } from "../contract/api.js";
+import { type ListItem, resolveListFiles } from "./lists.js";
+import { resolveRules } from "./rules/resolve.js";
 import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
 
 export interface Problem {

@@ -8,13 +8,13 @@
 import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { z } from "zod";
-import { asciiDomain } from "../address.js";
-import { ListOption } from "../lists.js";
-import { formatHostPort, parseCidr, parseHostPort } from "../netaddr.js";
-import { rulesSchema } from "../rules/schema.js";
-import { SmarthostAuthSchema, smarthostRouteProblems } from "../smarthost.js";
-import { Duration, Size } from "../units.js";
-import { ActionSchema } from "./actions.js";
+import { ActionSchema } from "../contract/actions.js";
+import { SmarthostAuthSchema, smarthostRouteProblems } from "../delivery/smarthost.js";
+import { asciiDomain } from "../toolkit/address.js";
+import { formatHostPort, parseCidr, parseHostPort } from "../toolkit/netaddr.js";
+import { Duration, Size } from "../toolkit/units.js";
+import { ListOption } from "./lists.js";
+import { rulesSchema } from "./rules/schema.js";
 
 /** What `proxyProtocol: true` trusts: only a load balancer on this host may claim another client address. */
 export const LOOPBACK_NETWORKS: readonly string[] = ["127.0.0.0/8", "::1"];
@@ -275,7 +275,7 @@ const Server = z
           "a next hop may split or cut it, which breaks DKIM signatures and can turn the rest of a header line into a new field)",
       ),
     auth: Auth.optional().describe("AUTH PLAIN/LOGIN on submission listeners, after TLS only"),
-    // Multi-core (core/workers.ts).
+    // Multi-core (app/workers.ts).
     workers: z
       .union([z.literal("auto"), z.number().int().min(1).max(256)])
       .default(1)
@@ -427,7 +427,7 @@ const RouteMatch = z.strictObject({
     .optional()
     .describe('sender domain(s), exact and case-insensitive; "*.example.test" for subdomains'),
   clientNetwork: oneOrMany(Network).optional().describe("client address(es) or CIDR network(s)"),
-  // More route conditions (core/routes.ts compiles them).
+  // More route conditions (core/delivery/routes.ts compiles them).
   recipient: oneOrMany(z.string().min(1))
     .optional()
     .describe('recipient address(es); "*" matches any characters, e.g. "postmaster@*" or "*+bulk@example.test"'),
@@ -477,7 +477,7 @@ const Route = z
       .refine((text) => isIP(text) !== 0, { error: "expected an IP address of this host" })
       .optional()
       .describe("local IP address outgoing connections of this route are made from"),
-    // Smarthost AUTH; the policy names where the password is, never the password (core/smarthost.ts).
+    // Smarthost AUTH; the policy names where the password is, never the password (core/delivery/smarthost.ts).
     auth: SmarthostAuthSchema.optional().describe(
       "log in to the next hop (a smarthost) with AUTH PLAIN/LOGIN; needs smtp:// targets and tls required or implicit",
     ),
@@ -576,7 +576,7 @@ const Observability = z.strictObject({
         .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])
         .default("info")
         .describe("least severe level written (JSON lines on stdout)"),
-      // Per-module levels (core/log.ts moduleLogger).
+      // Per-module levels (core/observability/log.ts moduleLogger).
       levels: z
         .record(
           z.string().regex(/^(smtp|queue|state|plugin:.+)$/),
@@ -601,7 +601,7 @@ const Observability = z.strictObject({
   transactionLog: z
     .strictObject({
       path: z.string().min(1).describe("JSON-lines file, relative to the policy file"),
-      // Rotation and privacy (core/transaction-log.ts).
+      // Rotation and privacy (core/observability/transaction-log.ts).
       maxSize: Size.prefault("100MB").describe(
         'a line that would grow the file past this starts a new file, e.g. "100MB"',
       ),
@@ -641,7 +641,7 @@ export const PolicySchema = z
       .describe('next-hop overrides, first match wins (default: [{ to: "mx" }])'),
     delivery: Delivery.prefault({}).describe("how accepted mail reaches the next hop"),
     observability: Observability.prefault({}).describe("logs, metrics and the transaction log"),
-    // A candidate policy evaluated beside this one (core/shadow.ts).
+    // A candidate policy evaluated beside this one (core/observability/shadow.ts).
     shadow: z
       .string()
       .min(1)

@@ -4,9 +4,9 @@
  * gateway runs (it then owns the spool's lock).
  */
 
-import { oneLine } from "../client-text.js";
-import type { Reply } from "../decision.js";
-import { parseHeaderSection } from "../message.js";
+import type { Reply } from "../contract/decision.js";
+import { parseHeaderSection } from "../smtp/message.js";
+import { oneLine } from "../toolkit/client-text.js";
 import type { QueueEntry, Spool } from "./spool.js";
 import type { DeliveryWorker } from "./worker.js";
 

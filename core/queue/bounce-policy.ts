@@ -11,7 +11,7 @@
  *
  * Pure: the worker applies the plan, logs and counts each suppressed DSN.
  */
-import type { TransactionContext } from "../api.js";
+import type { TransactionContext } from "../contract/api.js";
 
 /** What was known about the sender when the message was accepted. */
 export interface SenderEvidence {

@@ -5,9 +5,9 @@
  * null sender, which is never bounced in turn.
  */
 import { randomBytes } from "node:crypto";
-import { oneLine } from "../client-text.js";
-import type { Reply } from "../decision.js";
+import type { Reply } from "../contract/decision.js";
 import { rfc5322Date } from "../delivery/received.js";
+import { oneLine } from "../toolkit/client-text.js";
 
 const CRLF = Buffer.from("\r\n");
 

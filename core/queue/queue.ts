@@ -13,12 +13,8 @@ import { createServer, type Server, type Socket } from "node:net";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import type { Clock, TransactionContext } from "../api.js";
-import { formatReply, type Reply } from "../decision.js";
-import { httpPolicyFetch, MtaStsCache } from "../delivery/mta-sts.js";
-import { ConnectionPool } from "../delivery/pool.js";
-import type { RecipientOutcome } from "../delivery/result.js";
-import { NextHopVerifier } from "../delivery/verify.js";
+import type { Clock, TransactionContext } from "../contract/api.js";
+import { formatReply, type Reply } from "../contract/decision.js";
 import {
   type DeliveryOptions,
   deliverPlanned,
@@ -29,10 +25,14 @@ import {
   type PlannedRecipient,
   planRecipients,
   proxyReply,
-} from "../forward.js";
-import { type HostPort, normalizeIp } from "../netaddr.js";
-import type { GatewayObserver } from "../observe.js";
-import type { Runtime } from "../runtime.js";
+} from "../delivery/forward.js";
+import { httpPolicyFetch, MtaStsCache } from "../delivery/mta-sts.js";
+import { ConnectionPool } from "../delivery/pool.js";
+import type { RecipientOutcome } from "../delivery/result.js";
+import { NextHopVerifier } from "../delivery/verify.js";
+import type { Runtime } from "../engine/runtime.js";
+import type { GatewayObserver } from "../observability/observe.js";
+import { type HostPort, normalizeIp } from "../toolkit/netaddr.js";
 import { QueueAdmin, type QueueRequest, type QueueResponse } from "./admin.js";
 import { senderEvidence } from "./bounce-policy.js";
 import { nextAttemptAt } from "./retry.js";

@@ -2,7 +2,7 @@
  * The durable spool. Layout of `delivery.spool`:
  *
  *   lock                      pid of the gateway (or CLI) that owns the spool
- *   tmp/                      bodies being received (core/message.ts); not durable, emptied at start
+ *   tmp/                      bodies being received (core/smtp/message.ts); not durable, emptied at start
  *   queue/NNNNNNNNNN.seg      append-only segments of message records (envelope + message bytes)
  *   queue/NNNNNNNNNN.state    per-recipient state of the messages whose record is in that segment
  *   large/ID                  bodies too big to keep in memory: MessageWriter's temp file, renamed
@@ -44,10 +44,10 @@ import { Readable } from "node:stream";
 import { crc32 } from "node:zlib";
 import FlatQueue from "flatqueue";
 import type { Logger } from "pino";
-import type { Reply } from "../decision.js";
-import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../forward.js";
-import type { SpooledMessage } from "../message.js";
-import { randomHex } from "../random.js";
+import type { Reply } from "../contract/decision.js";
+import { type EnvelopeDsn, groupBy, type PlannedRecipient } from "../delivery/forward.js";
+import type { SpooledMessage } from "../smtp/message.js";
+import { randomHex } from "../toolkit/random.js";
 import type { SenderEvidence } from "./bounce-policy.js";
 
 export interface StoredEnvelope {

@@ -8,11 +8,11 @@
  * `stop()` counts as a deferral and is retried after the restart; the null sender never gets a DSN.
  */
 import type { Logger } from "pino";
-import type { Clock } from "../api.js";
-import { formatReply, type Reply } from "../decision.js";
-import { type DeliveryOptions, deliverPlanned } from "../forward.js";
-import type { GatewayObserver } from "../observe.js";
-import type { Router } from "../routes.js";
+import type { Clock } from "../contract/api.js";
+import { formatReply, type Reply } from "../contract/decision.js";
+import { type DeliveryOptions, deliverPlanned } from "../delivery/forward.js";
+import type { Router } from "../delivery/routes.js";
+import type { GatewayObserver } from "../observability/observe.js";
 import { type BounceSettings, bouncePlan } from "./bounce-policy.js";
 import { buildDsn, type DsnRecipient, headerSection } from "./dsn.js";
 import { nextAttemptAt, type RetryPolicy } from "./retry.js";

@@ -3,7 +3,7 @@
  * (so tests can move time), and the LRU bound keeps a flood of distinct keys from growing memory.
  */
 import { LRUCache } from "lru-cache";
-import type { Clock } from "../api.js";
+import type { Clock } from "../contract/api.js";
 import { type CounterRecord, countStep, type GreylistRecord, gcra, greylistStep } from "./arithmetic.js";
 import type {
   BucketParams,

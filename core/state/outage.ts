@@ -1,4 +1,4 @@
-import type { Decision } from "../decision.js";
+import type { Decision } from "../contract/decision.js";
 import { type StoreErrorPolicy, StoreUnavailableError } from "./types.js";
 
 const STORE_DEFER: Decision = {

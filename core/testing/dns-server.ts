@@ -9,7 +9,7 @@
  */
 import { createSocket, type RemoteInfo } from "node:dgram";
 import * as packet from "dns-packet";
-import type { RRType } from "../dns.js";
+import type { RRType } from "../dns/resolver.js";
 
 export type RecordData = string | string[] | { priority: number; exchange: string };
 

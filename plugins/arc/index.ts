@@ -4,9 +4,9 @@
  * dmarc plugin does not hold the breakage against the sender (`arc.trusted`). Nobody is trusted
  * unless the policy lists them.
  */
-import { definePlugin, verdict } from "../../core/api.js";
-import type { ArcFacts } from "../sender-auth/facts.js";
-import { arcVerification, parsedMessage } from "../sender-auth/message.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import type { ArcFacts } from "../shared/sender-auth/facts.js";
+import { arcVerification, parsedMessage } from "../shared/sender-auth/message.js";
 import { ArcOptions } from "./schema.js";
 
 /** The results a sealer recorded in its ARC-Authentication-Results, as mailauth parsed them. */

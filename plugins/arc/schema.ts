@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { DomainName } from "../sender-auth/schema.js";
+import { DomainName } from "../shared/sender-auth/schema.js";
 
 export const ArcOptions = z.strictObject({
   trustedSealers: z

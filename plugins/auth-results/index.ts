@@ -5,8 +5,8 @@
  * downstream (§5), so it is removed.
  */
 import { z } from "zod";
-import { definePlugin, type HookContext } from "../../core/api.js";
-import type { AuthResultsFacts } from "../sender-auth/facts.js";
+import { definePlugin, type HookContext } from "../../core/contract/api.js";
+import type { AuthResultsFacts } from "../shared/sender-auth/facts.js";
 import { authservIdOf, formatAuthResults, type ResultInfo } from "./format.js";
 
 function results(ctx: HookContext<"queue">): ResultInfo[] {

@@ -6,11 +6,11 @@
  */
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import { type ConnectionContext, definePlugin, verdict } from "../../core/api.js";
-import { NetworkList } from "../../core/netaddr.js";
-import { clientNet, storeFailure } from "../../core/state.js";
-import { Duration } from "../../core/units.js";
-import { NetworkEntry } from "../options.js";
+import { type ConnectionContext, definePlugin, verdict } from "../../core/contract/api.js";
+import { clientNet, storeFailure } from "../../core/state/create.js";
+import { NetworkList } from "../../core/toolkit/netaddr.js";
+import { Duration } from "../../core/toolkit/units.js";
+import { NetworkEntry } from "../shared/options.js";
 
 export const ConcurrencyOptions = z.strictObject({
   limits: z
@@ -36,7 +36,7 @@ export interface ConcurrencyFacts {
   readonly exceeded: string | null;
 }
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     concurrency: ConcurrencyFacts;
   }

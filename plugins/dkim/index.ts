@@ -3,8 +3,8 @@
  * them as the verdict. A body changed in transit is `fail` (see `dkimSignatures`).
  */
 import { z } from "zod";
-import { definePlugin, verdict } from "../../core/api.js";
-import { dkimFacts, dkimSignatures, parsedMessage } from "../sender-auth/message.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import { dkimFacts, dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
 
 export default definePlugin({
   name: "dkim",

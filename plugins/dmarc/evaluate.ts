@@ -1,5 +1,5 @@
 /** DMARC's decisions as pure functions of what the lookups found (RFC 7489 §3.1, §6.6.4). */
-import type { DmarcPolicy } from "../sender-auth/facts.js";
+import type { DmarcPolicy } from "../shared/sender-auth/facts.js";
 
 /**
  * The first of `domains` aligned with the From domain. Relaxed alignment compares organizational

@@ -4,12 +4,12 @@
  * organizational-domain fallback and sp=); alignment, pct and overrides are decided here.
  */
 
-import { asciiDomain } from "../../core/address.js";
-import { definePlugin, type HookContext, verdict } from "../../core/api.js";
-import { type DMARCResult, dmarc } from "../../core/mailauth.js";
-import type { DmarcFacts, DmarcPolicy } from "../sender-auth/facts.js";
-import { dkimSignatures, parsedMessage } from "../sender-auth/message.js";
-import { type ReplayMemo, replayMemo } from "../sender-auth/replay.js";
+import { definePlugin, type HookContext, verdict } from "../../core/contract/api.js";
+import { asciiDomain } from "../../core/toolkit/address.js";
+import { type DMARCResult, dmarc } from "../../core/toolkit/mailauth.js";
+import type { DmarcFacts, DmarcPolicy } from "../shared/sender-auth/facts.js";
+import { dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
+import { type ReplayMemo, replayMemo } from "../shared/sender-auth/replay.js";
 import { alignedDomain, applyPolicy } from "./evaluate.js";
 import { anchoredRoute, DmarcOptions } from "./schema.js";
 

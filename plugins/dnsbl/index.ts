@@ -7,10 +7,10 @@
  * Lookups go through the shared resolver, not the `dnsbl` package, which reports DNS errors as
  * "not listed" and Spamhaus error codes as listings.
  */
-import type { HookContext } from "../../core/api.js";
-import { definePlugin, verdict } from "../../core/api.js";
-import { reverseIpLabels } from "../../core/dns.js";
-import { hostName, settle } from "../../core/lookup.js";
+import type { HookContext } from "../../core/contract/api.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import { hostName, settle } from "../../core/dns/lookup.js";
+import { reverseIpLabels } from "../../core/dns/resolver.js";
 import {
   type BrokenReason,
   classifyAnswer,
@@ -43,7 +43,7 @@ export interface DnsblFacts {
   readonly broken: readonly string[];
 }
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     dnsbl: DnsblFacts;
   }

@@ -5,14 +5,14 @@
  * once. The delay is asked of the `pregreet` hook before the banner; the connect hook judges what
  * the listener saw, so the policy decides what talking first costs (default: 554 5.5.1, disconnect).
  */
-import { definePlugin, verdict } from "../../core/api.js";
-import { NetworkList } from "../../core/netaddr.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import { NetworkList } from "../../core/toolkit/netaddr.js";
 import { type EarlyTalkerFacts, judgePregreet } from "./check.js";
 import { EarlyTalkerOptions } from "./schema.js";
 
 export type { EarlyTalkerFacts } from "./check.js";
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     earlyTalker: EarlyTalkerFacts;
   }

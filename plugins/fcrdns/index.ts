@@ -3,14 +3,14 @@
  * verified name (Received header) and `iprev` (Authentication-Results); the policy acts on the
  * result through the verdicts pass, fail, none and temperror.
  */
-import { definePlugin, verdict } from "../../core/api.js";
-import { settle } from "../../core/lookup.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import { settle } from "../../core/dns/lookup.js";
 import { candidateNames, type FcrdnsFacts, iprevOf, judgeFcrdns } from "./check.js";
 import { FcrdnsOptions } from "./schema.js";
 
 export type { FcrdnsFacts, FcrdnsResult } from "./check.js";
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     fcrdns: FcrdnsFacts;
   }

@@ -4,9 +4,9 @@
  * senders do not. Records live in the state store, so every gateway of a cluster knows them.
  */
 import { getDomain } from "tldts";
-import { type Address, type ConnectionContext, definePlugin, type Facts, verdict } from "../../core/api.js";
-import { NetworkList } from "../../core/netaddr.js";
-import { clientNet, type GreylistStatus, type StateStore, storeFailure } from "../../core/state.js";
+import { type Address, type ConnectionContext, definePlugin, type Facts, verdict } from "../../core/contract/api.js";
+import { clientNet, type GreylistStatus, type StateStore, storeFailure } from "../../core/state/create.js";
+import { NetworkList } from "../../core/toolkit/netaddr.js";
 import { GreylistOptions } from "./schema.js";
 
 export interface GreylistFacts {
@@ -16,7 +16,7 @@ export interface GreylistFacts {
   readonly retryIn: number;
 }
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     greylist: GreylistFacts;
   }

@@ -1,6 +1,6 @@
 import { z } from "zod";
-import { Duration } from "../../core/units.js";
-import { NetworkEntry } from "../options.js";
+import { Duration } from "../../core/toolkit/units.js";
+import { NetworkEntry } from "../shared/options.js";
 
 const Lower = z.string().transform((text) => text.toLowerCase());
 

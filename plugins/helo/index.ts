@@ -3,15 +3,16 @@
  * addresses of this gateway, dynamic-looking names, and whether the name has an address. Every
  * finding is recorded; the first in precedence order is the verdict the policy acts on.
  */
-import { asciiDomain } from "../../core/address.js";
-import { definePlugin, verdict } from "../../core/api.js";
-import { settle } from "../../core/lookup.js";
+
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import { settle } from "../../core/dns/lookup.js";
+import { asciiDomain } from "../../core/toolkit/address.js";
 import { dnsFindings, type HeloFacts, type HeloFinding, parseHelo, sortFindings, staticFindings } from "./check.js";
 import { HeloOptions } from "./schema.js";
 
 export type { HeloFacts, HeloFinding } from "./check.js";
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     helo: HeloFacts;
   }

@@ -8,12 +8,12 @@
  * on the way (greylisting, a DNSBL, a failed DATA) costs nothing, and its retry is not punished.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Address, type ConnectionContext, definePlugin, type Services } from "../../core/api.js";
-import type { DecidedBy, Decision } from "../../core/decision.js";
-import { NetworkList } from "../../core/netaddr.js";
-import { actionDecision } from "../../core/pipeline.js";
-import type { Action } from "../../core/policy/actions.js";
-import { type BucketRequest, type BucketResult, storeFailure } from "../../core/state.js";
+import type { Action } from "../../core/contract/actions.js";
+import { type Address, type ConnectionContext, definePlugin, type Services } from "../../core/contract/api.js";
+import type { DecidedBy, Decision } from "../../core/contract/decision.js";
+import { actionDecision } from "../../core/engine/pipeline.js";
+import { type BucketRequest, type BucketResult, storeFailure } from "../../core/state/create.js";
+import { NetworkList } from "../../core/toolkit/netaddr.js";
 import { demand, growth, keyValue, perRecipient, type TransactionView } from "./demand.js";
 import { type Count, type LimitAction, type LimitOptions, limitName, RateLimitOptions } from "./schema.js";
 
@@ -37,7 +37,7 @@ export interface RateLimitFacts {
   readonly storeUnavailable: boolean;
 }
 
-declare module "../../core/api.js" {
+declare module "../../core/index.js" {
   interface Facts {
     rateLimit: RateLimitFacts;
   }

@@ -1,7 +1,7 @@
 import { z } from "zod";
-import { type Action, ActionSchema } from "../../core/policy/actions.js";
-import { Duration, parseDuration, parseSize } from "../../core/units.js";
-import { NetworkEntry } from "../options.js";
+import { type Action, ActionSchema } from "../../core/contract/actions.js";
+import { Duration, parseDuration, parseSize } from "../../core/toolkit/units.js";
+import { NetworkEntry } from "../shared/options.js";
 
 export const KEY_PARTS = [
   "client.ip",

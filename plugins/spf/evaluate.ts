@@ -2,9 +2,9 @@
  * SPF evaluation through the replay memo (../sender-auth/replay.ts): a check with the same inputs
  * whose DNS answers are all unchanged takes the kept result.
  */
-import type { DnsResolver } from "../../core/dns.js";
-import { type SPFResult, spf } from "../../core/mailauth.js";
-import { replayMemo } from "../sender-auth/replay.js";
+import type { DnsResolver } from "../../core/dns/resolver.js";
+import { type SPFResult, spf } from "../../core/toolkit/mailauth.js";
+import { replayMemo } from "../shared/sender-auth/replay.js";
 
 export interface SpfQuestion {
   readonly ip: string;

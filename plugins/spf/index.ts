@@ -4,8 +4,8 @@
  * bounce) has no domain to check, so the HELO name is checked instead (§2.3).
  */
 import { isIP } from "node:net";
-import { definePlugin, verdict } from "../../core/api.js";
-import type { SpfFacts, SpfResult } from "../sender-auth/facts.js";
+import { definePlugin, verdict } from "../../core/contract/api.js";
+import type { SpfFacts, SpfResult } from "../shared/sender-auth/facts.js";
 import { spfEvaluator } from "./evaluate.js";
 import { SpfOptions } from "./schema.js";
 

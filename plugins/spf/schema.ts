@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { SpfResult } from "../sender-auth/facts.js";
+import type { SpfResult } from "../shared/sender-auth/facts.js";
 
 const Points = z.number().describe("points added to the transaction's score");
 

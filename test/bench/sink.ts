@@ -8,7 +8,7 @@
  */
 import { once } from "node:events";
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
-import { GatewaySMTPServer } from "../../core/smtp-server.js";
+import { GatewaySMTPServer } from "../../core/smtp/smtp-server.js";
 
 export type NodeSinkKind = "lean" | "smtp-server";
 

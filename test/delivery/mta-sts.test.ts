@@ -9,7 +9,7 @@ import {
   parseMtaStsRecord,
 } from "../../core/delivery/mta-sts.js";
 import { deliverMx } from "../../core/delivery/mx.js";
-import { createResolver } from "../../core/dns.js";
+import { createResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
 import { closedPort, type NextHop, selfSignedCertificate, startNextHop } from "../fixtures/next-hop.js";
 import { enforcePolicy, type PolicyHost, startPolicyHost } from "../fixtures/policy-host.js";

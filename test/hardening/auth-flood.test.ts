@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { hashPassword } from "../../core/auth/index.js";
+import { hashPassword } from "../../core/smtp/auth/index.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";

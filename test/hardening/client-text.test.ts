@@ -1,5 +1,5 @@
 /**
- * The one encoder for client-controlled text (core/client-text.ts), held to its promise over
+ * The one encoder for client-controlled text (core/toolkit/client-text.ts), held to its promise over
  * seeded hostile input, and the source tree held to using it: no other string-to-bytes encoding
  * that keeps only the low byte of each character.
  */
@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { describe, test } from "node:test";
-import { headerFieldBytes, oneLine } from "../../core/client-text.js";
+import { headerFieldBytes, oneLine } from "../../core/toolkit/client-text.js";
 import { hostileText, strictHeader } from "../fixtures/hostile-text.js";
 import { seededRandom } from "../fixtures/seeded-random.js";
 
@@ -98,5 +98,5 @@ test("no source file writes a string as latin1, binary or ascii", async () => {
       });
     }
   }
-  assert.deepEqual(found, [], "write client text through core/client-text.ts");
+  assert.deepEqual(found, [], "write client text through core/toolkit/client-text.ts");
 });

@@ -1,6 +1,6 @@
 /**
  * smtp-server's own HELO/EHLO refusals carry no enhanced status code; the gateway sends them with
- * one (core/hardening.ts), and they still count as errors towards maxErrors.
+ * one (core/smtp/hardening.ts), and they still count as errors towards maxErrors.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { parseProxyV2 } from "../../core/proxy-v2.js";
+import { parseProxyV2 } from "../../core/smtp/proxy-v2.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { calls } from "../fixtures/plugins/recorder.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";

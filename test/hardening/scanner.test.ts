@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { LineEndingScanner, scanMessage } from "../../core/smuggling.js";
+import { LineEndingScanner, scanMessage } from "../../core/smtp/smuggling.js";
 
 interface Case {
   readonly input: string;

@@ -10,7 +10,7 @@ import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { clientGroup } from "../../core/netaddr.js";
+import { clientGroup } from "../../core/toolkit/netaddr.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { connectAs, type SmtpReplyLine, SmtpTestClient } from "../fixtures/smtp-client.js";

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/http.js";
+import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/observability/http.js";
 import { loadPolicy } from "../../core/policy/load.js";
 import { eventually } from "../fixtures/eventually.js";
 import type { TestGateway } from "../fixtures/gateway.js";

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { gatewayEndpoints, type OpsServer, type Readiness, startOpsServer } from "../../core/http.js";
+import { gatewayEndpoints, type OpsServer, type Readiness, startOpsServer } from "../../core/observability/http.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { authenticate, sealMessage } from "mailauth";
-import { createResolver } from "../../core/dns.js";
+import { createResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { generateKey } from "../fixtures/keys.js";

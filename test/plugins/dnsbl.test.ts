@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import type { DnsOutcome } from "../../core/lookup.js";
+import type { DnsOutcome } from "../../core/dns/lookup.js";
 import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
 import { classifyAnswer, decideBatch, isListingCode, txtText, type ZoneFinding } from "../../plugins/dnsbl/answer.js";
 import { ListingShare } from "../../plugins/dnsbl/health.js";

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import type { DnsOutcome } from "../../core/lookup.js";
+import type { DnsOutcome } from "../../core/dns/lookup.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { candidateNames, type FcrdnsFacts, iprevOf, judgeFcrdns } from "../../plugins/fcrdns/check.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";

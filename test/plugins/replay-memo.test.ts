@@ -1,5 +1,5 @@
 /**
- * The replay memo (plugins/sender-auth/replay.ts) as SPF uses it (plugins/spf/evaluate.ts), against the UDP test DNS server through the shared
+ * The replay memo (plugins/shared/sender-auth/replay.ts) as SPF uses it (plugins/spf/evaluate.ts), against the UDP test DNS server through the shared
  * resolver with its cache off, so every check really asks again: a repeated check is answered from
  * the memo; any changed answer (the record, an included record) is evaluated afresh; a DNS failure
  * is never remembered, nor is a record whose questions depend on the time; a "no such name" answer
@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
-import { createResolver, type DnsResolver } from "../../core/dns.js";
+import { createResolver, type DnsResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
 import { type SpfEvaluator, type SpfQuestion, spfEvaluator } from "../../plugins/spf/evaluate.js";
 import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";

@@ -1,7 +1,7 @@
 // The action forms of a policy and the replies each one may carry.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { type Action, ActionSchema } from "../../core/policy/actions.js";
+import { type Action, ActionSchema } from "../../core/contract/actions.js";
 
 function messages(input: unknown): string[] {
   const result = ActionSchema.safeParse(input);

@@ -79,7 +79,7 @@ describe("queue mode", () => {
     });
     const senderHop = await hop();
     // Nothing authenticates this sender, whose DSNs would return headers only: the client's RET
-    // and its absence are what this test is about (test/backscatter.test.ts covers that default).
+    // and its absence are what this test is about (test/delivery/backscatter.test.ts covers that default).
     const gw = await gateway(
       policy(
         `  - { match: { recipientDomain: sender.test }, to: "smtp://127.0.0.1:${senderHop.port}" }

@@ -3,7 +3,7 @@ import { appendFile, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/pro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { createLogger } from "../../core/log.js";
+import { createLogger } from "../../core/observability/log.js";
 import { newQueueId, Spool, SpoolUnavailable } from "../../core/queue/spool.js";
 
 const log = createLogger("silent");

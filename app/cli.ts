@@ -1,0 +1,179 @@
+/**
+ * `portcullis start | check | schema`. Exit codes: 0 success, 1 a problem the user can fix (the
+ * message says what), 2 bad usage.
+ */
+import cluster from "node:cluster";
+import { resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { createLogger } from "../core/observability/log.js";
+import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "../core/observability/replay.js";
+import { loadPolicy, PolicyError, policyJsonSchema } from "../core/policy/load.js";
+import { PolicyReloader } from "../core/policy/reload.js";
+import { checkPolicy } from "../core/policy/static-checks.js";
+import { Gateway } from "../core/smtp/gateway.js";
+import { formatHostPort } from "../core/toolkit/netaddr.js";
+import { parseDuration } from "../core/toolkit/units.js";
+import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
+import { limitsCommand } from "./limits.js";
+import { passwdCommand } from "./passwd.js";
+import { testCommand } from "./policy-test.js";
+import { queueCommand } from "./queue.js";
+import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
+import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
+
+const USAGE = `usage:
+  portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
+  portcullis check FILE [--strict]
+  ${TRY_USAGE}
+  portcullis test FILE.test.yaml [FILE.test.yaml…]
+  ${REPLAY_USAGE}
+  portcullis limits show|reset KEY --policy FILE
+  portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
+  portcullis passwd [NAME] < password
+  portcullis schema
+  ${DOCTOR_USAGE}`;
+
+class UsageError extends Error {}
+
+const asUsageError = (error: unknown): never => {
+  throw error instanceof TryUsageError ? new UsageError(error.message) : error;
+};
+
+async function start(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      policy: { type: "string" },
+      listen: { type: "string" },
+      dns: { type: "string", multiple: true },
+      shadow: { type: "string" }, // A candidate policy evaluated beside this one (core/observability/shadow.ts)
+      // How long the first SIGTERM waits for transactions in flight; a service manager's stop timeout
+      // must be longer, so it never has to SIGKILL a gateway that is finishing a message.
+      grace: { type: "string", default: "10s" },
+    },
+  });
+  if (!values.policy) throw new UsageError("start needs --policy FILE");
+  const graceMs = parseDuration(values.grace);
+  if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
+  const policyFile = values.policy;
+  const policy = await loadPolicy(policyFile);
+  // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
+  if (cluster.isPrimary && workerCount(policy.config) > 1) {
+    return superviseWorkers({ policy, log: createLogger(policy.config.observability.log.level) });
+  }
+  const gateway = await Gateway.create(workerPolicy(policy), {
+    listen: values.listen,
+    dnsServers: values.dns,
+    shadow: values.shadow ? resolve(values.shadow) : undefined,
+  });
+  const addresses = await gateway.listen();
+  const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
+  process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
+  // The first signal drains; a second one means the operator will not wait, so the process exits at
+  // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
+  let stops = 0;
+  const stop = () => {
+    stops++;
+    if (stops > 1) process.exit(0);
+    gateway
+      .stop(graceMs)
+      .then(() => ops?.close())
+      .then(() => process.exit(0));
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  // SIGHUP and a change to the policy file (or a list file it names) reload the same way: validated
+  // first, one at a time, the running policy kept on any problem (core/policy/reload.ts).
+  const reloader = new PolicyReloader(
+    {
+      file: policyFile,
+      log: gateway.log,
+      apply: (next) => gateway.reload(workerPolicy(next)),
+      onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest
+    },
+    gateway.runtime.policy,
+  );
+  process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
+  return new Promise<number>(() => {});
+}
+
+async function check(args: string[]): Promise<number> {
+  // Validation, then the static checks of core/policy/static-checks.ts; --strict fails on warnings too.
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { strict: { type: "boolean" } } });
+  if (positionals.length !== 1) throw new UsageError("check needs exactly one FILE");
+  const result = await checkPolicy(positionals[0], { strict: values.strict });
+  process.stdout.write(`${result.lines.join("\n")}\n`);
+  return result.code;
+}
+
+/** The usage lines of one command (all of them for none or an unknown one). */
+function usageOf(command: string | undefined): string {
+  const lines = USAGE.split("\n")
+    .slice(1)
+    .map((line) => line.trim())
+    .filter((line) => command && (line === `portcullis ${command}` || line.startsWith(`portcullis ${command} `)));
+  return lines.length > 0 ? `usage:\n  ${lines.join("\n  ")}` : USAGE;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  // --help or -h (before any "--") on any command: its usage on stdout, exit 0, nothing else done.
+  const end = argv.indexOf("--");
+  if ((end < 0 ? argv : argv.slice(0, end)).some((arg) => arg === "--help" || arg === "-h")) {
+    process.stdout.write(`${usageOf(command?.startsWith("-") ? undefined : command)}\n`);
+    return 0;
+  }
+  try {
+    switch (command) {
+      case "start":
+        return await start(args);
+      case "check":
+        return await check(args);
+      case "try": // a dry run of one transaction (app/try.ts)
+        process.stdout.write(await tryCommand(args).catch(asUsageError));
+        return 0;
+      case "test": {
+        // policy test files (app/policy-test.ts)
+        if (args.length === 0) throw new UsageError("test needs at least one FILE.test.yaml");
+        const result = await testCommand(args);
+        process.stdout.write(result.output);
+        return result.code;
+      }
+      case "limits":
+        return await limitsCommand(args);
+      case "queue": // the spool (app/queue.ts)
+        return await queueCommand(args, process.stdout, process.stderr);
+      case "doctor": // deliverability self-check (app/doctor/doctor.ts)
+        return await doctorCommand(args, process.stdout, process.stderr);
+      case "passwd": // A users-file hash (app/passwd.ts)
+        return await passwdCommand(args, process.stdin, process.stdout);
+      case "replay": // A candidate policy over the transaction log (core/observability/replay.ts)
+        return await replayCommand(args, process.stdout).catch((error: unknown) => {
+          throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
+        });
+      case "schema":
+        process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
+        return 0;
+      default:
+        throw new UsageError(command ? `unknown command "${command}"` : "no command given");
+    }
+  } catch (err) {
+    if (err instanceof PolicyError) {
+      process.stderr.write(`${err.message}\n`);
+      return 1;
+    }
+    if (
+      err instanceof UsageError ||
+      (err instanceof Error && "code" in err && err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")
+    ) {
+      process.stderr.write(`portcullis: ${err.message}\n${USAGE}\n`);
+      return 2;
+    }
+    process.stderr.write(`portcullis: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

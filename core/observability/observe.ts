@@ -1,0 +1,79 @@
+/**
+ * What the gateway tells its observers (metrics today) as things happen. The core calls these at
+ * the few points where the facts already exist — a connection opens or closes, a phase's hooks ran,
+ * a refusal is answered, a transaction's summary line is written, a delivery attempt ends, a policy
+ * reload is tried — and never waits for them: an observer only counts, it cannot change a decision.
+ *
+ * Numbers that live in a component (DNS cache, spool, state store failures, AUTH failures) are not
+ * pushed through here;
+ * the metrics read them when scraped (core/observability/metrics.ts).
+ */
+import type { ConnectionContext, Facts, Phase, TraceEntry } from "../contract/api.js";
+import type { RefusingDecision } from "../contract/decision.js";
+import type { RecipientOutcome } from "../delivery/result.js";
+import type { TransactionOutcome } from "../engine/session.js";
+
+/**
+ * The per-transaction summary line (`event: "transaction"`), one per MAIL FROM. Its field set is a
+ * contract with operators' log pipelines (docs/operations.md lists it): add fields, never rename or
+ * drop one. Message bodies and header values never appear in it. The transaction id (`tx`) and
+ * connection id (`cid`) come from the logger's bindings.
+ */
+export interface TransactionSummary {
+  readonly event: "transaction";
+  readonly client: { readonly ip: string; readonly name: string | null };
+  readonly helo: string | null;
+  /** TLS protocol version, null in clear. */
+  readonly tls: string | null;
+  readonly from: string;
+  /** Accepted recipients. */
+  readonly to: readonly string[];
+  readonly rejectedRecipients: ReadonlyArray<{ readonly to: string; readonly reply: string }>;
+  /** Bytes received, null when no message was accepted for delivery. */
+  readonly size: number | null;
+  readonly outcome: TransactionOutcome;
+  /** The reply to the client that ended the transaction (`250 2.0.0 Ok: queued as …`, `554 5.7.1 …`). */
+  readonly reply: string | null;
+  /** `plugin:NAME`, `rule:NAME` or `core:NAME` when a decision refused the transaction. */
+  readonly decidedBy: string | null;
+  readonly reason?: string;
+  /** The route a hook or rule chose (`smtp://host:port`…), null when `routes:` decides per recipient. */
+  readonly route: string | null;
+  /** Where the message went: `queue`, or the next hops of a proxy-mode delivery. */
+  readonly nextHops: readonly string[];
+  /** Per recipient: status and the next hop's reply (proxy mode) or the queue's. */
+  readonly delivery: ReadonlyArray<{ readonly to: string; readonly status: string; readonly reply: string }>;
+  readonly score: number;
+  /** Every hook and matching rule in order, with its verdict, decision and duration (ms). */
+  readonly trace: readonly TraceEntry[];
+  /** Milliseconds from MAIL FROM to the end of the transaction. */
+  readonly ms: number;
+}
+
+export interface GatewayObserver {
+  connectionOpened(connection: ConnectionContext): void;
+  connectionClosed(connection: ConnectionContext): void;
+  /** The hooks (and matching rules) of one phase ran; `facts` is the scope they wrote to. */
+  phase(phase: Phase, runs: readonly TraceEntry[], facts: Partial<Facts>): void;
+  /** A refusal was answered to the client (a connect-phase refusal once per MAIL it answers). */
+  refused(decision: RefusingDecision): void;
+  transaction(summary: TransactionSummary): void;
+  /** One delivery attempt to one route ended (queue worker or proxy mode), per recipient. */
+  delivery(route: string, outcomes: readonly RecipientOutcome[]): void;
+  /** A reload was tried: `ok` false when the new policy was refused and the old one stayed. */
+  policyReload(ok: boolean): void;
+  /** A DSN was not sent because its recipient, the original sender, is likely forged (`reason`). */
+  bounceSuppressed(reason: string): void;
+}
+
+/** For engines that run without a gateway (the test kit, `portcullis try`): nothing is counted. */
+export const NO_OBSERVER: GatewayObserver = Object.freeze({
+  connectionOpened() {},
+  connectionClosed() {},
+  phase() {},
+  refused() {},
+  transaction() {},
+  delivery() {},
+  policyReload() {},
+  bounceSuppressed() {},
+});

@@ -1,0 +1,131 @@
+/**
+ * Hot reload: on SIGHUP or when the policy file (or a list file it names) changes, the policy is
+ * loaded and validated in full, then handed to `apply` (the gateway's reload, which sets up the
+ * plugins). Anything that fails — YAML, schema, a list file, a plugin's setup — leaves the running
+ * policy in place and logs every problem. Connections in flight keep the runtime they started with
+ * (core/smtp/gateway.ts), so a reload never changes the rules under a transaction.
+ *
+ * Reloads run one at a time, in order, so the last version written is the one that ends up running.
+ */
+import { type FSWatcher, watch } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import type { Logger } from "pino";
+import { type LoadedPolicy, loadPolicy, PolicyError } from "./load.js";
+
+export interface ReloaderOptions {
+  readonly file: string;
+  readonly log: Logger;
+  /** Switches to a validated policy; a rejection refuses it (the old one stays). */
+  readonly apply: (policy: LoadedPolicy) => Promise<void>;
+  /** Watch the files for changes (default true); without, only `reload()` reloads. */
+  readonly watch?: boolean;
+  /** Quiet time after a change before reloading, so an editor's several writes make one reload. */
+  readonly settleMs?: number;
+  /** Told when the new policy did not even load (a refusal by `apply` is `apply`'s to report). */
+  readonly onLoadRefused?: () => void;
+}
+
+export type ReloadResult =
+  | { readonly ok: true; readonly policy: LoadedPolicy }
+  | { readonly ok: false; readonly problems: string[] };
+
+/** The files a policy reads besides itself: every `{ file: PATH }` in it (list files), anchored at its folder. */
+export function policyFiles(policy: LoadedPolicy): string[] {
+  const files = new Set<string>([policy.file]);
+  const visit = (value: unknown) => {
+    if (Array.isArray(value)) {
+      for (const item of value) visit(item);
+    } else if (value !== null && typeof value === "object") {
+      const record = value as Record<string, unknown>;
+      if (typeof record.file === "string" && record.file !== "") files.add(resolve(policy.dir, record.file));
+      for (const child of Object.values(record)) visit(child);
+    }
+  };
+  visit(policy.config.rules);
+  visit(policy.config.relay.recipients);
+  for (const entry of policy.pipeline) visit(entry.options);
+  return [...files];
+}
+
+export class PolicyReloader {
+  readonly #options: ReloaderOptions;
+  /** The reload in progress, if any: reloads run one after another, so the last one wins. */
+  #chain: Promise<void> = Promise.resolve();
+  #watchers: FSWatcher[] = [];
+  #watched = new Set<string>();
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(options: ReloaderOptions, current?: LoadedPolicy) {
+    this.#options = options;
+    if (options.watch !== false) this.#watch(current ? policyFiles(current) : [resolve(options.file)]);
+  }
+
+  /** Reloads after any reload in progress; resolves with this reload's result. */
+  reload(reason: string): Promise<ReloadResult> {
+    const result = this.#chain.then(() => this.#reload(reason));
+    this.#chain = result.then(() => undefined);
+    return result;
+  }
+
+  async #reload(reason: string): Promise<ReloadResult> {
+    const { file, log, apply } = this.#options;
+    let policy: LoadedPolicy | undefined;
+    try {
+      policy = await loadPolicy(file);
+      await apply(policy);
+    } catch (error) {
+      if (policy === undefined) this.#options.onLoadRefused?.();
+      const problems =
+        error instanceof PolicyError
+          ? error.message.split("\n")
+          : [error instanceof Error ? error.message : String(error)];
+      log.error(
+        { event: "reload", reason, policy: file, problems },
+        "policy reload refused; the previous policy stays",
+      );
+      return { ok: false, problems };
+    }
+    log.info({ event: "reload", reason, policy: policy.file }, "policy reload applied");
+    if (this.#options.watch !== false && !this.#closed) this.#watch(policyFiles(policy));
+    return { ok: true, policy };
+  }
+
+  /** Watches the folders of `files` (editors replace files by renaming, which a file watch would miss). */
+  #watch(files: string[]): void {
+    const wanted = new Set(files);
+    if ([...wanted].every((f) => this.#watched.has(f)) && wanted.size === this.#watched.size) return;
+    for (const watcher of this.#watchers) watcher.close();
+    this.#watched = wanted;
+    const folders = new Map<string, Set<string>>();
+    for (const file of wanted) {
+      const names = folders.get(dirname(file)) ?? new Set<string>();
+      names.add(basename(file));
+      folders.set(dirname(file), names);
+    }
+    this.#watchers = [...folders].map(([folder, names]) => {
+      const watcher = watch(folder, { persistent: false }, (_event, name) => {
+        if (name !== null && names.has(name.toString())) this.#changed();
+      });
+      watcher.on("error", (error) =>
+        this.#options.log.warn({ err: error.message, folder }, "cannot watch policy folder"),
+      );
+      return watcher;
+    });
+  }
+
+  #changed(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      if (!this.#closed) void this.reload("file change");
+    }, this.#options.settleMs ?? 200);
+  }
+
+  /** Stops watching; a reload in progress finishes. */
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    for (const watcher of this.#watchers) watcher.close();
+    this.#watchers = [];
+  }
+}

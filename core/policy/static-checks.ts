@@ -1,0 +1,262 @@
+/**
+ * What `portcullis check` finds in a policy that is valid but probably wrong: rules that can never
+ * act, an open relay, rules naming findings no plugin in the pipeline records, a plugin listed
+ * twice. An open relay and a catch-all route without relay.postmaster are errors (check exits 1); the rest are warnings. Pure over a built
+ * runtime, plus a catalogue of the built-in plugins' findings to tell "not in the pipeline" from
+ * "unknown".
+ */
+import { readFile } from "node:fs/promises";
+import { LineCounter, type Node, parseDocument } from "yaml";
+import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
+import type { Phase, PluginDefinition } from "../contract/api.js";
+import type { Runtime } from "../engine/runtime.js";
+import { policyRuntime } from "../engine/testkit.js";
+import { parseCidr } from "../toolkit/netaddr.js";
+import { formatProblem, loadPolicy } from "./load.js";
+import {
+  type CompiledRule,
+  type FindingCatalogue,
+  findingCatalogue,
+  isSubjectRoot,
+  resolvePath,
+  SUBJECTS,
+} from "./rules/compile.js";
+import { DECIDING_ACTIONS } from "./rules/schema.js";
+
+export type Severity = "error" | "warning";
+
+export interface CheckFinding {
+  readonly severity: Severity;
+  /** Key path in the policy (`rules.2.when`). */
+  readonly path: readonly (string | number)[];
+  readonly message: string;
+}
+
+const PHASE_ORDER: readonly Phase[] = ["connect", "helo", "mail", "rcpt", "data", "queue"];
+const firstPhase = (rule: CompiledRule): Phase | undefined => PHASE_ORDER.find((phase) => rule.phases.has(phase));
+
+/** Findings declared by every built-in plugin, whether or not the policy uses it. */
+export async function builtinCatalogue(): Promise<FindingCatalogue> {
+  const definitions = await Promise.all(
+    builtinPluginNames().map(async (name) => {
+      // A built-in that fails to load is the loader's problem to report; here it declares nothing.
+      const definition = await builtinPlugins[name]().catch(() => undefined);
+      return definition ? [{ name, definition }] : [];
+    }),
+  );
+  return catalogueOf(definitions.flat());
+}
+
+/** Runs every check over a built runtime; `known` holds findings of plugins that are not in the pipeline. */
+export function staticChecks(runtime: Runtime, known: FindingCatalogue): CheckFinding[] {
+  return [
+    ...openRelay(runtime),
+    ...duplicatePlugins(runtime),
+    ...unreachableRules(runtime),
+    ...findingNames(runtime, known),
+    ...skippedPlugins(runtime),
+    ...postmasterRoute(runtime),
+  ];
+}
+
+/**
+ * `<postmaster>` without a domain is our own postmaster (RFC 5321 §4.5.1), which must be accepted;
+ * a catch-all route would relay it elsewhere, so without `relay.postmaster` it is refused instead.
+ * A catch-all `mx` route is left out: it is the default of every policy without routes, and an MX
+ * lookup of no domain could never have delivered <postmaster> anyway.
+ */
+function postmasterRoute(runtime: Runtime): CheckFinding[] {
+  if (runtime.config.relay.postmaster !== undefined) return [];
+  const { routes } = runtime.config;
+  const onlyMx = (index: number) => [routes[index].to].flat().every((to) => to === "mx");
+  return runtime.router.catchAllRoutes().flatMap((index) =>
+    onlyMx(index)
+      ? []
+      : [
+          {
+            severity: "error" as const,
+            path: ["routes", index],
+            message:
+              "this route takes every recipient, and relay.postmaster is not set: mail to <postmaster> (which RFC 5321 §4.5.1 requires us to accept) would be refused with 550 rather than relayed; set relay.postmaster to an address or a maildir: folder",
+          },
+        ],
+  );
+}
+
+function openRelay(runtime: Runtime): CheckFinding[] {
+  return runtime.config.relay.networks.flatMap((network, index) =>
+    parseCidr(network)?.prefix === 0
+      ? [
+          {
+            severity: "error" as const,
+            path: ["relay", "networks", index],
+            message: `${network} lets every client on the Internet relay to any domain (an open relay); list your own networks instead`,
+          },
+        ]
+      : [],
+  );
+}
+
+function duplicatePlugins(runtime: Runtime): CheckFinding[] {
+  const first = new Map<string, number>();
+  return runtime.policy.pipeline.flatMap((entry) => {
+    const earlier = first.get(entry.name);
+    if (earlier === undefined) {
+      first.set(entry.name, entry.index);
+      return [];
+    }
+    return [
+      {
+        severity: "warning" as const,
+        path: ["pipeline", entry.index, "plugin"],
+        message: `plugin ${entry.name} is already in the pipeline (entry ${earlier}); its findings overwrite the first one's — merge the two entries`,
+      },
+    ];
+  });
+}
+
+function unreachableRules(runtime: Runtime): CheckFinding[] {
+  const findings: CheckFinding[] = [];
+  const rules = runtime.rules.rules;
+  for (const rule of rules) {
+    if (rule.phases.size === 0) {
+      findings.push({
+        severity: "warning",
+        path: ["rules", rule.index],
+        message: `rule ${rule.name} can never match: it names recipient (tested in the rcpt phase only) and something known only later (${rule.paths.join(", ")})`,
+      });
+    }
+  }
+  // An unconditional rule that decides acts at its first phase; nothing after it acts from then on.
+  const blockers = rules.filter(
+    (rule) => rule.unconditional && rule.mode === "enforce" && rule.actions.some((a) => DECIDING_ACTIONS.has(a.type)),
+  );
+  for (const blocker of blockers) {
+    const from = firstPhase(blocker);
+    if (!from) continue;
+    for (const rule of rules.slice(blocker.index + 1)) {
+      const start = firstPhase(rule);
+      if (!start || PHASE_ORDER.indexOf(start) < PHASE_ORDER.indexOf(from)) continue;
+      findings.push({
+        severity: "warning",
+        path: ["rules", rule.index],
+        message: `rule ${rule.name} can never match: rule ${blocker.name} before it has no condition and decides from the ${from} phase on`,
+      });
+    }
+  }
+  return findings;
+}
+
+const SUBJECT_LIST = Object.keys(SUBJECTS).join(", ");
+
+function findingNames(runtime: Runtime, known: FindingCatalogue): CheckFinding[] {
+  const pipeline = catalogueOf(runtime.plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition })));
+  const undeclaring = runtime.plugins.filter((p) => !p.entry.definition.findings).map((p) => p.entry.name);
+  const findings: CheckFinding[] = [];
+  for (const rule of runtime.rules.rules) {
+    const at = ["rules", rule.index, "when"];
+    const warn = (message: string) =>
+      findings.push({ severity: "warning", path: at, message: `rule ${rule.name}: ${message}` });
+    for (const path of new Set(rule.paths)) {
+      if (path in SUBJECTS) continue;
+      const [root, ...rest] = path.split(".");
+      if (isSubjectRoot(path)) {
+        warn(`${path} is not something rules can test; the core provides ${SUBJECT_LIST}`);
+        continue;
+      }
+      const info = pipeline.get(root);
+      if (info) {
+        const field = rest.join(".");
+        if (field && info.fields.size > 0 && ![...info.fields].some((f) => f === field || field.startsWith(`${f}.`))) {
+          warn(
+            `plugin ${info.plugin} declares no field "${field}" of finding ${root}; its fields: ${[...info.fields].join(", ")}`,
+          );
+        }
+        continue;
+      }
+      const elsewhere = known.get(resolvePath(path, known).path.split(".")[0]);
+      if (elsewhere) {
+        warn(
+          `${path} is a finding of plugin ${elsewhere.plugin}, which is not in the pipeline, so the rule never sees it; add "- plugin: ${elsewhere.plugin}"`,
+        );
+        continue;
+      }
+      const names = [...new Set([...pipeline.keys(), ...known.keys()])].sort();
+      const hint = undeclaring.length > 0 ? ` (${undeclaring.join(", ")} declare no findings and may write it)` : "";
+      warn(
+        `unknown finding "${root}"${hint}; known findings: ${names.join(", ") || "none"}; the core provides ${SUBJECT_LIST}`,
+      );
+    }
+  }
+  return findings;
+}
+
+function skippedPlugins(runtime: Runtime): CheckFinding[] {
+  const names = new Set(runtime.policy.pipeline.map((entry) => entry.name));
+  return runtime.rules.rules.flatMap((rule) =>
+    rule.actions.flatMap((action) =>
+      action.type === "skip"
+        ? action.plugins
+            .filter((plugin) => !names.has(plugin))
+            .map((plugin) => ({
+              severity: "warning" as const,
+              path: ["rules", rule.index, "action"],
+              message: `rule ${rule.name} skips ${plugin}, which is not in the pipeline (skip names entries as written in plugin:)`,
+            }))
+        : [],
+    ),
+  );
+}
+
+/** `file:line:col path: error: message` lines, located in the policy file. */
+export async function formatFindings(file: string, findings: readonly CheckFinding[]): Promise<string[]> {
+  const source = await readFile(file, "utf8");
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(source, { lineCounter });
+  return findings.map((finding) => {
+    // The deepest node of the path that exists (a rule without `when` is reported at the rule).
+    let position = { line: 1, col: 1 };
+    for (let length = finding.path.length; length > 0; length--) {
+      const node = doc.getIn(finding.path.slice(0, length), true) as Node | undefined;
+      if (node?.range) {
+        position = lineCounter.linePos(node.range[0]);
+        break;
+      }
+    }
+    return formatProblem({
+      file,
+      ...position,
+      path: finding.path.join("."),
+      message: `${finding.severity}: ${finding.message}`,
+    });
+  });
+}
+
+/** The findings some plugins declare, when only names matter (no phases: nothing is set up). */
+export function catalogueOf(
+  definitions: ReadonlyArray<{ name: string; definition: PluginDefinition }>,
+): FindingCatalogue {
+  return findingCatalogue(definitions.map((d) => ({ ...d, phases: ["connect"] })));
+}
+
+/**
+ * `portcullis check FILE [--strict]`: loads the policy, sets up its plugins (as `start` would),
+ * runs the static checks. Exit 1 on an error, or on a warning with `strict`.
+ */
+export async function checkPolicy(
+  file: string,
+  options: { strict?: boolean } = {},
+): Promise<{ code: number; lines: string[] }> {
+  const runtime = await policyRuntime(await loadPolicy(file));
+  const findings = staticChecks(runtime, await builtinCatalogue());
+  await runtime.services.state.close();
+  const lines = await formatFindings(runtime.policy.file, findings);
+  const errors = findings.filter((f) => f.severity === "error").length;
+  const warnings = findings.length - errors;
+  const failed = errors > 0 || (options.strict === true && warnings > 0);
+  const counts =
+    findings.length === 0
+      ? "ok"
+      : `${errors} error${errors === 1 ? "" : "s"}, ${warnings} warning${warnings === 1 ? "" : "s"}`;
+  return { code: failed ? 1 : 0, lines: [...lines, `${file}: ${counts}`] };
+}

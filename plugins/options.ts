@@ -1,9 +1,0 @@
-/** Option schemas shared by the built-in plugins. */
-import { z } from "zod";
-import { entryProblem } from "../core/lists.js";
-
-/** An IP address or CIDR network, checked as `core/lists.ts` checks a network list entry. */
-export const NetworkEntry = z.string().superRefine((text, ctx) => {
-  const problem = entryProblem("network", text);
-  if (problem) ctx.addIssue({ code: "custom", message: problem });
-});
