@@ -6,18 +6,19 @@ import cluster from "node:cluster";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createLogger } from "../core/observability/log.js";
-import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "../core/observability/replay.js";
-import { loadPolicy, PolicyError, policyJsonSchema } from "../core/policy/load.js";
+import { PolicyError, policyJsonSchema } from "../core/policy/load.js";
 import { PolicyReloader } from "../core/policy/reload.js";
-import { checkPolicy } from "../core/policy/static-checks.js";
 import { Gateway } from "../core/smtp/gateway.js";
 import { formatHostPort } from "../core/toolkit/netaddr.js";
 import { parseDuration } from "../core/toolkit/units.js";
+import { loadPolicy } from "./catalogue.js";
+import { checkPolicy } from "./check.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
 import { limitsCommand } from "./limits.js";
 import { passwdCommand } from "./passwd.js";
 import { testCommand } from "./policy-test.js";
 import { queueCommand } from "./queue.js";
+import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
 import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
@@ -87,6 +88,7 @@ async function start(args: string[]): Promise<number> {
   const reloader = new PolicyReloader(
     {
       file: policyFile,
+      load: loadPolicy,
       log: gateway.log,
       apply: (next) => gateway.reload(workerPolicy(next)),
       onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest

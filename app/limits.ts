@@ -5,8 +5,8 @@
  */
 import { parseArgs } from "node:util";
 import { pino } from "pino";
-import { loadPolicy } from "../core/policy/load.js";
 import { RedisStore } from "../core/state/create.js";
+import { loadPolicy } from "./catalogue.js";
 
 const USAGE = "usage: portcullis limits show|reset KEY --policy FILE";
 

@@ -18,9 +18,10 @@ import { readFile } from "node:fs/promises";
 import { dirname, relative, resolve } from "node:path";
 import { LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
-import { policyRuntime, type SimulatedTransaction, type SimulationResult, simulate } from "../core/engine/testkit.js";
-import { formatProblem, loadPolicy, PolicyError, type Problem } from "../core/policy/load.js";
+import { formatProblem, PolicyError, type Problem } from "../core/policy/load.js";
 import { startDnsServer, type ZoneData } from "../core/testing/dns-server.js";
+import { loadPolicy } from "./catalogue.js";
+import { policyRuntime, type SimulatedTransaction, type SimulationResult, simulate } from "./testkit.js";
 
 const BEHAVIOURS = ["servfail", "timeout", "refused", "nxdomain"] as const;
 

@@ -12,11 +12,11 @@ import { parseArgs } from "node:util";
 import { Router } from "../core/delivery/routes.js";
 import { createResolver } from "../core/dns/resolver.js";
 import { createLogger } from "../core/observability/log.js";
-import { loadPolicy } from "../core/policy/load.js";
 import type { PolicyConfig } from "../core/policy/schema.js";
 import { QueueAdmin, type QueueRequest, type QueueResponse, type QueueSummary } from "../core/queue/admin.js";
 import { Spool } from "../core/queue/spool.js";
 import { DeliveryWorker } from "../core/queue/worker.js";
+import { loadPolicy } from "./catalogue.js";
 
 const USAGE = "usage: portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]";
 

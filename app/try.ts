@@ -12,8 +12,8 @@ import { parseArgs } from "node:util";
 import type { Phase } from "../core/contract/api.js";
 import { formatReply } from "../core/contract/decision.js";
 import type { Runtime } from "../core/engine/runtime.js";
-import { policyRuntime, type SimulatedTransaction, type SimulationResult, simulate } from "../core/engine/testkit.js";
-import { loadPolicy } from "../core/policy/load.js";
+import { loadPolicy } from "./catalogue.js";
+import { policyRuntime, type SimulatedTransaction, type SimulationResult, simulate } from "./testkit.js";
 
 export class TryUsageError extends Error {}
 

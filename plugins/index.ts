@@ -6,9 +6,9 @@
  * @example
  * fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
  */
-import type { PluginDefinition } from "../core/contract/api.js";
+import type { PluginCatalogue } from "../core/index.js";
 
-export const builtinPlugins: Readonly<Record<string, () => Promise<PluginDefinition>>> = Object.freeze({
+export const builtinPlugins: PluginCatalogue = Object.freeze({
   arc: () => import("./arc/index.js").then((module) => module.default),
   "auth-results": () => import("./auth-results/index.js").then((module) => module.default),
   concurrency: () => import("./concurrency/index.js").then((module) => module.default),

@@ -91,7 +91,11 @@ function summary(times: number[]): string {
 /** Wrong AUTH PLAIN over implicit TLS from `localAddress`, again and again, reconnecting when closed. */
 async function flood(port: number, localAddress: string, until: number, replies: Map<string, number>) {
   while (Date.now() < until) {
-    const socket = connect({ host: "127.0.0.1", port, localAddress, rejectUnauthorized: false });
+    // TLS over a TCP socket bound to the flooding address (tls.connect takes no localAddress of its own).
+    const socket = connect({
+      socket: netConnect({ host: "127.0.0.1", port, localAddress }),
+      rejectUnauthorized: false,
+    });
     socket.on("error", () => undefined);
     try {
       await once(socket, "secureConnect");

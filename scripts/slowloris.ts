@@ -15,8 +15,8 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
+import { loadPolicy } from "../app/catalogue.js";
 import { createLogger } from "../core/observability/log.js";
-import { loadPolicy } from "../core/policy/load.js";
 import { Gateway } from "../core/smtp/gateway.js";
 import { SmtpTestClient } from "../test/fixtures/smtp-client.js";
 

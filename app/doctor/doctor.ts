@@ -17,7 +17,7 @@ import { parseMtaStsRecord } from "../../core/delivery/mta-sts.js";
 import { resolveMxHosts } from "../../core/delivery/mx.js";
 import { settle } from "../../core/dns/lookup.js";
 import { createResolver, type DnsResolver, reverseIpLabels } from "../../core/dns/resolver.js";
-import { type LoadedPolicy, loadPolicy } from "../../core/policy/load.js";
+import type { LoadedPolicy } from "../../core/policy/load.js";
 import { asciiDomain } from "../../core/toolkit/address.js";
 import { dmarc, spf } from "../../core/toolkit/mailauth.js";
 import { loadKey } from "../../plugins/dkim-sign/index.js";
@@ -28,6 +28,7 @@ import { candidateNames, judgeFcrdns } from "../../plugins/fcrdns/check.js";
 import { dnsFindings, parseHelo, staticFindings } from "../../plugins/helo/check.js";
 import { DEFAULT_DYNAMIC_PATTERNS, type HeloOptions } from "../../plugins/helo/schema.js";
 import { mailauthResolver } from "../../plugins/shared/sender-auth/message.js";
+import { loadPolicy } from "../catalogue.js";
 import { dkimRecordFor, dmarcProblems, matchDkimKey, tlsRptProblems, versionedRecords } from "./records.js";
 
 export type DoctorStatus = "pass" | "warn" | "fail";

@@ -4,7 +4,8 @@
  * as `{client.ip}` stay in the template until the core renders the reply for a transaction.
  */
 import { z } from "zod";
-import { parseReply, ReplySyntaxError } from "./decision.js";
+import { CONTINUE, type DecidedBy, type Decision, parseReply, ReplySyntaxError, unreachable } from "./decision.js";
+import { renderReply, type TemplateScope } from "./render.js";
 
 export type Action =
   | { readonly type: "ignore" }
@@ -103,3 +104,38 @@ export const ActionSchema: z.ZodType<Action, ActionInput> = z
     if ("defer" in input) return { type: "defer", reply: input.defer };
     return { type: "disconnect", reply: input.disconnect };
   });
+
+/** The reply of a bare reject/defer/disconnect with no default of its own (also used by rules). */
+export const GENERIC_REPLIES: Record<"reject" | "defer" | "disconnect", string> = {
+  reject: "550 5.7.1 Rejected by policy",
+  defer: "451 4.7.1 Temporarily rejected by policy, try again later",
+  disconnect: "421 4.7.0 Closing connection",
+};
+
+/** Turns an action into a decision; score actions add points and continue. */
+export function actionDecision(
+  action: Action,
+  by: DecidedBy,
+  defaultReply: string | undefined,
+  scope: TemplateScope,
+  addScore: (points: number, reason: string) => void,
+  reason?: string,
+): Decision {
+  switch (action.type) {
+    case "ignore":
+      return CONTINUE;
+    case "accept":
+      return { kind: "accept", by };
+    case "score":
+      addScore(action.points, `${by.name}${reason ? `: ${reason}` : ""}`);
+      return CONTINUE;
+    case "reject":
+    case "defer":
+    case "disconnect": {
+      const template = action.reply ?? defaultReply ?? GENERIC_REPLIES[action.type];
+      return { kind: action.type, reply: renderReply(template, scope, action.type), by, reason };
+    }
+    default:
+      return unreachable(action);
+  }
+}

@@ -221,6 +221,13 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, V extends str
 }
 
 /**
+ * The plugins a policy may name by a bare name in `plugin:` (a path names any other), each loaded
+ * only when a policy uses it. The application hands its catalogue to the policy loader; the core
+ * knows no plugin by name.
+ */
+export type PluginCatalogue = Readonly<Record<string, () => Promise<PluginDefinition>>>;
+
+/**
  * Declares a plugin. The default export of a plugin module is what this returns.
  *
  * @example

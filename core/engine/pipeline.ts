@@ -5,7 +5,7 @@
  * silent continue.
  */
 
-import type { Action } from "../contract/actions.js";
+import { type Action, actionDecision } from "../contract/actions.js";
 import type {
   Address,
   ConnectionContext,
@@ -20,8 +20,8 @@ import type {
   TransactionContext,
   VerdictDefault,
 } from "../contract/api.js";
-import { CONTINUE, type DecidedBy, type Decision, unreachable } from "../contract/decision.js";
-import { renderReply, type TemplateScope } from "../contract/render.js";
+import { CONTINUE, type DecidedBy, type Decision } from "../contract/decision.js";
+import type { TemplateScope } from "../contract/render.js";
 import type { PipelineEntry } from "../policy/load.js";
 
 /** A pipeline entry with its plugin set up for this policy. */
@@ -30,47 +30,12 @@ export interface ActivePlugin {
   readonly hooks: PluginHooks;
 }
 
-/** The reply of a bare reject/defer/disconnect with no default of its own (also used by rules). */
-export const GENERIC_REPLIES: Record<"reject" | "defer" | "disconnect", string> = {
-  reject: "550 5.7.1 Rejected by policy",
-  defer: "451 4.7.1 Temporarily rejected by policy, try again later",
-  disconnect: "421 4.7.0 Closing connection",
-};
-
 export interface PhaseInput {
   readonly connection: ConnectionContext;
   readonly transaction?: TransactionContext;
   readonly recipient?: Address;
   readonly message?: Message;
   readonly helo?: string;
-}
-
-/** Turns an action into a decision; score actions add points and continue. */
-export function actionDecision(
-  action: Action,
-  by: DecidedBy,
-  defaultReply: string | undefined,
-  scope: TemplateScope,
-  addScore: (points: number, reason: string) => void,
-  reason?: string,
-): Decision {
-  switch (action.type) {
-    case "ignore":
-      return CONTINUE;
-    case "accept":
-      return { kind: "accept", by };
-    case "score":
-      addScore(action.points, `${by.name}${reason ? `: ${reason}` : ""}`);
-      return CONTINUE;
-    case "reject":
-    case "defer":
-    case "disconnect": {
-      const template = action.reply ?? defaultReply ?? GENERIC_REPLIES[action.type];
-      return { kind: action.type, reply: renderReply(template, scope, action.type), by, reason };
-    }
-    default:
-      return unreachable(action);
-  }
 }
 
 function verdictAction(entry: PipelineEntry, name: string): { action: Action; defaultReply?: string } {

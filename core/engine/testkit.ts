@@ -11,7 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { type Logger, pino } from "pino";
 import { ActionSchema } from "../contract/actions.js";
-import type { Clock, ConnectionContext, PluginDefinition, TraceEntry } from "../contract/api.js";
+import type { Clock, ConnectionContext, PluginCatalogue, PluginDefinition, TraceEntry } from "../contract/api.js";
 import type { DecidedBy, RefusingDecision, Reply } from "../contract/decision.js";
 import { createResolver, type DnsResolver } from "../dns/resolver.js";
 import { type LoadedPolicy, loadPolicy, type PipelineEntry } from "../policy/load.js";
@@ -59,13 +59,18 @@ export interface KitOptions {
   readonly clock?: Clock;
   readonly state?: StateStore;
   readonly log?: Logger;
+  /**
+   * The plugins a policy file may name without a path. The published test kit (`portcullis/testkit`)
+   * passes the built-in ones; without, only plugins named by path load.
+   */
+  readonly catalogue?: PluginCatalogue;
 }
 
 const silent = pino({ level: "silent" });
 
 /** Builds the runtime of a policy (a file path or a loaded policy) for simulations. */
 export async function policyRuntime(policy: string | LoadedPolicy, options: KitOptions = {}): Promise<Runtime> {
-  const loaded = typeof policy === "string" ? await loadPolicy(policy) : policy;
+  const loaded = typeof policy === "string" ? await loadPolicy(policy, options.catalogue ?? {}) : policy;
   const clock = options.clock ?? { now: () => Date.now() };
   return buildRuntime(loaded, {
     log: options.log ?? silent,
@@ -224,6 +229,12 @@ export async function runPlugin(
     onError: config.hooks.onError,
     index: 0,
   };
-  const policy: LoadedPolicy = { file: "<testkit>", dir: process.cwd(), config, pipeline: [entry] };
+  const policy: LoadedPolicy = {
+    file: "<testkit>",
+    dir: process.cwd(),
+    config,
+    pipeline: [entry],
+    catalogue: settings.catalogue ?? {},
+  };
   return runPolicy(policy, input, settings);
 }

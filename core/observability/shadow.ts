@@ -60,7 +60,8 @@ export class Shadow {
 
   /** Loads the candidate and compiles its rules; plugins are set up with the live runtime's services. */
   static async load(file: string, live: Runtime, metrics: ShadowMetrics, log: Logger): Promise<Shadow> {
-    const policy = await loadPolicy(file);
+    // The candidate may name the same plugins as the live policy.
+    const policy = await loadPolicy(file, live.policy.catalogue);
     const { clock, state, dns } = live.services;
     const runtime = await buildRuntime(policy, { log: log.child({ shadow: policy.file }), clock, state, dns });
     return new Shadow(policy.file, candidateOf(runtime), metrics);

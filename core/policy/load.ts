@@ -8,9 +8,8 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
-import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
 import type { Action } from "../contract/actions.js";
-import type { PluginDefinition, VerdictDefault } from "../contract/api.js";
+import type { PluginCatalogue, PluginDefinition, VerdictDefault } from "../contract/api.js";
 import { type ListItem, resolveListFiles } from "./lists.js";
 import { resolveRules } from "./rules/resolve.js";
 import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
@@ -65,10 +64,15 @@ export interface LoadedPolicy {
   /** Relative paths (tls, spool, maildir routes, transaction log) are already absolute here. */
   readonly config: PolicyConfig;
   readonly pipeline: readonly PipelineEntry[];
+  /** The plugins `plugin:` names could come from; a reload or a shadow policy loads with the same. */
+  readonly catalogue: PluginCatalogue;
 }
 
-/** Reads and validates a policy file; throws PolicyError listing every problem. */
-export async function loadPolicy(file: string): Promise<LoadedPolicy> {
+/**
+ * Reads and validates a policy file; throws PolicyError listing every problem. `catalogue` holds the
+ * plugins a policy may name without a path (the application hands in the built-in ones).
+ */
+export async function loadPolicy(file: string, catalogue: PluginCatalogue): Promise<LoadedPolicy> {
   let source: string;
   try {
     source = await readFile(file, "utf8");
@@ -77,7 +81,7 @@ export async function loadPolicy(file: string): Promise<LoadedPolicy> {
       { file, line: 1, col: 1, path: "", message: `cannot read the policy file: ${errorText(error)}` },
     ]);
   }
-  return parsePolicy(source, file);
+  return parsePolicy(source, file, catalogue);
 }
 
 /**
@@ -102,7 +106,7 @@ export async function problemAt(
 }
 
 /** Validates policy text; `file` names it in messages and anchors its relative paths. */
-export async function parsePolicy(source: string, file: string): Promise<LoadedPolicy> {
+export async function parsePolicy(source: string, file: string, catalogue: PluginCatalogue): Promise<LoadedPolicy> {
   const absolute = resolve(file);
   const dir = dirname(absolute);
   const lineCounter = new LineCounter();
@@ -144,7 +148,7 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
   const rawPipeline = isRecord(raw) && Array.isArray(raw.pipeline) ? raw.pipeline : [];
   const entries = await Promise.all(
     rawPipeline.map((entry, index) =>
-      compileEntry(entry, index, parsed.success ? parsed.data : undefined, dir, doc, report),
+      compileEntry(entry, index, parsed.success ? parsed.data : undefined, { dir, catalogue }, doc, report),
     ),
   );
   // List files named by rules are read now, so their problems are listed with the others (core/rules).
@@ -160,6 +164,7 @@ export async function parsePolicy(source: string, file: string): Promise<LoadedP
     dir,
     config: withRelayRecipients({ ...resolvePaths(parsed.data, dir), rules }, recipients),
     pipeline: entries.filter((entry): entry is PipelineEntry => entry !== undefined),
+    catalogue,
   };
 }
 
@@ -181,7 +186,7 @@ async function compileEntry(
   raw: unknown,
   index: number,
   config: PolicyConfig | undefined,
-  dir: string,
+  plugins: { readonly dir: string; readonly catalogue: PluginCatalogue },
   doc: Document,
   report: Report,
 ): Promise<PipelineEntry | undefined> {
@@ -189,7 +194,7 @@ async function compileEntry(
   if (!isRecord(raw) || typeof raw.plugin !== "string" || raw.plugin === "") return undefined;
   const name = raw.plugin;
   const at: PathKey[] = ["pipeline", index];
-  const definition = await resolvePlugin(name, dir, (message) => report([...at, "plugin"], message));
+  const definition = await resolvePlugin(name, plugins, (message) => report([...at, "plugin"], message));
   if (!definition) return undefined;
 
   const pluginOptions = Object.fromEntries(
@@ -232,7 +237,7 @@ function isPluginPath(name: string): boolean {
 
 async function resolvePlugin(
   name: string,
-  dir: string,
+  { dir, catalogue }: { readonly dir: string; readonly catalogue: PluginCatalogue },
   fail: (message: string) => void,
 ): Promise<PluginDefinition | undefined> {
   if (isPluginPath(name)) {
@@ -262,8 +267,8 @@ async function resolvePlugin(
     return module.default as PluginDefinition;
   }
 
-  const names = builtinPluginNames();
-  if (!Object.hasOwn(builtinPlugins, name)) {
+  const names = Object.keys(catalogue).sort();
+  if (!Object.hasOwn(catalogue, name)) {
     const known = names.length === 0 ? "there are no built-in plugins yet" : `built-in plugins: ${names.join(", ")}`;
     fail(
       `unknown plugin "${name}"${suggestion(name, names)}; ${known}; a plugin file is named by a path such as "./plugins/mine.ts"`,
@@ -271,7 +276,7 @@ async function resolvePlugin(
     return undefined;
   }
   try {
-    const definition = await builtinPlugins[name]();
+    const definition = await catalogue[name]();
     const problem = definitionProblem(definition);
     if (problem) throw new Error(`its default export ${problem}`);
     return definition;

@@ -10,10 +10,12 @@
 import { type FSWatcher, watch } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import type { Logger } from "pino";
-import { type LoadedPolicy, loadPolicy, PolicyError } from "./load.js";
+import { type LoadedPolicy, PolicyError } from "./load.js";
 
 export interface ReloaderOptions {
   readonly file: string;
+  /** Reads and validates the policy file (the application's loader, which knows its plugins). */
+  readonly load: (file: string) => Promise<LoadedPolicy>;
   readonly log: Logger;
   /** Switches to a validated policy; a rejection refuses it (the old one stays). */
   readonly apply: (policy: LoadedPolicy) => Promise<void>;
@@ -72,7 +74,7 @@ export class PolicyReloader {
     const { file, log, apply } = this.#options;
     let policy: LoadedPolicy | undefined;
     try {
-      policy = await loadPolicy(file);
+      policy = await this.#options.load(file);
       await apply(policy);
     } catch (error) {
       if (policy === undefined) this.#options.onLoadRefused?.();

@@ -7,12 +7,10 @@
  */
 import { readFile } from "node:fs/promises";
 import { LineCounter, type Node, parseDocument } from "yaml";
-import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
-import type { Phase, PluginDefinition } from "../contract/api.js";
+import type { Phase, PluginCatalogue, PluginDefinition } from "../contract/api.js";
 import type { Runtime } from "../engine/runtime.js";
-import { policyRuntime } from "../engine/testkit.js";
 import { parseCidr } from "../toolkit/netaddr.js";
-import { formatProblem, loadPolicy } from "./load.js";
+import { formatProblem } from "./load.js";
 import {
   type CompiledRule,
   type FindingCatalogue,
@@ -35,14 +33,16 @@ export interface CheckFinding {
 const PHASE_ORDER: readonly Phase[] = ["connect", "helo", "mail", "rcpt", "data", "queue"];
 const firstPhase = (rule: CompiledRule): Phase | undefined => PHASE_ORDER.find((phase) => rule.phases.has(phase));
 
-/** Findings declared by every built-in plugin, whether or not the policy uses it. */
-export async function builtinCatalogue(): Promise<FindingCatalogue> {
+/** Findings declared by every plugin of a catalogue, whether or not the policy uses it. */
+export async function findingsOf(plugins: PluginCatalogue): Promise<FindingCatalogue> {
   const definitions = await Promise.all(
-    builtinPluginNames().map(async (name) => {
-      // A built-in that fails to load is the loader's problem to report; here it declares nothing.
-      const definition = await builtinPlugins[name]().catch(() => undefined);
-      return definition ? [{ name, definition }] : [];
-    }),
+    Object.keys(plugins)
+      .sort()
+      .map(async (name) => {
+        // A plugin that fails to load is the loader's problem to report; here it declares nothing.
+        const definition = await plugins[name]().catch(() => undefined);
+        return definition ? [{ name, definition }] : [];
+      }),
   );
   return catalogueOf(definitions.flat());
 }
@@ -237,26 +237,4 @@ export function catalogueOf(
   definitions: ReadonlyArray<{ name: string; definition: PluginDefinition }>,
 ): FindingCatalogue {
   return findingCatalogue(definitions.map((d) => ({ ...d, phases: ["connect"] })));
-}
-
-/**
- * `portcullis check FILE [--strict]`: loads the policy, sets up its plugins (as `start` would),
- * runs the static checks. Exit 1 on an error, or on a warning with `strict`.
- */
-export async function checkPolicy(
-  file: string,
-  options: { strict?: boolean } = {},
-): Promise<{ code: number; lines: string[] }> {
-  const runtime = await policyRuntime(await loadPolicy(file));
-  const findings = staticChecks(runtime, await builtinCatalogue());
-  await runtime.services.state.close();
-  const lines = await formatFindings(runtime.policy.file, findings);
-  const errors = findings.filter((f) => f.severity === "error").length;
-  const warnings = findings.length - errors;
-  const failed = errors > 0 || (options.strict === true && warnings > 0);
-  const counts =
-    findings.length === 0
-      ? "ok"
-      : `${errors} error${errors === 1 ? "" : "s"}, ${warnings} warning${warnings === 1 ? "" : "s"}`;
-  return { code: failed ? 1 : 0, lines: [...lines, `${file}: ${counts}`] };
 }

@@ -4,7 +4,7 @@
  * dmarc plugin does not hold the breakage against the sender (`arc.trusted`). Nobody is trusted
  * unless the policy lists them.
  */
-import { definePlugin, verdict } from "../../core/contract/api.js";
+import { definePlugin, verdict } from "../../core/index.js";
 import type { ArcFacts } from "../shared/sender-auth/facts.js";
 import { arcVerification, parsedMessage } from "../shared/sender-auth/message.js";
 import { ArcOptions } from "./schema.js";

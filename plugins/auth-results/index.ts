@@ -5,7 +5,7 @@
  * downstream (§5), so it is removed.
  */
 import { z } from "zod";
-import { definePlugin, type HookContext } from "../../core/contract/api.js";
+import { definePlugin, type HookContext } from "../../core/index.js";
 import type { AuthResultsFacts } from "../shared/sender-auth/facts.js";
 import { authservIdOf, formatAuthResults, type ResultInfo } from "./format.js";
 

@@ -6,10 +6,15 @@
  */
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import { type ConnectionContext, definePlugin, verdict } from "../../core/contract/api.js";
-import { clientNet, storeFailure } from "../../core/state/create.js";
-import { NetworkList } from "../../core/toolkit/netaddr.js";
-import { Duration } from "../../core/toolkit/units.js";
+import {
+  type ConnectionContext,
+  clientNet,
+  Duration,
+  definePlugin,
+  NetworkList,
+  storeFailure,
+  verdict,
+} from "../../core/index.js";
 import { NetworkEntry } from "../shared/options.js";
 
 export const ConcurrencyOptions = z.strictObject({

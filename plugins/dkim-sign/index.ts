@@ -8,8 +8,7 @@ import { createPrivateKey } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { DkimSigner } from "mailauth/lib/dkim/dkim-signer.js";
-import { definePlugin, type HookContext } from "../../core/contract/api.js";
-import { createSeal } from "../../core/toolkit/mailauth.js";
+import { createSeal, definePlugin, type HookContext } from "../../core/index.js";
 import { arcVerification, parsedMessage } from "../shared/sender-auth/message.js";
 import { DkimSignOptions } from "./schema.js";
 

@@ -3,7 +3,7 @@
  * them as the verdict. A body changed in transit is `fail` (see `dkimSignatures`).
  */
 import { z } from "zod";
-import { definePlugin, verdict } from "../../core/contract/api.js";
+import { definePlugin, verdict } from "../../core/index.js";
 import { dkimFacts, dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
 
 export default definePlugin({

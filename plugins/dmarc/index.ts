@@ -4,9 +4,7 @@
  * organizational-domain fallback and sp=); alignment, pct and overrides are decided here.
  */
 
-import { definePlugin, type HookContext, verdict } from "../../core/contract/api.js";
-import { asciiDomain } from "../../core/toolkit/address.js";
-import { type DMARCResult, dmarc } from "../../core/toolkit/mailauth.js";
+import { asciiDomain, type DMARCResult, definePlugin, dmarc, type HookContext, verdict } from "../../core/index.js";
 import type { DmarcFacts, DmarcPolicy } from "../shared/sender-auth/facts.js";
 import { dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
 import { type ReplayMemo, replayMemo } from "../shared/sender-auth/replay.js";

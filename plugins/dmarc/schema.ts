@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import { z } from "zod";
-import { parseRouteTarget } from "../../core/delivery/target.js";
+import { parseRouteTarget } from "../../core/index.js";
 
 /** A `maildir:` route in a plugin option is relative to the policy folder, as in `routes:`. */
 export function anchoredRoute(text: string, dir: string): string {

@@ -6,7 +6,7 @@
  * every client would look listed.
  */
 import { isIPv4 } from "node:net";
-import type { DnsOutcome } from "../../core/dns/lookup.js";
+import type { DnsOutcome } from "../../core/index.js";
 import type { DnsblTarget, ZoneOptions } from "./schema.js";
 
 export type BrokenReason = "test-point" | "listed-share";

@@ -7,10 +7,7 @@
  * Lookups go through the shared resolver, not the `dnsbl` package, which reports DNS errors as
  * "not listed" and Spamhaus error codes as listings.
  */
-import type { HookContext } from "../../core/contract/api.js";
-import { definePlugin, verdict } from "../../core/contract/api.js";
-import { hostName, settle } from "../../core/dns/lookup.js";
-import { reverseIpLabels } from "../../core/dns/resolver.js";
+import { definePlugin, type HookContext, hostName, reverseIpLabels, settle, verdict } from "../../core/index.js";
 import {
   type BrokenReason,
   classifyAnswer,

@@ -1,7 +1,6 @@
 import { isIPv4 } from "node:net";
 import { z } from "zod";
-import { asciiDomain } from "../../core/toolkit/address.js";
-import { Duration } from "../../core/toolkit/units.js";
+import { asciiDomain, Duration } from "../../core/index.js";
 import { ipv4Number } from "./answer.js";
 
 /** "127.0.0.2" or "127.0.0.2-127.0.0.11" → an inclusive range of IPv4 numbers. */

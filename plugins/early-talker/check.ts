@@ -1,5 +1,5 @@
 /** The pregreet judgement as a pure function of what the listener saw. */
-import type { Pregreet } from "../../core/contract/api.js";
+import type { Pregreet } from "../../core/index.js";
 
 export interface EarlyTalkerFacts {
   /** early: sent before the banner; pass: waited the whole delay; skipped: not tested this time. */

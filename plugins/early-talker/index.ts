@@ -5,8 +5,7 @@
  * once. The delay is asked of the `pregreet` hook before the banner; the connect hook judges what
  * the listener saw, so the policy decides what talking first costs (default: 554 5.5.1, disconnect).
  */
-import { definePlugin, verdict } from "../../core/contract/api.js";
-import { NetworkList } from "../../core/toolkit/netaddr.js";
+import { definePlugin, NetworkList, verdict } from "../../core/index.js";
 import { type EarlyTalkerFacts, judgePregreet } from "./check.js";
 import { EarlyTalkerOptions } from "./schema.js";
 

@@ -3,8 +3,7 @@
  * client's PTR names, then the addresses of each name; a name whose addresses include the client
  * confirms it.
  */
-import type { ConnectionContext } from "../../core/contract/api.js";
-import { type DnsOutcome, hostName, sameIp } from "../../core/dns/lookup.js";
+import { type ConnectionContext, type DnsOutcome, hostName, sameIp } from "../../core/index.js";
 
 export type FcrdnsResult = "pass" | "fail" | "none" | "temperror";
 

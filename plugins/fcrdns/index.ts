@@ -3,8 +3,7 @@
  * verified name (Received header) and `iprev` (Authentication-Results); the policy acts on the
  * result through the verdicts pass, fail, none and temperror.
  */
-import { definePlugin, verdict } from "../../core/contract/api.js";
-import { settle } from "../../core/dns/lookup.js";
+import { definePlugin, settle, verdict } from "../../core/index.js";
 import { candidateNames, type FcrdnsFacts, iprevOf, judgeFcrdns } from "./check.js";
 import { FcrdnsOptions } from "./schema.js";
 

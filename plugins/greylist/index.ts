@@ -4,9 +4,18 @@
  * senders do not. Records live in the state store, so every gateway of a cluster knows them.
  */
 import { getDomain } from "tldts";
-import { type Address, type ConnectionContext, definePlugin, type Facts, verdict } from "../../core/contract/api.js";
-import { clientNet, type GreylistStatus, type StateStore, storeFailure } from "../../core/state/create.js";
-import { NetworkList } from "../../core/toolkit/netaddr.js";
+import {
+  type Address,
+  type ConnectionContext,
+  clientNet,
+  definePlugin,
+  type Facts,
+  type GreylistStatus,
+  NetworkList,
+  type StateStore,
+  storeFailure,
+  verdict,
+} from "../../core/index.js";
 import { GreylistOptions } from "./schema.js";
 
 export interface GreylistFacts {

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { Duration } from "../../core/toolkit/units.js";
+import { Duration } from "../../core/index.js";
 import { NetworkEntry } from "../shared/options.js";
 
 const Lower = z.string().transform((text) => text.toLowerCase());

@@ -3,7 +3,7 @@
  * a fully-qualified name or an address literal in brackets, which should be the client's own.
  */
 import { isIP, isIPv4, isIPv6 } from "node:net";
-import { type DnsOutcome, hostName, sameIp } from "../../core/dns/lookup.js";
+import { type DnsOutcome, hostName, sameIp } from "../../core/index.js";
 
 /** Every finding, in precedence order: when several hold, the first is the verdict. */
 export const HELO_FINDINGS = [

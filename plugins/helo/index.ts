@@ -4,9 +4,7 @@
  * finding is recorded; the first in precedence order is the verdict the policy acts on.
  */
 
-import { definePlugin, verdict } from "../../core/contract/api.js";
-import { settle } from "../../core/dns/lookup.js";
-import { asciiDomain } from "../../core/toolkit/address.js";
+import { asciiDomain, definePlugin, settle, verdict } from "../../core/index.js";
 import { dnsFindings, type HeloFacts, type HeloFinding, parseHelo, sortFindings, staticFindings } from "./check.js";
 import { HeloOptions } from "./schema.js";
 

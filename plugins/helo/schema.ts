@@ -1,6 +1,6 @@
 import { isIP } from "node:net";
 import { z } from "zod";
-import { asciiDomain } from "../../core/toolkit/address.js";
+import { asciiDomain } from "../../core/index.js";
 
 /** Host names with address-like or access-technology labels, as ISPs name their dynamic pools. */
 export const DEFAULT_DYNAMIC_PATTERNS = [

@@ -3,8 +3,7 @@
  * only accepted mail checks this demand early (without taking anything) and takes it at the end;
  * counting attempts takes the growth of the demand at each step.
  */
-import type { Address, ConnectionContext } from "../../core/contract/api.js";
-import { clientNet } from "../../core/state/create.js";
+import { type Address, type ConnectionContext, clientNet } from "../../core/index.js";
 import type { Count, KeyPart } from "./schema.js";
 
 export interface LimitShape {

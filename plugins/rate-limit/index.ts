@@ -8,12 +8,20 @@
  * on the way (greylisting, a DNSBL, a failed DATA) costs nothing, and its retry is not punished.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Action } from "../../core/contract/actions.js";
-import { type Address, type ConnectionContext, definePlugin, type Services } from "../../core/contract/api.js";
-import type { DecidedBy, Decision } from "../../core/contract/decision.js";
-import { actionDecision } from "../../core/engine/pipeline.js";
-import { type BucketRequest, type BucketResult, storeFailure } from "../../core/state/create.js";
-import { NetworkList } from "../../core/toolkit/netaddr.js";
+import {
+  type Action,
+  type Address,
+  actionDecision,
+  type BucketRequest,
+  type BucketResult,
+  type ConnectionContext,
+  type DecidedBy,
+  type Decision,
+  definePlugin,
+  NetworkList,
+  type Services,
+  storeFailure,
+} from "../../core/index.js";
 import { demand, growth, keyValue, perRecipient, type TransactionView } from "./demand.js";
 import { type Count, type LimitAction, type LimitOptions, limitName, RateLimitOptions } from "./schema.js";
 

@@ -1,6 +1,5 @@
 import { z } from "zod";
-import { type Action, ActionSchema } from "../../core/contract/actions.js";
-import { Duration, parseDuration, parseSize } from "../../core/toolkit/units.js";
+import { type Action, ActionSchema, Duration, parseDuration, parseSize } from "../../core/index.js";
 import { NetworkEntry } from "../shared/options.js";
 
 export const KEY_PARTS = [

@@ -2,8 +2,7 @@
  * SPF evaluation through the replay memo (../sender-auth/replay.ts): a check with the same inputs
  * whose DNS answers are all unchanged takes the kept result.
  */
-import type { DnsResolver } from "../../core/dns/resolver.js";
-import { type SPFResult, spf } from "../../core/toolkit/mailauth.js";
+import { type DnsResolver, type SPFResult, spf } from "../../core/index.js";
 import { replayMemo } from "../shared/sender-auth/replay.js";
 
 export interface SpfQuestion {

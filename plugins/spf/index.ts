@@ -4,7 +4,7 @@
  * bounce) has no domain to check, so the HELO name is checked instead (§2.3).
  */
 import { isIP } from "node:net";
-import { definePlugin, verdict } from "../../core/contract/api.js";
+import { definePlugin, verdict } from "../../core/index.js";
 import type { SpfFacts, SpfResult } from "../shared/sender-auth/facts.js";
 import { spfEvaluator } from "./evaluate.js";
 import { SpfOptions } from "./schema.js";

@@ -11,9 +11,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { loadPolicy } from "../../app/catalogue.js";
 import { testCommand } from "../../app/policy-test.js";
-import { runPolicy } from "../../core/engine/testkit.js";
-import { loadPolicy } from "../../core/policy/load.js";
+import { runPolicy } from "../../app/testkit.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const cli = join(root, "bin/portcullis.js");

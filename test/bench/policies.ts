@@ -6,7 +6,8 @@
  */
 import { readdir } from "node:fs/promises";
 import { stringify } from "yaml";
-import { PolicyError, parsePolicy } from "../../core/policy/load.js";
+import { parsePolicy } from "../../app/catalogue.js";
+import { PolicyError } from "../../core/policy/load.js";
 import { builtinPluginNames } from "../../plugins/index.js";
 import { BENCH } from "./mail.js";
 

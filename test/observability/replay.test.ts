@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { policyRuntime } from "../../core/engine/testkit.js";
+import { policyRuntime } from "../../app/testkit.js";
 import { candidateOf, type ReplayReport, replayLines } from "../../core/observability/replay.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";

@@ -10,7 +10,7 @@ import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
-import { policyRuntime } from "../../core/engine/testkit.js";
+import { policyRuntime } from "../../app/testkit.js";
 import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/observability/http.js";
 import {
   candidateOf,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { parsePolicy } from "../../core/policy/load.js";
+import { parsePolicy } from "../../app/catalogue.js";
 import { eventually } from "../fixtures/eventually.js";
 import { type Relay, startRelay } from "../fixtures/relay.js";
 import { message, sendAs } from "../fixtures/sender-auth.js";

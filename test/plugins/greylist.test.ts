@@ -11,7 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
-import { runPlugin, runPolicy, type SimulatedTransaction } from "../../core/engine/testkit.js";
+import { runPlugin, runPolicy, type SimulatedTransaction } from "../../app/testkit.js";
 import { MemoryStore, RedisStore, type StateStore } from "../../core/state/create.js";
 import greylist from "../../plugins/greylist/index.js";
 import { manualClock } from "../fixtures/clock.js";

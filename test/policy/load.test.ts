@@ -4,7 +4,8 @@ import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { loadPolicy, parsePolicy, policyJsonSchema } from "../../core/policy/load.js";
+import { loadPolicy, parsePolicy } from "../../app/catalogue.js";
+import { policyJsonSchema } from "../../core/policy/load.js";
 import { LOOPBACK_NETWORKS } from "../../core/policy/schema.js";
 import { builtinPluginNames, builtinPlugins } from "../../plugins/index.js";
 

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { loadPolicy, PolicyError, parsePolicy } from "../../core/policy/load.js";
+import { loadPolicy, parsePolicy } from "../../app/catalogue.js";
+import { PolicyError } from "../../core/policy/load.js";
 import { builtinPluginNames } from "../../plugins/index.js";
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/policies/${name}`, import.meta.url));

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { loadPolicy } from "../../app/catalogue.js";
 import { PolicyReloader, policyFiles } from "../../core/policy/reload.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
@@ -67,7 +68,7 @@ test("reload under load: valid → invalid → valid, no transaction fails, the 
   const gw: TestGateway = await startGateway(policy("A"));
   const file = join(gw.dir, "policy.yaml");
   const reloader = new PolicyReloader(
-    { file, log: gw.gateway.log, apply: (p) => gw.gateway.reload(p), settleMs: 20 },
+    { file, load: loadPolicy, log: gw.gateway.log, apply: (p) => gw.gateway.reload(p), settleMs: 20 },
     undefined,
   );
   const outcomes: Outcome[][] = [[], [], []];
@@ -122,6 +123,7 @@ test("reload under load: valid → invalid → valid, no transaction fails, the 
 test("a connection opened before a reload keeps its policy; new connections get the new one", async () => {
   const gw = await startGateway(policy("A"));
   const reloader = new PolicyReloader({
+    load: loadPolicy,
     file: join(gw.dir, "policy.yaml"),
     log: gw.gateway.log,
     apply: (p) => gw.gateway.reload(p),
@@ -159,10 +161,10 @@ test("list files named by the policy are watched and reloaded with it", async ()
     { files: { "lists/blocked.txt": "# blocked senders\nmallory@*\n" } },
   );
   const file = join(gw.dir, "policy.yaml");
-  const loaded = await import("../../core/policy/load.js").then((m) => m.loadPolicy(file));
+  const loaded = await loadPolicy(file);
   assert.deepEqual(policyFiles(loaded), [file, join(gw.dir, "lists/blocked.txt")]);
   const reloader = new PolicyReloader(
-    { file, log: gw.gateway.log, apply: (p) => gw.gateway.reload(p), settleMs: 20 },
+    { file, load: loadPolicy, log: gw.gateway.log, apply: (p) => gw.gateway.reload(p), settleMs: 20 },
     loaded,
   );
   const mail = async (from: string) => {

@@ -9,15 +9,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { policyRuntime } from "../../core/engine/testkit.js";
-import { PolicyError, parsePolicy } from "../../core/policy/load.js";
-import {
-  type CheckFinding,
-  catalogueOf,
-  checkPolicy,
-  formatFindings,
-  staticChecks,
-} from "../../core/policy/static-checks.js";
+import { parsePolicy } from "../../app/catalogue.js";
+import { checkPolicy } from "../../app/check.js";
+import { policyRuntime } from "../../app/testkit.js";
+import { PolicyError } from "../../core/policy/load.js";
+import { type CheckFinding, catalogueOf, formatFindings, staticChecks } from "../../core/policy/static-checks.js";
 import sample from "./rules/fixtures/sample.js";
 
 const fixtures = fileURLToPath(new URL("./rules/fixtures/", import.meta.url));

@@ -7,7 +7,7 @@ import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { loadPolicy } from "../../core/policy/load.js";
+import { loadPolicy } from "../../app/catalogue.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { closedPort, type NextHop } from "../fixtures/next-hop.js";

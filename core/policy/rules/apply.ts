@@ -9,10 +9,12 @@
  * that decides ends it. After `accept` or `quarantine` no later rule acts on the transaction.
  * A rule in `mode: observe` logs what it would do, is traced, and changes nothing.
  */
+
+import { GENERIC_REPLIES } from "../../contract/actions.js";
 import type { Phase, Services, TraceEntry } from "../../contract/api.js";
 import { CONTINUE, type DecidedBy, type Decision } from "../../contract/decision.js";
 import { renderReply, renderTemplate, type TemplateScope } from "../../contract/render.js";
-import { GENERIC_REPLIES, type PhaseInput } from "../../engine/pipeline.js";
+import type { PhaseInput } from "../../engine/pipeline.js";
 import { type CompiledRule, describeActions, type RuleSet, type RuleView } from "./compile.js";
 import type { RuleAction } from "./schema.js";
 

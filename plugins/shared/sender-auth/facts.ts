@@ -3,7 +3,7 @@
  * declared here, once, because they are a contract between plugins that never import each other:
  * dmarc reads `spf`, auth-results reads all of them, dkim-sign reads `authResults`.
  */
-import "../../../core/contract/api.js";
+import "../../../core/index.js";
 
 export type SpfResult = "pass" | "fail" | "softfail" | "neutral" | "none" | "temperror" | "permerror";
 

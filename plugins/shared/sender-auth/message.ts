@@ -5,15 +5,15 @@
  * computed as the bytes go by, so a large message is never held twice.
  */
 
-import type { Message } from "../../../core/contract/api.js";
-import type { DnsResolver } from "../../../core/dns/resolver.js";
 import {
   type ARCResult,
   arc,
   type DKIMVerifyResult,
-  type DNSResolver,
+  type DnsResolver,
   dkimVerify,
-} from "../../../core/toolkit/mailauth.js";
+  type MailauthResolver,
+  type Message,
+} from "../../../core/index.js";
 import type { DkimFacts, DkimResult, DkimSignature } from "./facts.js";
 
 /** mailauth's parsed header block: what its signer and sealer take instead of re-reading the message. */
@@ -44,8 +44,8 @@ export interface MessageScope {
 }
 
 /** mailauth's resolver contract is `dns.promises.resolve`'s, which the shared resolver keeps (errors carry Node codes). */
-export function mailauthResolver(dns: DnsResolver): DNSResolver {
-  return (name, type) => dns.resolve(name, type) as ReturnType<DNSResolver>;
+export function mailauthResolver(dns: DnsResolver): MailauthResolver {
+  return (name, type) => dns.resolve(name, type) as ReturnType<MailauthResolver>;
 }
 
 // Keyed by the message object, which lives exactly as long as its transaction.

@@ -9,8 +9,7 @@
  * saw a DNS failure (anything but "no such name" / "no data") is never kept.
  */
 import { LRUCache } from "lru-cache";
-import { type DnsResolver, isNegativeAnswer } from "../../../core/dns/resolver.js";
-import type { DNSResolver } from "../../../core/toolkit/mailauth.js";
+import { type DnsResolver, isNegativeAnswer, type MailauthResolver } from "../../../core/index.js";
 
 export interface Exchange {
   readonly name: string;
@@ -32,7 +31,7 @@ export interface ReplayMemo<R> {
   run(
     key: string,
     dns: DnsResolver,
-    evaluate: (resolver: DNSResolver) => Promise<R>,
+    evaluate: (resolver: MailauthResolver) => Promise<R>,
     keepable?: (exchanges: readonly Exchange[]) => boolean,
   ): Promise<R>;
   /** Evaluations run (not answered from the memo), for tests. */

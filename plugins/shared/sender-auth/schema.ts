@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { asciiDomain } from "../../../core/toolkit/address.js";
+import { asciiDomain } from "../../../core/index.js";
 
 /** A domain name in any case, Unicode or punycode; parsed to lower-case ASCII, the form DNS and d= use. */
 export const DomainName = z.string().transform((value, ctx) => {

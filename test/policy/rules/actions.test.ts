@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { Writable } from "node:stream";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { parsePolicy } from "../../../app/catalogue.js";
+import { policyRuntime, type SimulatedTransaction, simulate } from "../../../app/testkit.js";
 import type { ConnectionContext, TransactionContext } from "../../../core/contract/api.js";
-import { policyRuntime, type SimulatedTransaction, simulate } from "../../../core/engine/testkit.js";
 import { createLogger } from "../../../core/observability/log.js";
-import { parsePolicy } from "../../../core/policy/load.js";
 import { applyRules, connectionRuleState } from "../../../core/policy/rules/apply.js";
 import { runs } from "./fixtures/sample.js";
 

@@ -8,7 +8,8 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { PolicyError, parsePolicy } from "../../../core/policy/load.js";
+import { parsePolicy } from "../../../app/catalogue.js";
+import { PolicyError } from "../../../core/policy/load.js";
 import {
   type CompiledRule,
   compileRules,
