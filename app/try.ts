@@ -9,7 +9,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import type { Phase } from "../core/contract/api.js";
+import type { HookKind, Phase } from "../core/contract/api.js";
 import { formatReply } from "../core/contract/decision.js";
 import type { Runtime } from "../core/engine/runtime.js";
 import { loadPolicy } from "./catalogue.js";
@@ -22,7 +22,7 @@ export const TRY_USAGE =
 
 /** One hook run or rule match, with the findings of the hook's plugin (those it declares). */
 export interface TryStep {
-  readonly phase: Phase;
+  readonly phase: HookKind;
   readonly kind: "hook" | "rule";
   readonly name: string;
   readonly verdict: string | null;

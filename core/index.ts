@@ -16,6 +16,7 @@ export type {
   Facts,
   Hook,
   HookContext,
+  HookKind,
   HookResult,
   Hooks,
   Message,

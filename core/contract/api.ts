@@ -111,12 +111,16 @@ export interface Message {
   stream(): Readable;
 }
 
+/** The kinds of hook a plugin may have: the phases, the wait before the banner, and the close. */
+export type HookKind = Phase | "pregreet" | "close";
+
 export interface TraceEntry {
   /** The pipeline entry that ran; for a rule's entry (`source: "rule"`), the rule's name. */
   readonly plugin: string;
   /** "rule" for a rule that matched (its `verdict` then describes its actions); absent for hooks. */
   readonly source?: "rule";
-  readonly phase: Phase;
+  /** The phase, or `pregreet` / `close` for the hooks around a connection. */
+  readonly phase: HookKind;
   readonly verdict: string | null;
   readonly decision: Decision["kind"];
   readonly ms: number;

@@ -172,9 +172,15 @@ export class Session {
     return final;
   }
 
-  /** Runs the connect hooks. Returns a decision to apply now (disconnect); reject/defer wait for MAIL. */
-  async connect(trace: TraceEntry[] = this.connectionTrace): Promise<RefusingDecision | null> {
-    const decision = refusing(await this.#run("connect", { connection: this.connection }, trace));
+  /**
+   * Runs the connect hooks, unless a decision came before them (a failed pregreet hook's onError),
+   * which then stands for them. Returns a decision to apply now (disconnect); reject/defer wait for MAIL.
+   */
+  async connect(
+    trace: TraceEntry[] = this.connectionTrace,
+    before: RefusingDecision | null = null,
+  ): Promise<RefusingDecision | null> {
+    const decision = before ?? refusing(await this.#run("connect", { connection: this.connection }, trace));
     if (decision?.kind === "disconnect") return decision;
     this.#connectDecision = decision;
     return null;

@@ -8,7 +8,7 @@
  * docs/operations.md lists every metric with example alerts; a rename there is a breaking change.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { Clock, ConnectionContext, Facts, Phase, TraceEntry } from "../contract/api.js";
+import type { Clock, ConnectionContext, Facts, HookKind, TraceEntry } from "../contract/api.js";
 import type { RefusingDecision } from "../contract/decision.js";
 import type { RecipientOutcome } from "../delivery/result.js";
 import type { DnsResolver, DnsStats } from "../dns/resolver.js";
@@ -197,7 +197,7 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #hookTimers = new Map<string, { observe(seconds: number): void }>();
   readonly #verdictCounters = new Map<string, { inc(): void }>();
 
-  phase(phase: Phase, runs: readonly TraceEntry[], facts: Partial<Facts>): void {
+  phase(phase: HookKind, runs: readonly TraceEntry[], facts: Partial<Facts>): void {
     for (const run of runs) {
       if (run.source === "rule") {
         this.#ruleMatches.inc({ rule: run.plugin, phase });

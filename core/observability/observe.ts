@@ -8,7 +8,7 @@
  * pushed through here;
  * the metrics read them when scraped (core/observability/metrics.ts).
  */
-import type { ConnectionContext, Facts, Phase, TraceEntry } from "../contract/api.js";
+import type { ConnectionContext, Facts, HookKind, TraceEntry } from "../contract/api.js";
 import type { RefusingDecision } from "../contract/decision.js";
 import type { RecipientOutcome } from "../delivery/result.js";
 import type { TransactionOutcome } from "../engine/session.js";
@@ -53,8 +53,8 @@ export interface TransactionSummary {
 export interface GatewayObserver {
   connectionOpened(connection: ConnectionContext): void;
   connectionClosed(connection: ConnectionContext): void;
-  /** The hooks (and matching rules) of one phase ran; `facts` is the scope they wrote to. */
-  phase(phase: Phase, runs: readonly TraceEntry[], facts: Partial<Facts>): void;
+  /** The hooks (and matching rules) of one phase, or the pregreet or close hooks, ran; `facts` is the scope they wrote to. */
+  phase(phase: HookKind, runs: readonly TraceEntry[], facts: Partial<Facts>): void;
   /** A refusal was answered to the client (a connect-phase refusal once per MAIL it answers). */
   refused(decision: RefusingDecision): void;
   transaction(summary: TransactionSummary): void;

@@ -9,10 +9,11 @@ import type { Readable, Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
-import type { Clock, ConnectionContext, Pregreet } from "../contract/api.js";
+import type { Clock, ConnectionContext } from "../contract/api.js";
 import type { RefusingDecision, Reply } from "../contract/decision.js";
 import { composeMessage, tooManyHops } from "../delivery/forward.js";
 import { receivedHeader } from "../delivery/received.js";
+import { type PregreetRun, pregreetRefusal, runClose, runPregreet } from "../engine/pipeline.js";
 import { buildRuntime, type Runtime } from "../engine/runtime.js";
 import { connectionContext, Session } from "../engine/session.js";
 import { createLogger, moduleLogger } from "../observability/log.js";
@@ -33,7 +34,7 @@ import {
 import { SubmissionAuth, submissionRefusal } from "./auth/index.js";
 import { messageRefusal } from "./hardening.js";
 import { MessageWriter } from "./message.js";
-import { GatewaySMTPServer, type ListenerEvent } from "./smtp-server.js";
+import { type GatewayConnection, GatewaySMTPServer, type ListenerEvent } from "./smtp-server.js";
 
 /** Bodies up to this size stay in memory; larger ones are spooled to a temporary file. */
 const SPILL_THRESHOLD = 256 * 1024;
@@ -314,36 +315,22 @@ export class Gateway {
 
   /**
    * The banner delay for a client: `server.greetingDelay`, or longer when a `pregreet` hook asks for
-   * it. A hook that fails or outlives its entry's timeout is logged and counts as no delay: a delay
-   * is a test, not a decision, so nothing is refused or lost either way.
+   * it. The hooks run through the one hook runner, under their entries' deadlines; a failed one is
+   * judged by its entry's `onError` once the connection's session exists (#onConnect).
    */
-  async #greetingDelay(remoteAddress: string): Promise<number> {
+  async #greetingDelay(remoteAddress: string): Promise<PregreetRun> {
     const { config, plugins, services } = this.#runtime;
     const ip = normalizeIp(remoteAddress);
-    const client = { ip, family: ip.includes(":") ? (6 as const) : (4 as const) };
-    const delays = await Promise.all(
-      plugins.map(async ({ entry, hooks }) => {
-        if (!hooks.pregreet) return 0;
-        const signal = AbortSignal.timeout(entry.timeoutMs);
-        const deadline = new Promise<never>((_, reject) =>
-          signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
-        );
-        try {
-          return await Promise.race([hooks.pregreet({ ...services, client, signal }), deadline]);
-        } catch (err) {
-          this.log.warn({ plugin: entry.name, client: ip, err: (err as Error).message }, "pregreet hook failed");
-          return 0;
-        }
-      }),
-    );
-    return Math.max(config.server.greetingDelay, ...delays);
+    const run = await runPregreet(plugins, { ...services, client: { ip, family: ip.includes(":") ? 6 : 4 } });
+    if (run.trace.length > 0) this.metrics.phase("pregreet", run.trace, {});
+    return { ...run, delayMs: Math.max(config.server.greetingDelay, run.delayMs) };
   }
 
-  /** The listener's live record of the client's wait for the banner (`ConnectionContext.pregreet`). */
-  #pregreetOf(id: string): Pregreet | undefined {
+  /** The listener's side of a connection (its wait for the banner, what the pregreet hooks came to). */
+  #connectionOf(id: string): GatewayConnection | undefined {
     for (const { server } of this.#servers) {
       const connection = server.byId.get(id);
-      if (connection) return connection.pregreet;
+      if (connection) return connection;
     }
     return undefined;
   }
@@ -351,6 +338,7 @@ export class Gateway {
   async #onConnect(smtp: SMTPServerSession, role: Role): Promise<void> {
     const runtime = this.#runtime;
     const ip = normalizeIp(smtp.remoteAddress);
+    const listener = this.#connectionOf(smtp.id);
     const connection = connectionContext(runtime, {
       id: smtp.id,
       ip,
@@ -359,7 +347,7 @@ export class Gateway {
       role,
       openedAt: this.clock.now(),
       authUser: null,
-      pregreet: this.#pregreetOf(smtp.id),
+      pregreet: listener?.pregreet,
     });
     const log = moduleLogger(this.log, "smtp", runtime.config.observability.log.levels, { cid: smtp.id });
     // The recorder of the policy version this connection runs under.
@@ -375,7 +363,10 @@ export class Gateway {
     this.#sessions.set(smtp.id, session);
     this.metrics.connectionOpened(connection); // closed in #onClose or #rekey
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
-    const decision = await session.connect();
+    // A pregreet hook that failed is judged here, as the connect hooks' decisions are.
+    const pregreet = listener?.pregreetRun;
+    if (pregreet) session.connectionTrace.push(...pregreet.trace);
+    const decision = await session.connect(undefined, pregreet ? pregreetRefusal(pregreet, connection) : null);
     if (decision) {
       this.metrics.refused(decision);
       throw new SmtpReply(decision.reply);
@@ -571,11 +562,10 @@ export class Gateway {
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
     const { plugins, services } = session.runtime;
-    for (const { entry, hooks } of plugins) {
-      hooks.close?.({ ...services, connection: session.connection }).catch((err: Error) => {
-        session.log.warn({ plugin: entry.name, err: err.message }, "close hook failed");
-      });
-    }
+    // The session is already gone: a close hook that hangs holds nothing but itself, until its deadline.
+    void runClose(plugins, { ...services, log: session.log, connection: session.connection }).then((trace) => {
+      if (trace.length > 0) this.metrics.phase("close", trace, {});
+    });
   }
 }
 

@@ -21,6 +21,7 @@ import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
+import type { PregreetRun } from "../engine/pipeline.js";
 import { pathAsWritten } from "../toolkit/address.js";
 import { oneLine } from "../toolkit/client-text.js";
 import type { NetworkList } from "../toolkit/netaddr.js";
@@ -52,7 +53,7 @@ export interface SlowClientLimits {
 
 export interface GatewayServerOptions extends SMTPServerOptions {
   /** Milliseconds to wait before the greeting for this client (a promise when it takes a lookup). */
-  greetingDelay(remoteAddress: string): number | Promise<number>;
+  greetingDelay(remoteAddress: string): Promise<PregreetRun>;
   /** Peers allowed to send a PROXY header (a load balancer); everyone else speaks SMTP directly. */
   proxyTrusted?: NetworkList;
   /** Peers allowed to send XCLIENT; smtp-server itself only matches exact addresses. */
@@ -81,6 +82,8 @@ export class GatewayConnection extends SMTPConnection {
   #errors = 0;
   /** The wait before the greeting; the gateway hands this object to the session as `ConnectionContext.pregreet`. */
   readonly pregreet = { delayMs: 0, talkedEarly: false };
+  /** What the `pregreet` hooks came to (null until they ran): the session judges a failed one. */
+  pregreetRun: PregreetRun | null = null;
   #holdEarlyTalk = false;
   /** The command that arrived before the greeting; the parser sends no other until this one is answered. */
   #held: (() => void) | null = null;
@@ -115,7 +118,9 @@ export class GatewayConnection extends SMTPConnection {
       }
       this.#startLifetime();
       this.#holdEarlyTalk = this._server.gatewayOptions.holdEarlyTalk?.() ?? false;
-      const start = (delay: number) => {
+      const start = (run: PregreetRun) => {
+        this.pregreetRun = run;
+        const delay = run.delayMs;
         this.pregreet.delayMs = delay;
         const ready = () =>
           this.connectionReady(() => {

@@ -141,7 +141,7 @@ function libraryServer(counted: () => void): GatewaySMTPServer {
     disableReverseLookup: true,
     disabledCommands: ["AUTH", "STARTTLS"],
     maxClients: 100_000,
-    greetingDelay: () => 0,
+    greetingDelay: async () => ({ delayMs: 0, trace: [], failed: null }),
     onData(stream, _session, callback) {
       stream.on("data", () => {});
       stream.on("end", () => {
