@@ -40,7 +40,7 @@ export function clientGroup(ip: string): string {
 }
 
 /** The eight groups of a valid IPv6 address, in lower-case hex without leading zeros. */
-function ipv6Hextets(address: string): string[] {
+export function ipv6Hextets(address: string): string[] {
   let text = address.split("%")[0];
   // A trailing dotted quad (::ffff:192.0.2.1, 64:ff9b::192.0.2.1) stands for the last two groups.
   const quad = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
