@@ -18,6 +18,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, relative, resolve } from "node:path";
 import { LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
+import { PHASES } from "../core/contract/api.js";
 import { formatProblem, PolicyError, type Problem } from "../core/policy/load.js";
 import { startDnsServer, type ZoneData } from "../core/testing/dns-server.js";
 import { loadPolicy } from "./catalogue.js";
@@ -51,7 +52,7 @@ type Decision = keyof typeof DECISIONS;
 
 const Expect = z.strictObject({
   decision: z.enum(["accept", "reject", "defer", "disconnect"]).describe("how the transaction ends"),
-  phase: z.enum(["connect", "helo", "mail", "rcpt", "data", "queue"]).optional().describe("the phase that decided"),
+  phase: z.enum(PHASES).optional().describe("the phase that decided"),
   code: z.int().min(200).max(599).optional().describe("the reply code (refusals)"),
   enhanced: z.string().optional().describe('the enhanced status code, e.g. "5.7.1"'),
   reply: z.string().optional().describe("text the reply must contain"),

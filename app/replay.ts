@@ -29,7 +29,7 @@ export async function replayCommand(args: string[], out: NodeJS.WritableStream):
   const report: ReplayReport = {
     policy: runtime.policy.file,
     logs: values.log,
-    ...replayLines(lines, candidateOf(runtime)),
+    ...(await replayLines(lines, candidateOf(runtime))),
   };
   await runtime.services.state.close();
   const shown = values.show ? report : { ...report, changes: [] };

@@ -13,10 +13,15 @@ import type { DnsResolver } from "../dns/resolver.js";
 import type { StateStore } from "../state/create.js";
 import type { Decision } from "./decision.js";
 
-export type Phase = "connect" | "helo" | "mail" | "rcpt" | "data" | "queue";
+/**
+ * Every phase, in protocol order: the one list of phases. The rule compiler, `check`, replay and the
+ * policy test schema derive their phases and their order from it, and `Phase` is its element type,
+ * so a phase added here breaks the build wherever a `Record<Phase, …>` table must say what it means
+ * (what its hooks see, `PhaseArgs` below; the rules that run in it; the hooks a plugin may have).
+ */
+export const PHASES = ["connect", "helo", "mail", "rcpt", "data", "queue"] as const;
 
-/** Every phase, in protocol order. A `Record<Phase, …>` table breaks the build when a phase is added. */
-export const PHASES: readonly Phase[] = ["connect", "helo", "mail", "rcpt", "data", "queue"];
+export type Phase = (typeof PHASES)[number];
 
 /**
  * Findings, keyed by plugin. Each plugin adds its own key by declaration merging:

@@ -123,8 +123,12 @@ export class Session {
     private readonly clock: Clock,
     /** The gateway's metrics; engines without a gateway count nothing. */
     private readonly observer: GatewayObserver = NO_OBSERVER,
-    /** Records each phase for the transaction log and the shadow policy; null records nothing. */
-    private readonly recorder: SessionRecorder | null = null,
+    /**
+     * Told of each phase (before its hooks, after them, at its end) and of each finished transaction:
+     * the transaction log's recorder, or replay's recorded answers (core/observability/replay.ts).
+     * Null tells no one.
+     */
+    private readonly recorder: Pick<SessionRecorder, "step" | "finish"> | null = null,
     /** Asks next hops about recipients of routes with `verify: rcpt`. */
     private readonly verifier: RecipientVerifier = NO_VERIFIER,
   ) {

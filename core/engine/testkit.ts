@@ -11,7 +11,14 @@
 import { randomBytes } from "node:crypto";
 import { type Logger, pino } from "pino";
 import { ActionSchema } from "../contract/actions.js";
-import type { Clock, ConnectionContext, PluginCatalogue, PluginDefinition, TraceEntry } from "../contract/api.js";
+import type {
+  Clock,
+  ConnectionContext,
+  Phase,
+  PluginCatalogue,
+  PluginDefinition,
+  TraceEntry,
+} from "../contract/api.js";
 import type { DecidedBy, RefusingDecision, Reply } from "../contract/decision.js";
 import { createResolver, type DnsResolver } from "../dns/resolver.js";
 import { type LoadedPolicy, loadPolicy, type PipelineEntry } from "../policy/load.js";
@@ -38,7 +45,7 @@ export type SimulatedOutcome = "accepted" | "rejected" | "deferred" | "disconnec
 export interface SimulationResult {
   readonly outcome: SimulatedOutcome;
   /** The phase whose decision ended the transaction, or "queue" when it was accepted. */
-  readonly phase: "connect" | "helo" | "mail" | "rcpt" | "data" | "queue";
+  readonly phase: Phase;
   readonly reply: Reply | null;
   readonly decidedBy: DecidedBy | null;
   readonly recipients: ReadonlyArray<{ readonly address: string; readonly decision: RefusingDecision | null }>;

@@ -1,27 +1,36 @@
 /**
- * Replay: what a candidate policy's rules would have answered to transactions recorded in
- * the transaction log (core/observability/transaction-log.ts); `portcullis replay` (app/replay.ts) prints it.
+ * Replay: what a candidate policy would have answered to transactions recorded in the transaction
+ * log (core/observability/transaction-log.ts); `portcullis replay` (app/replay.ts) prints it, and
+ * the shadow policy (shadow.ts) runs it on every live transaction.
  *
- * What is re-evaluated, and what is not:
- * - Rules are. Each recorded step is played back in the session's order: the findings, points and
- *   tags its hooks produced are applied, then the candidate's rules run through the same
- *   `applyRules` the session uses (same phases, skip sets, scores, tags, once-per-recipient rules).
- * - Hooks are not (no DNS, no state store). A step that a hook ended keeps that hook's decision, and
- *   rules do not run in it, as live. So under the policy that recorded the log, every outcome is
- *   reproduced; under a candidate, only its rules can change an outcome.
- * - A step cannot be played when the candidate would run a hook that did not run, or hold back
- *   (`skip`) one that did, and a transaction the candidate lets past the point where it was refused
- *   (MAIL, DATA, or all recipients refused) has no recorded later steps: such transactions are
- *   reported as `unknown`, with the reason, never guessed.
+ * A record is played through the gateway's own engine, `Session` (core/engine/session.ts), with the
+ * candidate's runtime in which every hook answers from the record instead of looking anything up:
+ * - Hooks are not re-run (no DNS, no state store). At the phase, and for the recipient, that the
+ *   record has, each of the candidate's hooks answers what the live hook did: the step's findings,
+ *   points and tags are applied, and a step that a hook ended ends with that hook's decision. Then
+ *   the candidate's rules run through the session exactly as live (same phases, skip sets, scores,
+ *   tags, once-per-recipient rules). So under the policy that recorded the log every outcome is
+ *   reproduced; under a candidate, its rules and the order of its hooks can change an outcome.
+ * - What the record cannot tell is `unknown`, with the reason, never guessed: a step in which the
+ *   candidate would run a hook that did not run live, or hold back (`skip`) or lack one that did,
+ *   or run them in another order; a transaction the candidate lets past the point where it was
+ *   refused (MAIL, DATA, or all recipients refused), where no later steps were recorded.
  * - Connections refused at connect or HELO start no transaction and are not recorded: relaxing such
- *   a refusal cannot be replayed. Route and header changes are not outcomes and are not compared.
+ *   a refusal cannot be replayed. Relay access and recipient verification are taken as recorded (a
+ *   recipient with a recorded RCPT step got past them live). Route and header changes are not
+ *   outcomes and are not compared.
  */
-import { pino } from "pino";
-import type { ConnectionContext, Phase, TraceEntry, TransactionContext } from "../contract/api.js";
+import { Readable } from "node:stream";
+import { type Logger, pino } from "pino";
+import type { HookContext, HookResult, Message, Phase, PluginHooks, TraceEntry } from "../contract/api.js";
 import { type Decision, formatReply, parseReply, type RefusingDecision } from "../contract/decision.js";
+import type { RecipientVerifier } from "../delivery/verify.js";
+import type { ActivePlugin, PhaseInput } from "../engine/pipeline.js";
 import type { Runtime } from "../engine/runtime.js";
-import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "../policy/rules/apply.js";
-import type { RuleSet } from "../policy/rules/compile.js";
+import { connectionContext, Session, type TransactionOutcome } from "../engine/session.js";
+import type { RelayAccess } from "../policy/relay.js";
+import { hookPhases } from "../policy/rules/compile.js";
+import type { TransactionSummary } from "./observe.js";
 import { RECORD_VERSION, type RecordedDecision, type RecordedStep, type TransactionRecord } from "./transaction-log.js";
 
 /** A transaction outcome as the summary line has it, plus `quarantined` (accepted into quarantine) and `unknown`. */
@@ -42,34 +51,16 @@ export interface ReplayResult {
   readonly cause?: string;
 }
 
-/** What replay needs of a policy: its compiled rules and which entries have a hook in each phase. */
+/** A candidate policy as replay runs it. */
 export interface Candidate {
-  readonly rules: RuleSet;
-  readonly hooked: Readonly<Record<Phase, ReadonlySet<string>>>;
+  readonly runtime: Runtime;
+  /** Rules log what they do; in a replay nothing acts, so their lines would only mislead. */
+  readonly log: Logger;
 }
 
 export function candidateOf(runtime: Runtime): Candidate {
-  const hooked = (phase: Phase) =>
-    new Set(runtime.plugins.filter((p) => p.hooks[phase] !== undefined).map((p) => p.entry.name));
-  return {
-    rules: runtime.rules,
-    hooked: {
-      connect: hooked("connect"),
-      helo: hooked("helo"),
-      mail: hooked("mail"),
-      rcpt: hooked("rcpt"),
-      data: hooked("data"),
-      queue: hooked("queue"),
-    },
-  };
+  return { runtime, log: pino({ level: "silent" }) };
 }
-
-/** Rules log what they do; in a replay nothing acts, so their lines would only mislead. */
-const SILENT = { log: pino({ level: "silent" }) };
-
-type Writable<T> = { -readonly [K in keyof T]: T[K] };
-
-const TRANSACTION_PHASES: ReadonlySet<Phase> = new Set(["mail", "rcpt", "data", "queue"]);
 
 /** The rule whose `quarantine` action took the transaction (the action is traced as "quarantine TARGET"). */
 function quarantiner(rules: ReadonlyArray<{ rule: string; verdict: string | null }>): string | null {
@@ -111,198 +102,263 @@ function decisionOf(recorded: RecordedDecision): Decision {
   return { kind: recorded.kind, by, reply: parseReply(recorded.reply ?? ""), reason: recorded.reason };
 }
 
-function refusing(decision: Decision): RefusingDecision | null {
-  return decision.kind === "reject" || decision.kind === "defer" || decision.kind === "disconnect" ? decision : null;
-}
-
 const by = (decision: RefusingDecision) => `${decision.by.source}:${decision.by.name}`;
 
-/** Why the candidate's skip set makes a step unplayable (and the plugin it holds back), or null. */
-function skipMismatch(
-  step: RecordedStep,
-  skip: ReadonlySet<string>,
-  hooked: ReadonlySet<string>,
-): { reason: string; plugin?: string } | null {
-  const held = step.ran.find((name) => skip.has(name));
-  if (held) return { reason: `the candidate skips ${held}, whose ${step.phase} hook ran`, plugin: held };
-  const released = step.skipped.find((name) => hooked.has(name) && !skip.has(name));
-  return released ? { reason: `the candidate runs ${released}'s ${step.phase} hook, which was skipped` } : null;
-}
+const refusedLive = (step: RecordedStep | undefined) => step?.decision != null && step.decision.kind !== "accept";
 
-/** The rule of `rules` that acted and skips `plugin`. */
-function skipper(rules: RuleSet, state: RuleState, plugin: string): string | undefined {
-  return rules.rules.find(
-    (rule) => state.fired.has(rule.name) && rule.actions.some((a) => a.type === "skip" && a.plugins.includes(plugin)),
-  )?.name;
+/**
+ * What a hook answers once replay knows the outcome is unknown: it ends the phase, so no further
+ * hook or rule works on what the record cannot tell. The session's answer is then disregarded.
+ */
+const UNKNOWABLE: Decision = {
+  kind: "disconnect",
+  reply: { code: 421, enhanced: "4.3.0", text: "Replay cannot know this outcome" },
+  by: { source: "core", name: "replay" },
+};
+
+/** Why replay cannot know, and the plugin a candidate rule held back when that is why. */
+interface Unknowable {
+  readonly reason: string;
+  readonly skipped?: string;
 }
 
 /**
- * Plays a recorded transaction back under `candidate`'s rules. Pure: the record is not changed and
- * nothing is looked up.
+ * The recorded answers of one transaction, handed to the session in place of the live hooks and
+ * recorder: the session tells it each phase it starts (`step`), so the candidate's hooks answer from
+ * the step recorded for that phase and recipient, and it checks that they ran as live.
  */
-export function replayRecord(record: TransactionRecord, candidate: Candidate): ReplayResult {
-  const connection: Writable<ConnectionContext> = {
+class RecordedAnswers {
+  readonly #played = new Set<RecordedStep>();
+  #last: RecordedStep | null = null;
+  /** The step the session is in; null in a phase that has no recorded step. */
+  #current: RecordedStep | null = null;
+  /** Hooks called in the current step, in order. */
+  #called: string[] = [];
+  /** Whether the client was trusted, as the current step has it. */
+  trusted = false;
+  unknown: Unknowable | null = null;
+  summary: TransactionSummary | null = null;
+
+  constructor(private readonly record: TransactionRecord) {}
+
+  step(phase: Phase, input: PhaseInput, _plugins: readonly ActivePlugin[], skip: ReadonlySet<string>) {
+    const step =
+      this.record.steps.find(
+        (s) => !this.#played.has(s) && s.phase === phase && s.recipient?.address === input.recipient?.address,
+      ) ?? null;
+    this.#current = step;
+    this.#called = [];
+    if (step) {
+      this.#played.add(step);
+      this.#last = step;
+      // What the rules of the step saw of the connection, besides findings.
+      const { connection } = input;
+      connection.helo = step.helo;
+      connection.verifiedName = step.name;
+      connection.tls = step.tls ? { protocol: "recorded", cipher: "recorded" } : null;
+      connection.authUser = step.authUser;
+      this.trusted = step.trusted;
+    }
+    return {
+      hooksRan: () => {
+        if (!step || this.unknown) return;
+        const missing = step.ran.find((name) => !this.#called.includes(name));
+        if (!missing) return;
+        this.unknown = skip.has(missing)
+          ? { reason: `the candidate skips ${missing}, whose ${phase} hook ran`, skipped: missing }
+          : { reason: `the candidate has no ${phase} hook of ${missing}, which ran` };
+      },
+      end: () => {},
+    };
+  }
+
+  finish(_context: unknown, summary: TransactionSummary): void {
+    this.summary = summary;
+  }
+
+  /** The candidate's pipeline entry with hooks that answer from the record, in the phases it has hooks. */
+  plugin(live: ActivePlugin): ActivePlugin {
+    const answer = async (ctx: HookContext<Phase>) => this.#answer(live.entry.name, ctx);
+    return {
+      entry: live.entry,
+      hooks: Object.fromEntries(hookPhases(live).map((phase) => [phase, answer])) as PluginHooks,
+    };
+  }
+
+  #answer(name: string, ctx: HookContext<Phase>): HookResult {
+    if (this.unknown) return UNKNOWABLE;
+    const step = this.#current;
+    if (!step) {
+      this.unknown = {
+        reason: refusedLive(this.#last ?? undefined)
+          ? `passes the ${this.#last?.phase} phase, which was refused live: no later steps were recorded`
+          : `no ${ctx.phase} step was recorded`,
+      };
+      return UNKNOWABLE;
+    }
+    const expected = step.ran[this.#called.length];
+    if (name !== expected) {
+      this.unknown = {
+        reason: step.ran.includes(name)
+          ? `the candidate runs ${name}'s ${ctx.phase} hook before ${expected}'s, unlike live`
+          : step.skipped.includes(name)
+            ? `the candidate runs ${name}'s ${ctx.phase} hook, which was skipped`
+            : `the candidate runs ${name}'s ${ctx.phase} hook, which did not run`,
+      };
+      return UNKNOWABLE;
+    }
+    this.#called.push(name);
+    if (this.#called.length < step.ran.length) return undefined;
+    // The record keeps what a step's hooks found per step, not per hook: the last hook that ran
+    // applies all of it, before the rules of the step run.
+    Object.assign(ctx.facts, step.findings);
+    if (step.score !== 0) ctx.addScore(step.score, "recorded");
+    if ("transaction" in ctx) for (const tag of step.tags) ctx.transaction.tags.add(tag);
+    return step.decision?.by.startsWith("plugin:") ? decisionOf(step.decision) : undefined;
+  }
+}
+
+/** Relay access as recorded: a recipient with a recorded RCPT step got past it live; trust is as each step says. */
+function recordedRelay(relay: RelayAccess, answers: RecordedAnswers): RelayAccess {
+  return {
+    check: () => null,
+    unknownRecipient: () => null,
+    isTrustedClient: () => answers.trusted,
+    isLocalDomain: (domain) => relay.isLocalDomain(domain),
+  };
+}
+
+/**
+ * Recipient verification as recorded: a recipient the next hop refused live has a recorded RCPT
+ * step without a decision, and counts as accepted in the recorded result too (`recordedResult`).
+ */
+const VERIFIED: RecipientVerifier = { verify: async () => ({ kind: "exists" }) };
+
+/** Rules never read the message; the DATA and queue phases get an empty one. */
+const NO_MESSAGE: Message = { size: 0, headers: [], stream: () => Readable.from([]) };
+
+/** A replayed transaction: its result, and the summary line the session wrote (null when it wrote none). */
+export interface Playback {
+  readonly result: ReplayResult;
+  readonly summary: TransactionSummary | null;
+}
+
+/**
+ * Plays a recorded transaction through the session under `candidate`. Nothing is looked up and the
+ * record is not changed.
+ */
+export async function playRecord(record: TransactionRecord, candidate: Candidate): Promise<Playback> {
+  const answers = new RecordedAnswers(record);
+  const runtime: Runtime = {
+    ...candidate.runtime,
+    plugins: candidate.runtime.plugins.map((plugin) => answers.plugin(plugin)),
+    relay: recordedRelay(candidate.runtime.relay, answers),
+  };
+  const connection = connectionContext(runtime, {
     id: record.cid,
-    client: record.client,
+    ip: record.client.ip,
+    port: record.client.port,
     local: record.local,
     role: record.role,
     openedAt: 0,
-    tls: null,
-    helo: null,
     authUser: null,
-    verifiedName: null,
-    iprev: null,
-    trusted: false,
-    facts: {},
-    score: 0,
-  };
-  const connectionRules = connectionRuleState();
-  const trace: TraceEntry[] = [];
+  });
+  const { clock } = runtime.services;
+  const session = new Session(runtime, connection, candidate.log, clock, undefined, answers, VERIFIED);
   const rejected = coreRejected(record);
-  let tx: { context: TransactionContext; rules: RuleState } | null = null;
-  let atConnect: RefusingDecision | null = null;
-  let atHelo: RefusingDecision | null = null;
-  const result = (outcome: ReplayOutcome, decision: RefusingDecision | null): ReplayResult => ({
-    outcome,
-    decidedBy: decision ? by(decision) : null,
-    reply: decision ? formatReply(decision.reply) : null,
-    rejected,
-    quarantinedBy: null,
-  });
-  const unknown = (reason: string, cause?: string): ReplayResult => ({
-    ...result("unknown", null),
-    unknown: reason,
-    ...(cause ? { cause } : {}),
-  });
-  /** A transaction that got through every rule: accepted ones may have been quarantined by one. */
-  const settled = (outcome: ReplayOutcome, decidedBy: string | null, reply: string | null): ReplayResult => {
-    const quarantinedBy =
-      outcome === "accepted" && tx?.context.tags.has("quarantine")
-        ? quarantiner(trace.map((entry) => ({ rule: entry.plugin, verdict: entry.verdict })))
-        : null;
-    return { outcome: quarantinedBy ? "quarantined" : outcome, decidedBy, reply, rejected, quarantinedBy };
-  };
-  const dataSteps = record.steps.some((s) => s.phase === "data");
-
-  /** Plays one step; returns the transaction's result when the step ends it. */
-  const play = (step: RecordedStep): ReplayResult | null => {
-    // As live: once the connect phase refused, HELO hooks and rules do not run.
-    if (step.phase === "helo" && atConnect) return null;
-    if (TRANSACTION_PHASES.has(step.phase) && !tx) {
-      const refusal = atConnect ?? atHelo;
-      if (refusal) return result("refused", refusal);
-      tx = {
-        context: {
-          id: record.tx,
-          connection,
-          sender: { ...record.sender, args: {} },
-          recipients: [],
-          facts: Object.create(connection.facts),
-          score: connection.score,
-          tags: new Set(),
-          headers: { prepend: [], remove: [] },
-          route: null,
-          trace,
-        },
-        rules: transactionRuleState(connectionRules),
-      };
-    }
-    connection.helo = step.helo;
-    connection.verifiedName = step.name;
-    connection.trusted = step.trusted;
-    connection.tls = step.tls ? { protocol: "recorded", cipher: "recorded" } : null;
-    connection.authUser = step.authUser;
-    const state = tx?.rules ?? connectionRules;
-    const mismatch = skipMismatch(step, state.skip, candidate.hooked[step.phase]);
-    if (mismatch) return unknown(mismatch.reason, mismatch.plugin && skipper(candidate.rules, state, mismatch.plugin));
-    const holder: { score: number; facts: object } = tx?.context ?? connection;
-    Object.assign(holder.facts, step.findings);
-    holder.score += step.score;
-    for (const tag of step.tags) tx?.context.tags.add(tag);
-    const recipient = step.recipient ? { ...step.recipient, args: {} } : undefined;
-    const hookDecided = step.decision?.by.startsWith("plugin:") ?? false;
-    const decision =
-      hookDecided && step.decision
-        ? decisionOf(step.decision)
-        : applyRules(
-            candidate.rules,
-            step.phase,
-            {
-              connection,
-              transaction: tx?.context,
-              recipient,
-              helo: step.phase === "helo" ? (step.helo ?? "") : undefined,
-            },
-            state,
-            SILENT,
-            trace,
-          );
-    const refusal = refusing(decision);
-    const liveRefused = step.decision !== null && step.decision.kind !== "accept";
-    switch (step.phase) {
-      case "connect":
-        // A disconnect closes the connection at once; reject and defer are answered at MAIL.
-        if (refusal?.kind === "disconnect") return result("refused", refusal);
-        atConnect = refusal;
-        return null;
-      case "helo":
-        atHelo = refusal;
-        return null;
-      case "mail":
-        if (refusal) return result("refused", refusal);
-        return liveRefused ? unknown("passes MAIL, which was refused live: no later steps were recorded") : null;
-      case "rcpt": {
-        if (refusal) {
-          rejected[step.recipient?.address ?? ""] = by(refusal);
-          // The connection closes; the transaction ends aborted (as the summary line has it).
-          return refusal.kind === "disconnect" ? result("aborted", null) : null;
-        }
-        if (recipient) tx?.context.recipients.push(recipient);
-        return null;
-      }
-      case "data":
-      case "queue":
-        if (refusal) return result(refusal.kind === "defer" ? "deferred" : "rejected", refusal);
-        if (!liveRefused) return null;
-        // Past a DATA refused live, only the queue phase's rules remain when no hook runs in it.
-        if (step.phase === "data" && candidate.hooked.queue.size === 0) {
-          return (
-            play({
-              ...step,
-              phase: "queue",
-              findings: {},
-              score: 0,
-              tags: [],
-              ran: [],
-              skipped: [],
-              decision: null,
-              rules: [],
-            }) ?? settled("accepted", null, null)
-          );
-        }
-        return unknown(`passes the ${step.phase} phase, which was refused live: no later steps were recorded`);
-    }
-  };
-  for (const step of record.steps) {
-    const ended = play(step);
-    if (ended) return ended;
-  }
-  const transaction = tx as { context: TransactionContext } | null;
-  if (!transaction) return unknown("no MAIL step recorded");
-  const accepted = transaction.context.recipients.length;
-  if (accepted > 0 && record.recipients.length === 0 && !dataSteps) {
-    return unknown("accepts a recipient where none was accepted live: no DATA was recorded");
-  }
-  if (accepted === 0 && dataSteps) {
-    // Session.data's own answer to a transaction without recipients.
-    return result("rejected", {
-      kind: "reject",
-      reply: { code: 554, enhanced: "5.5.1", text: "Error: no valid recipients" },
-      by: { source: "core", name: "sequence" },
+  const played = (result: ReplayResult): Playback => ({ result, summary: answers.summary });
+  const ended = (outcome: ReplayOutcome, decision: RefusingDecision | null): Playback =>
+    played({
+      outcome,
+      decidedBy: decision ? by(decision) : null,
+      reply: decision ? formatReply(decision.reply) : null,
+      rejected,
+      quarantinedBy: null,
     });
+  const unknown = (reason: string, cause?: string): Playback => ({
+    result: { ...ended("unknown", null).result, unknown: reason, ...(cause ? { cause } : {}) },
+    summary: null,
+  });
+  /** The session stopped where the record cannot follow; `cause` is the rule that skips a hook that ran. */
+  const unknowable = ({ reason, skipped }: Unknowable): Playback => {
+    const trace = [...session.connectionTrace, ...(session.lastTransaction?.trace ?? [])];
+    return unknown(reason, skipped && skipper(candidate.runtime, trace, skipped));
+  };
+  /** The transaction got past every recorded step; what came after them stands as recorded. */
+  const settled = (outcome: TransactionOutcome, decidedBy: string | null, reply: string | null): Playback => {
+    session.finish(outcome, null);
+    const tx = session.lastTransaction;
+    const rules = [...session.connectionTrace, ...(tx?.trace ?? [])]
+      .filter((entry) => entry.source === "rule")
+      .map((entry) => ({ rule: entry.plugin, verdict: entry.verdict }));
+    const quarantinedBy = outcome === "accepted" && tx?.tags.has("quarantine") ? quarantiner(rules) : null;
+    return played({ outcome: quarantinedBy ? "quarantined" : outcome, decidedBy, reply, rejected, quarantinedBy });
+  };
+
+  const atConnect = await session.connect();
+  if (answers.unknown) return unknowable(answers.unknown);
+  // A disconnect closes the connection at once; reject and defer are answered at MAIL.
+  if (atConnect) return ended("refused", atConnect);
+  let helo: string | null = null;
+  for (const step of record.steps.filter((s) => s.phase === "helo")) {
+    // The same name again was sent after STARTTLS, which makes the session forget the first one.
+    if (step.helo === helo) session.restart();
+    helo = step.helo;
+    await session.helo(step.helo ?? "");
+    if (answers.unknown) return unknowable(answers.unknown);
   }
-  // Every recorded step went as live; what came after them (delivery, the client leaving) stands.
-  return settled(record.outcome, record.decidedBy, record.reply);
+  const mail = record.steps.find((s) => s.phase === "mail");
+  if (!mail) return unknown("no MAIL step recorded");
+  const atMail = await session.mail(record.sender.address, {});
+  if (answers.unknown) return unknowable(answers.unknown);
+  if (atMail) return ended("refused", atMail);
+  if (refusedLive(mail)) return unknown("passes the mail phase, which was refused live: no later steps were recorded");
+  for (const step of record.steps) {
+    if (step.phase !== "rcpt" || !step.recipient) continue;
+    const refusal = await session.rcpt(step.recipient.address, {});
+    if (answers.unknown) return unknowable(answers.unknown);
+    if (!refusal) continue;
+    rejected[step.recipient.address] = by(refusal);
+    if (refusal.kind === "disconnect") {
+      // The connection closes; the transaction ends aborted (as the summary line has it).
+      session.finish("aborted", null);
+      return ended("aborted", null);
+    }
+  }
+  const data = record.steps.find((s) => s.phase === "data");
+  if (!data) {
+    if ((session.transaction?.recipients.length ?? 0) > 0 && record.recipients.length === 0) {
+      return unknown("accepts a recipient where none was accepted live: no DATA was recorded");
+    }
+    return settled(record.outcome, record.decidedBy, record.reply);
+  }
+  const atData = await session.data(NO_MESSAGE);
+  if (answers.unknown) return unknowable(answers.unknown);
+  if (atData) {
+    const outcome = atData.kind === "defer" ? "deferred" : "rejected";
+    session.finish(outcome, atData);
+    return ended(outcome, atData);
+  }
+  const queue = record.steps.find((s) => s.phase === "queue");
+  if (refusedLive(queue)) {
+    return unknown("passes the queue phase, which was refused live: no later steps were recorded");
+  }
+  // Past a DATA refused live, the queue phase's rules ran without a recorded step (a hook there would
+  // have made the outcome unknown): nothing refused the message.
+  return refusedLive(data) ? settled("accepted", null, null) : settled(record.outcome, record.decidedBy, record.reply);
+}
+
+/** The candidate's rule that acted (it is in `trace`) and skips `plugin`. */
+function skipper(runtime: Runtime, trace: readonly TraceEntry[], plugin: string): string | undefined {
+  const acted = new Set(trace.filter((entry) => entry.source === "rule").map((entry) => entry.plugin));
+  return runtime.rules.rules.find(
+    (rule) => acted.has(rule.name) && rule.actions.some((a) => a.type === "skip" && a.plugins.includes(plugin)),
+  )?.name;
+}
+
+/** Plays a recorded transaction back under `candidate` (see `playRecord`). */
+export async function replayRecord(record: TransactionRecord, candidate: Candidate): Promise<ReplayResult> {
+  return (await playRecord(record, candidate)).result;
 }
 
 /** One way a candidate's result differs from the live one, and the rule that makes the difference. */
@@ -382,7 +438,10 @@ export interface ReplayReport {
 }
 
 /** Replays every record of `lines` (JSON lines) under `candidate`. */
-export function replayLines(lines: Iterable<string>, candidate: Candidate): Omit<ReplayReport, "policy" | "logs"> {
+export async function replayLines(
+  lines: Iterable<string>,
+  candidate: Candidate,
+): Promise<Omit<ReplayReport, "policy" | "logs">> {
   const count = (table: Record<string, number>, key: string) => {
     table[key] = (table[key] ?? 0) + 1;
   };
@@ -409,7 +468,7 @@ export function replayLines(lines: Iterable<string>, candidate: Candidate): Omit
     transactions++;
     if (record.hashed) hashed++;
     const live = recordedResult(record);
-    const result = replayRecord(record, candidate);
+    const result = await replayRecord(record, candidate);
     count(recorded, live.outcome);
     count(outcomes, result.outcome);
     const found = differences(live, result);

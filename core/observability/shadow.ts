@@ -68,9 +68,9 @@ export class Shadow {
   }
 
   /** Compares the candidate's answer to the live one; logs and counts the differences. */
-  evaluate(record: TransactionRecord, log: Logger): void {
+  async evaluate(record: TransactionRecord, log: Logger): Promise<void> {
     const live = recordedResult(record);
-    const candidate = replayRecord(record, this.candidate);
+    const candidate = await replayRecord(record, this.candidate);
     this.metrics.transactions.inc({ outcome: candidate.outcome });
     const found = differences(live, candidate);
     if (found.length === 0) return;
@@ -123,11 +123,9 @@ export class Rollout {
       } catch (err) {
         log.error({ err: (err as Error).message, path: file?.options.path }, "transaction log write failed");
       }
-      try {
-        shadow?.evaluate(record, log);
-      } catch (err) {
-        log.error({ err: (err as Error).message, candidate: shadow?.file }, "shadow evaluation failed");
-      }
+      shadow?.evaluate(record, log).catch((err: Error) => {
+        log.error({ err: err.message, candidate: shadow.file }, "shadow evaluation failed");
+      });
     };
     return new SessionRecorder(sink, this.deps.clock);
   }

@@ -7,7 +7,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { LineCounter, type Node, parseDocument } from "yaml";
-import type { Phase, PluginCatalogue, PluginDefinition } from "../contract/api.js";
+import { PHASES, type Phase, type PluginCatalogue, type PluginDefinition } from "../contract/api.js";
 import type { Runtime } from "../engine/runtime.js";
 import { parseCidr } from "../toolkit/netaddr.js";
 import { formatProblem } from "./load.js";
@@ -30,8 +30,7 @@ export interface CheckFinding {
   readonly message: string;
 }
 
-const PHASE_ORDER: readonly Phase[] = ["connect", "helo", "mail", "rcpt", "data", "queue"];
-const firstPhase = (rule: CompiledRule): Phase | undefined => PHASE_ORDER.find((phase) => rule.phases.has(phase));
+const firstPhase = (rule: CompiledRule): Phase | undefined => PHASES.find((phase) => rule.phases.has(phase));
 
 /** Findings declared by every plugin of a catalogue, whether or not the policy uses it. */
 export async function findingsOf(plugins: PluginCatalogue): Promise<FindingCatalogue> {
@@ -136,7 +135,7 @@ function unreachableRules(runtime: Runtime): CheckFinding[] {
     if (!from) continue;
     for (const rule of rules.slice(blocker.index + 1)) {
       const start = firstPhase(rule);
-      if (!start || PHASE_ORDER.indexOf(start) < PHASE_ORDER.indexOf(from)) continue;
+      if (!start || PHASES.indexOf(start) < PHASES.indexOf(from)) continue;
       findings.push({
         severity: "warning",
         path: ["rules", rule.index],

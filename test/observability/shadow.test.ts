@@ -181,7 +181,7 @@ describe("a shadow candidate beside the live policy", () => {
   test("replay under the live policy reproduces every recorded outcome, without DNS", async () => {
     dns.resetQueries();
     const runtime = await policyRuntime(join(gw.dir, "policy.yaml"));
-    const report = replayLines(
+    const report = await replayLines(
       records.map((r) => JSON.stringify(r)),
       candidateOf(runtime),
     );
@@ -195,7 +195,7 @@ describe("a shadow candidate beside the live policy", () => {
   test("replay under the candidate reports exactly what the shadow reported", async () => {
     const runtime = await policyRuntime(join(gw.dir, "candidate.yaml"));
     const shadow = candidateOf(runtime);
-    const report = replayLines(
+    const report = await replayLines(
       records.map((r) => JSON.stringify(r)),
       shadow,
     );
@@ -216,7 +216,7 @@ describe("a shadow candidate beside the live policy", () => {
     );
     // The same pure evaluation the shadow ran live.
     for (const record of records) {
-      const replayed = replayRecord(record, shadow);
+      const replayed = await replayRecord(record, shadow);
       assert.ok(replayed.outcome !== "unknown", `${record.tx}: ${replayed.unknown}`);
     }
     assert.equal(differences(report.changes[0].live, report.changes[0].candidate).length, 1);

@@ -130,9 +130,7 @@ export function isSubjectRoot(path: string): boolean {
   return SUBJECT_ROOTS.has(path.split(".")[0]);
 }
 
-const PHASE_INDEX: Readonly<Record<Phase, number>> = { connect: 0, helo: 1, mail: 2, rcpt: 3, data: 4, queue: 5 };
-
-const laterOf = (a: Phase, b: Phase): Phase => (PHASE_INDEX[a] >= PHASE_INDEX[b] ? a : b);
+const laterOf = (a: Phase, b: Phase): Phase => (PHASES.indexOf(a) >= PHASES.indexOf(b) ? a : b);
 
 /** Actions that change the transaction need one: they run from MAIL at the earliest. */
 const ACTION_PHASE: Readonly<Record<RuleAction["type"], Phase>> = {
@@ -270,8 +268,8 @@ export function compileRule(rule: Rule, index: number, catalogue: FindingCatalog
   for (const action of rule.actions) first = laterOf(first, ACTION_PHASE[action.type]);
   const namesRecipient = paths.some((path) => path === "recipient" || path.startsWith("recipient."));
   const phases = namesRecipient
-    ? PHASES.filter((phase) => phase === "rcpt" && PHASE_INDEX[first] <= PHASE_INDEX.rcpt)
-    : PHASES.filter((phase) => PHASE_INDEX[phase] >= PHASE_INDEX[first]);
+    ? PHASES.filter((phase) => phase === "rcpt" && PHASES.indexOf(first) <= PHASES.indexOf("rcpt"))
+    : PHASES.filter((phase) => PHASES.indexOf(phase) >= PHASES.indexOf(first));
   const refuses = rule.actions.some((a) => a.type === "reject" || a.type === "defer" || a.type === "disconnect");
   return {
     name: rule.name,
