@@ -10,7 +10,7 @@ import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { z } from "zod";
 import type { DnsResolver } from "../dns/resolver.js";
-import type { StateStore } from "../state/create.js";
+import type { StateStore } from "../state/types.js";
 import type { Decision } from "./decision.js";
 
 /**

@@ -18,15 +18,18 @@ import { type Decision, formatReply, type RefusingDecision, type Reply, reply } 
 import { routeQuery } from "../delivery/forward.js";
 import type { RouteQuery } from "../delivery/routes.js";
 import { NO_VERIFIER, type RecipientVerifier } from "../delivery/verify.js";
-import { type GatewayObserver, NO_OBSERVER, type TransactionSummary } from "../observability/observe.js";
+import {
+  type GatewayObserver,
+  NO_OBSERVER,
+  type TransactionOutcome,
+  type TransactionSummary,
+} from "../observability/observe.js";
 import type { SessionRecorder } from "../observability/transaction-log.js";
 import { isDomainlessPostmaster, userUnknown } from "../policy/relay.js";
 import { applyRules, connectionRuleState, type RuleState, transactionRuleState } from "../policy/rules/apply.js";
 import { parseEnvelopeAddress } from "../toolkit/address.js";
 import { runPhase } from "./pipeline.js";
 import type { Runtime } from "./runtime.js";
-
-export type TransactionOutcome = "accepted" | "rejected" | "deferred" | "refused" | "aborted";
 
 export interface DeliverySummary {
   readonly size: number;

@@ -11,7 +11,9 @@
 import type { ConnectionContext, Facts, HookKind, TraceEntry } from "../contract/api.js";
 import type { RefusingDecision } from "../contract/decision.js";
 import type { RecipientOutcome } from "../delivery/result.js";
-import type { TransactionOutcome } from "../engine/session.js";
+
+/** How a transaction ended, as the summary line and the transaction log say it. */
+export type TransactionOutcome = "accepted" | "rejected" | "deferred" | "refused" | "aborted";
 
 /**
  * The per-transaction summary line (`event: "transaction"`), one per MAIL FROM. Its field set is a

@@ -27,10 +27,10 @@ import { type Decision, formatReply, parseReply, type RefusingDecision } from ".
 import type { RecipientVerifier } from "../delivery/verify.js";
 import type { ActivePlugin, PhaseInput } from "../engine/pipeline.js";
 import type { Runtime } from "../engine/runtime.js";
-import { connectionContext, Session, type TransactionOutcome } from "../engine/session.js";
+import { connectionContext, Session } from "../engine/session.js";
 import type { RelayAccess } from "../policy/relay.js";
 import { hookPhases } from "../policy/rules/compile.js";
-import type { TransactionSummary } from "./observe.js";
+import type { TransactionOutcome, TransactionSummary } from "./observe.js";
 import { RECORD_VERSION, type RecordedDecision, type RecordedStep, type TransactionRecord } from "./transaction-log.js";
 
 /** A transaction outcome as the summary line has it, plus `quarantined` (accepted into quarantine) and `unknown`. */

@@ -31,8 +31,7 @@ import type { Clock, Phase, TraceEntry, TransactionContext } from "../contract/a
 import type { Decision, RefusingDecision } from "../contract/decision.js";
 import { formatReply } from "../contract/decision.js";
 import type { ActivePlugin, PhaseInput } from "../engine/pipeline.js";
-import type { TransactionOutcome } from "../engine/session.js";
-import type { TransactionSummary } from "./observe.js";
+import type { TransactionOutcome, TransactionSummary } from "./observe.js";
 
 /** Bumped when a field changes meaning; replay refuses records of another version. */
 export const RECORD_VERSION = 1;

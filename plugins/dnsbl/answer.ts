@@ -7,7 +7,7 @@
  */
 import { isIPv4 } from "node:net";
 import type { DnsOutcome } from "../../core/index.js";
-import type { DnsblTarget, ZoneOptions } from "./schema.js";
+import { type DnsblTarget, ipv4Number, type ZoneOptions } from "./schema.js";
 
 export type BrokenReason = "test-point" | "listed-share";
 
@@ -31,10 +31,6 @@ export type ZoneFinding = AnswerStatus & {
   /** Set when the zone is judged broken: the finding is recorded and ignored. */
   readonly broken: BrokenReason | null;
 };
-
-export function ipv4Number(address: string): number {
-  return address.split(".").reduce((sum, octet) => sum * 256 + Number(octet), 0);
-}
 
 const NET_127 = ipv4Number("127.0.0.0");
 const LIST_ERRORS = ipv4Number("127.255.255.0");

@@ -1,7 +1,11 @@
 import { isIPv4 } from "node:net";
 import { z } from "zod";
 import { asciiDomain, Duration } from "../../core/index.js";
-import { ipv4Number } from "./answer.js";
+
+/** A dotted IPv4 address as one number, so return codes compare with the ranges of `codes:`. */
+export function ipv4Number(address: string): number {
+  return address.split(".").reduce((sum, octet) => sum * 256 + Number(octet), 0);
+}
 
 /** "127.0.0.2" or "127.0.0.2-127.0.0.11" → an inclusive range of IPv4 numbers. */
 const CodeRange = z.string().transform((text, ctx) => {
