@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { eventually } from "../fixtures/eventually.js";
-import { closedPort } from "../fixtures/next-hop.js";
+import { freePortOn, privateLoopback } from "../fixtures/private-address.js";
 import { type ChildGateway, type Sink, sendOne, startChild, startSink } from "./child.js";
 import { scrape } from "./scrape.js";
 
@@ -24,8 +24,10 @@ describe("two workers", () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "portcullis-workers-"));
     sink = await startSink();
-    const metricsPort = await closedPort();
-    base = `http://127.0.0.1:${metricsPort}`;
+    // The supervisor binds the metrics port from its policy: an address of its own keeps the port ours.
+    const metricsHost = privateLoopback();
+    const metricsPort = await freePortOn(metricsHost);
+    base = `http://${metricsHost}:${metricsPort}`;
     const file = join(dir, "policy.yaml");
     await writeFile(
       file,
@@ -35,7 +37,7 @@ server: { hostname: mx.gateway.test, workers: 2 }
 relay: { domains: [example.test] }
 routes: [{ to: "smtp://127.0.0.1:${sink.port}" }]
 delivery: { mode: queue, spool: ./spool, retry: { schedule: [100ms], maxAge: 1h } }
-observability: { metrics: "127.0.0.1:${metricsPort}" }
+observability: { metrics: "${metricsHost}:${metricsPort}" }
 `,
     );
     gateway = await startChild(file);

@@ -22,6 +22,7 @@ import { manualClock } from "../fixtures/clock.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { CLI, type GatewayProcess, startGatewayProcess } from "../fixtures/gateway-process.js";
+import { closedPort } from "../fixtures/next-hop.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 import { connectAs } from "../fixtures/smtp-client.js";
 import { type Scrape, scrape } from "../ops/scrape.js";
@@ -256,16 +257,6 @@ routes: [{ to: discard }]
     }
   });
 });
-
-async function closedPort(): Promise<number> {
-  const { createServer } = await import("node:net");
-  const server = createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, "close");
-  return port;
-}
 
 const message = "From: <a@sender.test>\r\nTo: <b@example.test>\r\nSubject: load\r\n\r\nhello\r\n";
 
