@@ -82,7 +82,7 @@ export class GatewayMetrics implements GatewayObserver {
     });
     this.#transactions = new Counter({
       name: "portcullis_transactions_total",
-      help: "Transactions (MAIL FROM to end) by outcome: accepted, rejected, deferred, refused (at MAIL), aborted",
+      help: "Transactions (MAIL FROM to end) by outcome: accepted, rejected (also every recipient refused), deferred, refused (at MAIL), aborted (the client left or reset, no refusal ended it)",
       labelNames: ["outcome"] as const,
       registers,
     });
