@@ -1,7 +1,7 @@
 /**
  * What the gateway tells its observers (metrics today) as things happen. The core calls these at
  * the few points where the facts already exist — a connection opens or closes, a phase's hooks ran,
- * a refusal is answered, a transaction's summary line is written, a delivery attempt ends, a policy
+ * a refusal is answered, a transaction's (or a connection's) summary line is written, a delivery attempt ends, a policy
  * reload is tried — and never waits for them: an observer only counts, it cannot change a decision.
  *
  * Numbers that live in a component (DNS cache, spool, state store failures, AUTH failures) are not

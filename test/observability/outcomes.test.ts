@@ -28,6 +28,30 @@ const NAMELESS = "192.0.2.77";
 /** Named, and cut off by a connect-phase rule before the greeting (the rules run once no hook decided). */
 const CUT = "192.0.2.99";
 
+/** Every key of a connection line, logger fields included; `reason` is there because a decision refused. */
+const CONNECTION_FIELDS = [
+  "level",
+  "time",
+  "service",
+  "msg",
+  "cid",
+  "event",
+  "client",
+  "helo",
+  "tls",
+  "outcome",
+  "phase",
+  "reply",
+  "decidedBy",
+  "reason",
+  "from",
+  "refusedMails",
+  "findings",
+  "score",
+  "trace",
+  "ms",
+];
+
 const pipeline = {
   fcrdns: "  - plugin: fcrdns\n",
   dnsbl: "  - plugin: dnsbl\n    zones: [{ zone: bl.test }]\n",
@@ -135,6 +159,8 @@ describe("every decision visible", () => {
       from: "l@sender.test",
       refusedMails: 1,
     });
+    // The field set is a contract with log pipelines (docs/operations.md): add fields, never rename or drop.
+    assert.deepEqual(Object.keys(line(LISTED)).sort(), [...CONNECTION_FIELDS].sort());
     assert.match(String(line(LISTED).reply), /^554 /);
     assert.deepEqual(line(LISTED).client, { ip: LISTED, name: "listed.sender.test" });
     assert.equal((line(LISTED).findings as { dnsbl: { listed: boolean } }).dnsbl.listed, true);
