@@ -19,6 +19,7 @@ import { routeQuery } from "../delivery/forward.js";
 import type { RouteQuery } from "../delivery/routes.js";
 import { NO_VERIFIER, type RecipientVerifier } from "../delivery/verify.js";
 import {
+  type ConnectionSummary,
   type GatewayObserver,
   NO_OBSERVER,
   type TransactionOutcome,
@@ -41,7 +42,8 @@ export interface DeliverySummary {
 interface TransactionState {
   readonly context: TransactionContext;
   readonly startedAt: number;
-  readonly rejectedRecipients: Array<{ address: string; reply: Reply }>;
+  /** Each refused recipient with the decision that refused it; the last one decides a transaction none passed. */
+  readonly rejectedRecipients: Array<{ address: string; decision: RefusingDecision }>;
   /** The services hooks see, made once per transaction: the logger is bound to the transaction id. */
   readonly services: Services;
   /** What the rules did in this transaction (fired rules, skipped plugins). */
@@ -118,6 +120,12 @@ export class Session {
   #last: TransactionContext | null = null;
   /** The phase whose decision was last answered to the client (the connect and helo phases answer at MAIL). */
   refusedIn: Phase | null = null;
+  /** The last refusal answered outside a transaction, for the connection line. */
+  #answered: RefusingDecision | null = null;
+  #refusedMails = 0;
+  #triedFrom: string | null = null;
+  /** Transaction lines written; a connection that wrote none writes a connection line when it closes. */
+  #summaries = 0;
 
   constructor(
     readonly runtime: Runtime,
@@ -131,7 +139,9 @@ export class Session {
      * the transaction log's recorder, or replay's recorded answers (core/observability/replay.ts).
      * Null tells no one.
      */
-    private readonly recorder: Pick<SessionRecorder, "step" | "finish"> | null = null,
+    private readonly recorder:
+      | (Pick<SessionRecorder, "step" | "finish"> & Partial<Pick<SessionRecorder, "connection">>)
+      | null = null,
     /** Asks next hops about recipients of routes with `verify: rcpt`. */
     private readonly verifier: RecipientVerifier = NO_VERIFIER,
   ) {
@@ -151,9 +161,17 @@ export class Session {
     return this.#transactions;
   }
 
+  /** A refusal answered at MAIL (none of which leaves a transaction open). */
   #refused(phase: Phase, decision: RefusingDecision): RefusingDecision {
     this.refusedIn = phase;
+    this.#answered = decision;
+    this.#refusedMails++;
     return decision;
+  }
+
+  /** The connect or HELO phase's refusal, held to be answered at MAIL; null when the client may go on. */
+  get held(): RefusingDecision | null {
+    return this.#connectDecision ?? this.#heloDecision;
   }
 
   /** The services hooks see, with the logger of this connection (and transaction, once there is one). */
@@ -188,7 +206,11 @@ export class Session {
     before: RefusingDecision | null = null,
   ): Promise<RefusingDecision | null> {
     const decision = before ?? refusing(await this.#run("connect", { connection: this.connection }, trace));
-    if (decision?.kind === "disconnect") return decision;
+    if (decision?.kind === "disconnect") {
+      this.refusedIn = "connect";
+      this.#answered = decision;
+      return decision;
+    }
     this.#connectDecision = decision;
     return null;
   }
@@ -219,6 +241,7 @@ export class Session {
   async mail(address: string, args: Record<string, string | boolean>): Promise<RefusingDecision | null> {
     // A MAIL after RSET (which smtp-server handles itself) starts over; log what was abandoned.
     this.finish("aborted", null);
+    this.#triedFrom = address;
     if (this.#connectDecision) return this.#refused("connect", this.#connectDecision);
     if (this.#heloDecision) return this.#refused("helo", this.#heloDecision);
     const limits = this.runtime.config.server.limits;
@@ -263,7 +286,7 @@ export class Session {
     const tx = this.#transaction;
     if (!tx) return core("sequence", "reject", { code: 503, enhanced: "5.5.1", text: "Error: need MAIL command" });
     const refuse = (decision: RefusingDecision): RefusingDecision => {
-      tx.rejectedRecipients.push({ address, reply: decision.reply });
+      tx.rejectedRecipients.push({ address, decision });
       return decision;
     };
     const recipient = parseEnvelopeAddress(address, args, { nullAllowed: false });
@@ -352,12 +375,20 @@ export class Session {
     return null;
   }
 
-  /** Writes the one summary line of the transaction and forgets it. */
-  finish(outcome: TransactionOutcome, decision: RefusingDecision | null, delivery?: DeliverySummary): void {
+  /**
+   * Writes the one summary line of the transaction and forgets it. A transaction that ends
+   * `aborted` with every recipient refused was ended by those refusals, not by the client: it is
+   * `rejected` (or `deferred` when the last refusal was temporary) by the last one.
+   */
+  finish(ended: TransactionOutcome, ending: RefusingDecision | null, delivery?: DeliverySummary): void {
     const tx = this.#transaction;
     if (!tx) return;
     this.#transaction = null;
     const { context } = tx;
+    const lastRefusal = tx.rejectedRecipients.at(-1)?.decision;
+    const refusedAll = ended === "aborted" && !ending && context.recipients.length === 0 && lastRefusal;
+    const outcome: TransactionOutcome = refusedAll ? (lastRefusal.kind === "defer" ? "deferred" : "rejected") : ended;
+    const decision = refusedAll ? lastRefusal : ending;
     const reply = delivery?.reply ?? decision?.reply ?? null;
     // The field set is documented (TransactionSummary, docs/operations.md) and counted.
     const summary: TransactionSummary = {
@@ -367,7 +398,7 @@ export class Session {
       tls: this.connection.tls?.protocol ?? null,
       from: context.sender.address,
       to: context.recipients.map((r) => r.address),
-      rejectedRecipients: tx.rejectedRecipients.map((r) => ({ to: r.address, reply: formatReply(r.reply) })),
+      rejectedRecipients: tx.rejectedRecipients.map((r) => ({ to: r.address, reply: formatReply(r.decision.reply) })),
       size: delivery?.size ?? null,
       outcome,
       reply: reply ? formatReply(reply) : null,
@@ -380,8 +411,42 @@ export class Session {
       trace: [...this.connectionTrace, ...context.trace],
       ms: this.clock.now() - tx.startedAt,
     };
+    this.#summaries++;
     tx.services.log.info(summary, "transaction");
     this.observer.transaction(summary);
     this.recorder?.finish(context, summary, tx.services.log);
+  }
+
+  /**
+   * Ends the connection: a transaction still open ends aborted, and a connection that wrote no
+   * transaction line writes its connection line instead, so that a client refused for what it is
+   * (answered at MAIL before any transaction starts, or disconnected) is logged, recorded for
+   * replay and counted like a transaction.
+   */
+  close(): void {
+    this.finish("aborted", null);
+    if (this.#summaries > 0) return;
+    const decision = this.#answered;
+    const { connection } = this;
+    const summary: ConnectionSummary = {
+      event: "connection",
+      client: { ip: connection.client.ip, name: connection.verifiedName },
+      helo: connection.helo,
+      tls: connection.tls?.protocol ?? null,
+      outcome: decision ? "refused" : "closed",
+      phase: decision ? this.refusedIn : null,
+      reply: decision ? formatReply(decision.reply) : null,
+      decidedBy: decision ? `${decision.by.source}:${decision.by.name}` : null,
+      reason: decision?.reason,
+      from: this.#triedFrom,
+      refusedMails: this.#refusedMails,
+      findings: { ...connection.facts },
+      score: connection.score,
+      trace: this.connectionTrace,
+      ms: this.clock.now() - connection.openedAt,
+    };
+    this.log.info(summary, "connection summary");
+    this.observer.connection(summary);
+    this.recorder?.connection?.(connection, summary, this.log);
   }
 }

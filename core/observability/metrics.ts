@@ -13,7 +13,7 @@ import type { RefusingDecision } from "../contract/decision.js";
 import type { RecipientOutcome } from "../delivery/result.js";
 import type { DnsResolver, DnsStats } from "../dns/resolver.js";
 import type { QueueEntry } from "../queue/spool.js";
-import type { GatewayObserver, TransactionSummary } from "./observe.js";
+import type { ConnectionSummary, GatewayObserver, TransactionSummary } from "./observe.js";
 
 export interface MetricSources {
   /** The resolver of the current policy; a reload builds a new one. */
@@ -44,6 +44,7 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #connections: Counter<"role" | "port">;
   readonly #activeConnections: Gauge<"role" | "port">;
   readonly #transactions: Counter<"outcome">;
+  readonly #connectionOutcomes: Counter<"outcome" | "decided_by">;
   readonly #decisions: Counter<"decided_by" | "kind" | "code">;
   readonly #hookSeconds: Histogram<"plugin" | "phase">;
   readonly #hookErrors: Counter<"plugin" | "phase" | "error">;
@@ -81,8 +82,14 @@ export class GatewayMetrics implements GatewayObserver {
     });
     this.#transactions = new Counter({
       name: "portcullis_transactions_total",
-      help: "Transactions (MAIL FROM to end) by outcome: accepted, rejected, deferred, refused (at MAIL), aborted",
+      help: "Transactions (MAIL FROM to end) by outcome: accepted, rejected (also every recipient refused), deferred, refused (at MAIL), aborted (the client left or reset, no refusal ended it)",
       labelNames: ["outcome"] as const,
+      registers,
+    });
+    this.#connectionOutcomes = new Counter({
+      name: "portcullis_connection_outcomes_total",
+      help: "Connections that ended without a transaction, by outcome (refused, closed) and who refused (plugin:NAME, rule:NAME, core:NAME; empty when closed)",
+      labelNames: ["outcome", "decided_by"] as const,
       registers,
     });
     this.#decisions = new Counter({
@@ -232,6 +239,10 @@ export class GatewayMetrics implements GatewayObserver {
       kind: decision.kind,
       code: String(decision.reply.code),
     });
+  }
+
+  connection(summary: ConnectionSummary): void {
+    this.#connectionOutcomes.inc({ outcome: summary.outcome, decided_by: summary.decidedBy ?? "" });
   }
 
   transaction(summary: TransactionSummary): void {

@@ -15,8 +15,10 @@
  *   candidate would run a hook that did not run live, or hold back (`skip`) or lack one that did,
  *   or run them in another order; a transaction the candidate lets past the point where it was
  *   refused (MAIL, DATA, or all recipients refused), where no later steps were recorded.
- * - Connections refused at connect or HELO start no transaction and are not recorded: relaxing such
- *   a refusal cannot be replayed. Relay access and recipient verification are taken as recorded (a
+ * - Connections that started no transaction (refused at connect or HELO, or gone before MAIL) have a
+ *   connection record: the candidate refuses such a client when its connect or HELO phase refuses;
+ *   one that lets pass a client refused live is `unknown` (what the client would have sent next was
+ *   never recorded). Relay access and recipient verification are taken as recorded (a
  *   recipient with a recorded RCPT step got past them live). Route and header changes are not
  *   outcomes and are not compared.
  */
@@ -295,6 +297,19 @@ export async function playRecord(record: TransactionRecord, candidate: Candidate
     return played({ outcome: quarantinedBy ? "quarantined" : outcome, decidedBy, reply, rejected, quarantinedBy });
   };
 
+  /** The candidate refused every recipient: its last refusal ended the transaction (the session's summary says so). */
+  const refusedRecipients = (): Playback | null => {
+    const summary = answers.summary;
+    if (!summary || summary.outcome === "aborted") return null;
+    return played({
+      outcome: summary.outcome,
+      decidedBy: summary.decidedBy,
+      reply: summary.reply,
+      rejected,
+      quarantinedBy: null,
+    });
+  };
+
   const atConnect = await session.connect();
   if (answers.unknown) return unknowable(answers.unknown);
   // A disconnect closes the connection at once; reject and defer are answered at MAIL.
@@ -307,6 +322,24 @@ export async function playRecord(record: TransactionRecord, candidate: Candidate
     await session.helo(step.helo ?? "");
     if (answers.unknown) return unknowable(answers.unknown);
   }
+  if (record.event === "connection" || !record.sender) {
+    // The client never got a transaction: the candidate refuses it if it holds a refusal for MAIL.
+    const held = session.held;
+    if (held) return ended("refused", held);
+    const refusedAt = record.steps.find((step) => refusedLive(step));
+    if (refusedAt) {
+      return unknown(`passes the ${refusedAt.phase} phase, which was refused live: no later steps were recorded`);
+    }
+    return played({
+      outcome: record.outcome,
+      decidedBy: record.decidedBy,
+      reply: record.reply,
+      rejected,
+      quarantinedBy: null,
+    });
+  }
+  // Only connection records have other outcomes than a transaction's.
+  const liveOutcome = record.outcome as TransactionOutcome;
   const mail = record.steps.find((s) => s.phase === "mail");
   if (!mail) return unknown("no MAIL step recorded");
   const atMail = await session.mail(record.sender.address, {});
@@ -320,9 +353,9 @@ export async function playRecord(record: TransactionRecord, candidate: Candidate
     if (!refusal) continue;
     rejected[step.recipient.address] = by(refusal);
     if (refusal.kind === "disconnect") {
-      // The connection closes; the transaction ends aborted (as the summary line has it).
+      // The connection closes; the transaction ends as the session's summary line has it.
       session.finish("aborted", null);
-      return ended("aborted", null);
+      return refusedRecipients() ?? ended("aborted", null);
     }
   }
   const data = record.steps.find((s) => s.phase === "data");
@@ -330,7 +363,8 @@ export async function playRecord(record: TransactionRecord, candidate: Candidate
     if ((session.transaction?.recipients.length ?? 0) > 0 && record.recipients.length === 0) {
       return unknown("accepts a recipient where none was accepted live: no DATA was recorded");
     }
-    return settled(record.outcome, record.decidedBy, record.reply);
+    session.finish("aborted", null);
+    return refusedRecipients() ?? settled(liveOutcome, record.decidedBy, record.reply);
   }
   const atData = await session.data(NO_MESSAGE);
   if (answers.unknown) return unknowable(answers.unknown);
@@ -345,7 +379,7 @@ export async function playRecord(record: TransactionRecord, candidate: Candidate
   }
   // Past a DATA refused live, the queue phase's rules ran without a recorded step (a hook there would
   // have made the outcome unknown): nothing refused the message.
-  return refusedLive(data) ? settled("accepted", null, null) : settled(record.outcome, record.decidedBy, record.reply);
+  return refusedLive(data) ? settled("accepted", null, null) : settled(liveOutcome, record.decidedBy, record.reply);
 }
 
 /** The candidate's rule that acted (it is in `trace`) and skips `plugin`. */
@@ -477,7 +511,7 @@ export async function replayLines(
       tx: record.tx,
       at: record.at,
       client: record.client.ip,
-      from: record.sender.address,
+      from: record.sender?.address ?? "",
       live,
       candidate: result,
       differences: found,

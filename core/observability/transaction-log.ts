@@ -27,11 +27,11 @@ import {
 } from "node:fs";
 import { basename, dirname, extname, join } from "node:path";
 import type { Logger } from "pino";
-import type { Clock, Phase, TraceEntry, TransactionContext } from "../contract/api.js";
+import type { Clock, ConnectionContext, Phase, TraceEntry, TransactionContext } from "../contract/api.js";
 import type { Decision, RefusingDecision } from "../contract/decision.js";
 import { formatReply } from "../contract/decision.js";
 import type { ActivePlugin, PhaseInput } from "../engine/pipeline.js";
-import type { TransactionOutcome, TransactionSummary } from "./observe.js";
+import type { ConnectionOutcome, ConnectionSummary, TransactionOutcome, TransactionSummary } from "./observe.js";
 
 /** Bumped when a field changes meaning; replay refuses records of another version. */
 export const RECORD_VERSION = 1;
@@ -80,7 +80,12 @@ export interface RecordedStep {
 
 export interface TransactionRecord {
   readonly v: typeof RECORD_VERSION;
-  /** When the transaction ended (ISO 8601, the gateway's clock). */
+  /**
+   * `connection` for a connection that started no transaction (refused at connect or HELO, or left):
+   * its steps are the connection's, `tx` is the connection id, `sender` null. Absent for a transaction.
+   */
+  readonly event?: "connection";
+  /** When the transaction (or connection) ended (ISO 8601, the gateway's clock). */
   readonly at: string;
   readonly tx: string;
   readonly cid: string;
@@ -89,11 +94,11 @@ export interface TransactionRecord {
   readonly role: "mx" | "submission";
   /** Local parts of envelope addresses are hashed. */
   readonly hashed: boolean;
-  readonly sender: RecordedAddress;
+  readonly sender: RecordedAddress | null;
   /** The connection's steps (connect, helo) up to MAIL, then the transaction's. */
   readonly steps: readonly RecordedStep[];
   /** The outcome as the summary line has it. */
-  readonly outcome: TransactionOutcome;
+  readonly outcome: TransactionOutcome | ConnectionOutcome;
   readonly decidedBy: string | null;
   readonly reply: string | null;
   readonly recipients: readonly string[];
@@ -142,7 +147,7 @@ export function hashRecord(record: TransactionRecord): TransactionRecord {
   return {
     ...record,
     hashed: true,
-    sender: address(record.sender),
+    sender: record.sender && address(record.sender),
     steps: record.steps.map((step) => (step.recipient ? { ...step, recipient: address(step.recipient) } : step)),
     recipients: record.recipients.map(hashAddress),
     rejectedRecipients: record.rejectedRecipients.map((r) => ({ to: hashAddress(r.to), reply: r.reply })),
@@ -248,6 +253,32 @@ export class SessionRecorder {
       rejectedRecipients: summary.rejectedRecipients,
       tags: [...context.tags],
       route: context.route,
+      score: summary.score,
+    };
+    this.sink(record, log);
+  }
+
+  /** Builds the record of a connection that started no transaction (its connection line's) and hands it to the sink. */
+  connection(connection: ConnectionContext, summary: ConnectionSummary, log: Logger): void {
+    const record: TransactionRecord = {
+      v: RECORD_VERSION,
+      event: "connection",
+      at: new Date(this.clock.now()).toISOString(),
+      tx: connection.id,
+      cid: connection.id,
+      client: connection.client,
+      local: connection.local,
+      role: connection.role,
+      hashed: false,
+      sender: null,
+      steps: [...this.#connection],
+      outcome: summary.outcome,
+      decidedBy: summary.decidedBy,
+      reply: summary.reply,
+      recipients: [],
+      rejectedRecipients: [],
+      tags: [],
+      route: null,
       score: summary.score,
     };
     this.sink(record, log);

@@ -557,7 +557,7 @@ export class Gateway {
     // smtp-server also reports connections it refused before onConnect (maxClients): no state then.
     if (!session) return;
     this.#sessions.delete(smtp.id);
-    session.finish("aborted", null);
+    session.close();
     this.metrics.connectionClosed(session.connection);
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");

@@ -130,10 +130,10 @@ test("hashLocalParts records envelope local parts as stable hashes, domains read
   log.close();
   const [a, b] = await lines(join(dir, "log", "tx.jsonl"));
   assert.equal(a.hashed, true);
-  assert.equal(a.sender.local, hashLocalPart("Alice"));
+  assert.equal(a.sender?.local, hashLocalPart("Alice"));
   assert.match(a.sender.local, /^[0-9a-f]{16}$/);
-  assert.equal(a.sender.address, `${hashLocalPart("Alice")}@sender.test`);
-  assert.equal(a.sender.domain, "sender.test");
+  assert.equal(a.sender?.address, `${hashLocalPart("Alice")}@sender.test`);
+  assert.equal(a.sender?.domain, "sender.test");
   assert.deepEqual(a.steps[0].recipient, {
     address: `${hashLocalPart("bob")}@example.test`,
     local: hashLocalPart("bob"),
