@@ -1,0 +1,210 @@
+/**
+ * The parsed message for plugins: decoded header values (RFC 2047 encoded words, folded lines
+ * joined), addresses, text and HTML bodies, attachments and the URLs in the bodies. A filter that
+ * compared raw header values let `=?UTF-8?B?…?=` through; this is the one place that decodes.
+ *
+ * The message is parsed on the first request only, at most once: every later request for the same
+ * message (another hook, another plugin) gets the same promise, and a message no hook asks about is
+ * never parsed. mailparser's streaming parser reads the message from memory or the spool file as a
+ * stream (measured in test/bench/mime.ts against postal-mime and mailparser's simpleParser: fastest,
+ * lowest peak memory), so the raw message is never held whole for the parse.
+ *
+ * Memory bound: the header values, the text and the HTML parts are held whole (they are bounded by
+ * the policy's message size limit). Attachment content is held only for an attachment of at most
+ * `ATTACHMENT_CONTENT_LIMIT` bytes while the held total stays within `HELD_CONTENT_LIMIT`; any other
+ * attachment keeps its metadata and decoded size, with `content: null`. So beyond the text parts a
+ * parse holds at most 8 MiB, whatever the message size.
+ */
+import type { Readable } from "node:stream";
+import { type AddressObject, type AttachmentStream, type HeaderValue, MailParser, type MessageText } from "mailparser";
+import type { Message } from "../contract/api.js";
+
+/** Largest attachment whose decoded content is kept in memory. */
+export const ATTACHMENT_CONTENT_LIMIT = 1024 * 1024;
+/** Most attachment content kept for one message, all attachments together. */
+export const HELD_CONTENT_LIMIT = 8 * 1024 * 1024;
+
+/** A mailbox of an address header, display name decoded. */
+export interface MailAddress {
+  /** Decoded display name; "" when there is none. */
+  readonly name: string;
+  readonly address: string;
+}
+
+export interface MessageAttachment {
+  readonly filename: string | null;
+  /** Lower-case MIME type. */
+  readonly contentType: string;
+  /** Decoded size in bytes. */
+  readonly size: number;
+  /**
+   * The decoded content, or null when the attachment was over `ATTACHMENT_CONTENT_LIMIT` or the
+   * message's held total would have passed `HELD_CONTENT_LIMIT` (then only the metadata is kept).
+   */
+  readonly content: Buffer | null;
+}
+
+export interface ParsedMessage {
+  /** Decoded Subject; "" when absent. */
+  readonly subject: string;
+  /**
+   * Decoded header values by lower-case name, in order. A header that may occur once (From,
+   * Subject, Date, Message-ID…) keeps its first occurrence. Address headers are given as display
+   * text (`Name <a@b>`), dates as ISO 8601, structured headers (Content-Type…) as their main value.
+   */
+  readonly headers: ReadonlyMap<string, readonly string[]>;
+  /** Mailboxes of From, To, Cc and Reply-To; the members of a group are listed in its place. */
+  readonly from: readonly MailAddress[];
+  readonly to: readonly MailAddress[];
+  readonly cc: readonly MailAddress[];
+  readonly replyTo: readonly MailAddress[];
+  /** The text/plain body (decoded to UTF-8); "" when there is none. */
+  readonly text: string;
+  /** The text/html body; "" when there is none. */
+  readonly html: string;
+  readonly attachments: readonly MessageAttachment[];
+  /** http(s) URLs found in the text and HTML bodies, each once, in order of appearance. */
+  readonly urls: readonly string[];
+}
+
+/**
+ * The one parse: a method on an object, so that how often it runs can be watched (a test counts
+ * calls to it; a metric could).
+ */
+export const mimeParser = {
+  parse(message: Pick<Message, "stream">): Promise<ParsedMessage> {
+    return parseStream(message.stream());
+  },
+};
+
+// Keyed by the message object, which lives exactly as long as its transaction.
+const parses = new WeakMap<object, Promise<ParsedMessage>>();
+
+/**
+ * The message parsed: decoded headers, addresses, bodies, attachments and URLs. Parsed on the
+ * first call for a message; every later call, from any hook, gets the same promise. A message
+ * that cannot be parsed rejects (the hook's throw then becomes the entry's `onError`).
+ *
+ * @example
+ * async data(ctx) {
+ *   const { subject } = await parseMessage(ctx.message);
+ *   return /\blottery\b/i.test(subject) ? verdict("spam") : undefined;
+ * }
+ */
+export function parseMessage(message: Pick<Message, "stream">): Promise<ParsedMessage> {
+  let pending = parses.get(message);
+  if (!pending) {
+    pending = mimeParser.parse(message);
+    parses.set(message, pending);
+  }
+  return pending;
+}
+
+function parseStream(input: Readable): Promise<ParsedMessage> {
+  return new Promise((resolve, reject) => {
+    // The conversions between text and HTML, link detection and checksums are mailparser extras
+    // nothing here uses; skipping them is most of the parse time on a large text part.
+    const parser = new MailParser({
+      skipHtmlToText: true,
+      skipTextToHtml: true,
+      skipImageLinks: true,
+      skipTextLinks: true,
+      checksumAlgo: false,
+    });
+    let headers = new Map<string, HeaderValue>();
+    let text = "";
+    let html = "";
+    let held = 0;
+    const attachments: MessageAttachment[] = [];
+    const fail = (error: Error) => {
+      input.destroy();
+      reject(error);
+    };
+    parser.on("headers", (parsed: Map<string, HeaderValue>) => {
+      headers = parsed;
+    });
+    parser.on("data", (data: AttachmentStream | MessageText) => {
+      if (data.type === "text") {
+        text = data.text ?? "";
+        html = data.html || "";
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      data.content.on("data", (chunk: Buffer) => {
+        size += chunk.length;
+        if (size <= ATTACHMENT_CONTENT_LIMIT && held + size <= HELD_CONTENT_LIMIT) chunks.push(chunk);
+        else chunks.length = 0;
+      });
+      data.content.on("end", () => {
+        const kept = size <= ATTACHMENT_CONTENT_LIMIT && held + size <= HELD_CONTENT_LIMIT;
+        if (kept) held += size;
+        attachments.push({
+          filename: data.filename ?? null,
+          contentType: data.contentType.toLowerCase(),
+          size,
+          content: kept ? Buffer.concat(chunks) : null,
+        });
+        data.release?.();
+      });
+    });
+    parser.on("error", fail);
+    input.on("error", fail);
+    parser.on("end", () => {
+      resolve({
+        subject: typeof headers.get("subject") === "string" ? (headers.get("subject") as string) : "",
+        headers: decodedHeaders(headers),
+        from: mailboxes(headers.get("from")),
+        to: mailboxes(headers.get("to")),
+        cc: mailboxes(headers.get("cc")),
+        replyTo: mailboxes(headers.get("reply-to")),
+        text,
+        html,
+        attachments,
+        urls: findUrls(text, html),
+      });
+    });
+    input.pipe(parser);
+  });
+}
+
+function isAddressObject(value: unknown): value is AddressObject {
+  return typeof value === "object" && value !== null && "value" in value && "text" in value;
+}
+
+function mailboxes(value: HeaderValue | undefined): MailAddress[] {
+  const objects = (Array.isArray(value) ? value : [value]).filter(isAddressObject);
+  return objects.flatMap((object) =>
+    object.value.flatMap((entry) =>
+      (entry.group ?? [entry]).map((member) => ({ name: member.name, address: member.address ?? "" })),
+    ),
+  );
+}
+
+function headerText(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? "" : value.toISOString();
+  if (isAddressObject(value)) return value.text;
+  if (typeof value === "object" && value !== null && "value" in value) return String(value.value);
+  return JSON.stringify(value);
+}
+
+function decodedHeaders(parsed: Map<string, HeaderValue>): Map<string, string[]> {
+  const decoded = new Map<string, string[]>();
+  for (const [name, value] of parsed) {
+    decoded.set(name, (Array.isArray(value) ? value : [value]).map(headerText));
+  }
+  return decoded;
+}
+
+// Stops at whitespace, quotes and angle brackets (HTML attributes, `<URL>` in text) and drops
+// trailing punctuation that ends a sentence rather than the URL.
+const URL_PATTERN = /https?:\/\/[^\s"'<>]+/gi;
+
+function findUrls(text: string, html: string): string[] {
+  const found = new Set<string>();
+  for (const body of [text, html.replaceAll("&amp;", "&")]) {
+    for (const match of body.matchAll(URL_PATTERN)) found.add(match[0].replace(/[.,;:!?)\]]+$/, ""));
+  }
+  return [...found];
+}
