@@ -16,7 +16,14 @@
  * parse holds at most 8 MiB, whatever the message size.
  */
 import type { Readable } from "node:stream";
-import { type AddressObject, type AttachmentStream, type HeaderValue, MailParser, type MessageText } from "mailparser";
+import {
+  type AddressObject,
+  type AttachmentStream,
+  type HeaderLines,
+  type HeaderValue,
+  MailParser,
+  type MessageText,
+} from "mailparser";
 import type { Message } from "../contract/api.js";
 
 /** Largest attachment whose decoded content is kept in memory. */
@@ -48,9 +55,8 @@ export interface ParsedMessage {
   /** Decoded Subject; "" when absent. */
   readonly subject: string;
   /**
-   * Decoded header values by lower-case name, in order. A header that may occur once (From,
-   * Subject, Date, Message-ID…) keeps its first occurrence. Address headers are given as display
-   * text (`Name <a@b>`), dates as ISO 8601, structured headers (Content-Type…) as their main value.
+   * Every header field's value by lower-case name, each occurrence in order: folded lines joined,
+   * RFC 2047 encoded words decoded, 8-bit text read as UTF-8, otherwise as written.
    */
   readonly headers: ReadonlyMap<string, readonly string[]>;
   /** Mailboxes of From, To, Cc and Reply-To; the members of a group are listed in its place. */
@@ -112,6 +118,7 @@ function parseStream(input: Readable): Promise<ParsedMessage> {
       checksumAlgo: false,
     });
     let headers = new Map<string, HeaderValue>();
+    let lines: HeaderLines = [];
     let text = "";
     let html = "";
     let held = 0;
@@ -122,6 +129,9 @@ function parseStream(input: Readable): Promise<ParsedMessage> {
     };
     parser.on("headers", (parsed: Map<string, HeaderValue>) => {
       headers = parsed;
+    });
+    parser.on("headerLines", (raw: HeaderLines) => {
+      lines = raw;
     });
     parser.on("data", (data: AttachmentStream | MessageText) => {
       if (data.type === "text") {
@@ -153,7 +163,7 @@ function parseStream(input: Readable): Promise<ParsedMessage> {
     parser.on("end", () => {
       resolve({
         subject: typeof headers.get("subject") === "string" ? (headers.get("subject") as string) : "",
-        headers: decodedHeaders(headers),
+        headers: decodedHeaders(lines),
         from: mailboxes(headers.get("from")),
         to: mailboxes(headers.get("to")),
         cc: mailboxes(headers.get("cc")),
@@ -181,20 +191,63 @@ function mailboxes(value: HeaderValue | undefined): MailAddress[] {
   );
 }
 
-function headerText(value: unknown): string {
-  if (typeof value === "string") return value;
-  if (value instanceof Date) return Number.isNaN(value.getTime()) ? "" : value.toISOString();
-  if (isAddressObject(value)) return value.text;
-  if (typeof value === "object" && value !== null && "value" in value) return String(value.value);
-  return JSON.stringify(value);
-}
-
-function decodedHeaders(parsed: Map<string, HeaderValue>): Map<string, string[]> {
+function decodedHeaders(lines: HeaderLines): Map<string, string[]> {
   const decoded = new Map<string, string[]>();
-  for (const [name, value] of parsed) {
-    decoded.set(name, (Array.isArray(value) ? value : [value]).map(headerText));
+  for (const { key, line } of lines) {
+    // mailparser hands the bytes over one character each; 8-bit header text (SMTPUTF8) is UTF-8.
+    const value = Buffer.from(line.slice(line.indexOf(":") + 1), "latin1").toString("utf8");
+    const values = decoded.get(key) ?? [];
+    values.push(decodeWords(value.replace(/\r?\n(?=[ \t])/g, "").trim()));
+    decoded.set(key, values);
   }
   return decoded;
+}
+
+const ENCODED_WORD = /=\?([^?\s]+)\?([bq])\?([^?\s]*)\?=/gi;
+// A run of encoded words with only whitespace between them: that whitespace is not text (RFC 2047 §6.2).
+const ENCODED_RUN = /=\?[^?\s]+\?[bq]\?[^?\s]*\?=(?:\s+=\?[^?\s]+\?[bq]\?[^?\s]*\?=)*/gi;
+
+/**
+ * Decodes RFC 2047 encoded words. The bytes of adjacent words in one charset are joined before they
+ * are decoded, since a sender may split a multi-byte character between two words. A word in a
+ * charset the runtime does not know is read as latin1, byte for byte.
+ */
+function decodeWords(value: string): string {
+  return value.replace(ENCODED_RUN, (run) => {
+    let out = "";
+    let charset = "";
+    let bytes: Buffer[] = [];
+    const flush = () => {
+      if (bytes.length > 0) out += decodeBytes(Buffer.concat(bytes), charset);
+      bytes = [];
+    };
+    for (const [, wordCharset, encoding, text] of run.matchAll(ENCODED_WORD)) {
+      // RFC 2231 lets a language follow the charset (`utf-8*en`); it does not change the bytes.
+      const name = wordCharset.split("*")[0].toLowerCase();
+      if (name !== charset) flush();
+      charset = name;
+      bytes.push(
+        encoding.toLowerCase() === "b"
+          ? Buffer.from(text, "base64")
+          : Buffer.from(
+              text
+                .replaceAll("_", " ")
+                .replace(/=([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))),
+              "latin1",
+            ),
+      );
+    }
+    flush();
+    return out;
+  });
+}
+
+function decodeBytes(bytes: Buffer, charset: string): string {
+  try {
+    return new TextDecoder(charset).decode(bytes);
+  } catch {
+    return bytes.toString("latin1");
+  }
 }
 
 // Stops at whitespace, quotes and angle brackets (HTML attributes, `<URL>` in text) and drops

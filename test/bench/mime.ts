@@ -1,6 +1,6 @@
 /**
  * Which MIME parser the message toolkit (core/toolkit/mime.ts) uses: each candidate parses the same
- * 10 MB message (text, HTML, three base64 attachments) read from a file, as a spooled message is,
+ * 10 MB message (text, HTML, base64 attachments; test/fixtures/large-message.ts) read from a file, as a spooled message is,
  * in a child process of its own so that its peak RSS is not another candidate's.
  *
  *   npx tsx test/bench/mime.ts [--size-mb 10] [--runs 3]
@@ -17,53 +17,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { parseArgs } from "node:util";
+import { largeMessage } from "../fixtures/large-message.js";
 
 const CANDIDATES = ["postal-mime", "mailparser simpleParser", "mailparser stream", "toolkit"] as const;
 type Candidate = (typeof CANDIDATES)[number];
-
-/** A multipart/mixed message of about `bytes` bytes: text and HTML alternatives and three attachments. */
-export function largeMessage(bytes: number): Buffer {
-  const attachmentBytes = Math.floor((bytes * 0.74) / 3);
-  const base64 = (size: number, seed: number) => {
-    const raw = Buffer.alloc(size);
-    for (let i = 0; i < size; i++) raw[i] = (i * 31 + seed) & 0xff;
-    return raw.toString("base64").replace(/.{76}/g, "$&\r\n");
-  };
-  const text = "Visit https://example.test/offer for details.\r\n".repeat(200);
-  const html = `<p>Visit <a href="https://example.test/html">us</a></p>\r\n`.repeat(200);
-  const parts = [
-    "From: Sender <sender@example.test>",
-    "To: rcpt@example.test",
-    "Subject: =?UTF-8?B?V2luIHRoZSBsb3R0ZXJ5?=",
-    "MIME-Version: 1.0",
-    'Content-Type: multipart/mixed; boundary="outer"',
-    "",
-    "--outer",
-    'Content-Type: multipart/alternative; boundary="alt"',
-    "",
-    "--alt",
-    "Content-Type: text/plain; charset=utf-8",
-    "",
-    text,
-    "--alt",
-    "Content-Type: text/html; charset=utf-8",
-    "",
-    html,
-    "--alt--",
-  ];
-  for (let n = 1; n <= 3; n++) {
-    parts.push(
-      "--outer",
-      `Content-Type: application/octet-stream; name="file${n}.bin"`,
-      `Content-Disposition: attachment; filename="file${n}.bin"`,
-      "Content-Transfer-Encoding: base64",
-      "",
-      base64(attachmentBytes, n),
-    );
-  }
-  parts.push("--outer--", "");
-  return Buffer.from(parts.join("\r\n"));
-}
 
 // Imported by a name in a variable, so that the bench type-checks and runs without the candidates
 // that are not dependencies.
