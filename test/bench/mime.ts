@@ -13,13 +13,20 @@
  */
 import { spawnSync } from "node:child_process";
 import { createReadStream, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { parseArgs } from "node:util";
 import { largeMessage } from "../fixtures/large-message.js";
 
-const CANDIDATES = ["postal-mime", "mailparser simpleParser", "mailparser stream", "toolkit"] as const;
+const CANDIDATES = [
+  "postal-mime",
+  "postal-mime Buffer",
+  "mailparser simpleParser",
+  "mailparser stream",
+  "toolkit",
+] as const;
 type Candidate = (typeof CANDIDATES)[number];
 
 // Imported by a name in a variable, so that the bench type-checks and runs without the candidates
@@ -41,6 +48,13 @@ async function parser(candidate: Candidate): Promise<Parse | null> {
       if (!mod) return null;
       const PostalMime = mod.default as { parse(input: unknown): Promise<unknown> };
       return (file) => PostalMime.parse(Readable.toWeb(createReadStream(file)));
+    }
+    case "postal-mime Buffer": {
+      // The whole message read first, as a message held in memory would be handed over.
+      const mod = await load("postal-mime");
+      if (!mod) return null;
+      const PostalMime = mod.default as { parse(input: unknown): Promise<unknown> };
+      return async (file) => PostalMime.parse(await readFile(file));
     }
     case "mailparser simpleParser": {
       const mod = await load("mailparser");
