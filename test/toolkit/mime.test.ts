@@ -12,6 +12,7 @@ import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { runPlugin, runPolicy } from "../../core/engine/testkit.js";
 import { ATTACHMENT_CONTENT_LIMIT, parseMessage } from "../../core/index.js";
+import { SpooledMessage } from "../../core/smtp/message.js";
 import { mimeParser } from "../../core/toolkit/mime.js";
 import { largeMessage } from "../fixtures/large-message.js";
 import subjectWords from "../fixtures/plugins/subject-words.js";
@@ -183,6 +184,7 @@ version: 1
 server: { hostname: gw.test }
 relay: { domains: [example.test] }
 pipeline:
+  - { plugin: ${subjectWordsPath}, words: [unrelated] }
   - { plugin: ${subjectWordsPath}, words: [lottery] }
 routes:
   - { to: "smtp://127.0.0.1:${hop.port}" }
@@ -209,5 +211,23 @@ routes:
     } finally {
       await client.quit().catch(() => client.destroy());
     }
+  });
+
+  test("a 10 MB message, spooled to disk, is parsed once from the spool file for both hooks", async (t) => {
+    const parse = t.mock.method(mimeParser, "parse");
+    const client = await SmtpTestClient.connect(relay.gw.port);
+    try {
+      const result = await client.transaction({
+        from: "j@sender.test",
+        to: ["b@example.test"],
+        data: largeMessage(10 * 2 ** 20),
+      });
+      assert.equal(result.data?.raw, "550 5.7.1 Subject not accepted");
+    } finally {
+      await client.quit().catch(() => client.destroy());
+    }
+    assert.equal(parse.mock.callCount(), 1);
+    const [message] = parse.mock.calls[0].arguments;
+    assert.ok(message instanceof SpooledMessage && message.path, "the message was read from its spool file");
   });
 });
