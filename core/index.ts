@@ -69,6 +69,16 @@ export type {
   SPFResult,
 } from "./toolkit/mailauth.js";
 export { arc, createSeal, dkimSign, dkimVerify, dmarc, sealMessage, spf } from "./toolkit/mailauth.js";
+// The message parsed once, on the first hook that asks: decoded headers, addresses, bodies,
+// attachments (content size-capped) and URLs.
+export {
+  ATTACHMENT_CONTENT_LIMIT,
+  HELD_CONTENT_LIMIT,
+  type MailAddress,
+  type MessageAttachment,
+  type ParsedMessage,
+  parseMessage,
+} from "./toolkit/mime.js";
 export { NetworkList, normalizeIp, parseCidr } from "./toolkit/netaddr.js";
 // Units as policies write them ("5m", "25MB"): parse functions and zod schemas for options.
 export { Duration, parseDuration, parseSize, Size } from "./toolkit/units.js";
