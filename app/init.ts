@@ -18,13 +18,15 @@ export interface StarterOptions {
   readonly domain: string;
   /** Where accepted mail goes: `smtp://HOST:PORT` or `maildir:PATH` (PATH relative to the policy file). */
   readonly route: string;
+  /** The route is a stand-in that no option chose: the file says so where the route is written. */
+  readonly placeholder?: boolean;
 }
 
 /** A mistake in the command line; the CLI shows it with the usage and exits 2. */
 export class InitUsageError extends Error {}
 
 /** The starter policy's text: an edge MX for `domain` that hands accepted mail to `route`. */
-export function starterPolicy({ domain, route }: StarterOptions): string {
+export function starterPolicy({ domain, route, placeholder }: StarterOptions): string {
   const destination = route.startsWith("maildir:")
     ? "a local Maildir (one file per message; relative paths are relative to this file)"
     : "the internal mail server";
@@ -129,7 +131,7 @@ rules:
 
 # Where accepted mail goes; the first matching route wins.
 routes:
-  - to: "${route}"
+  - to: "${route}"${placeholder ? " # PLACEHOLDER: your internal mail server (portcullis init --next-hop)" : ""}
 
 # queue: the message is stored and fsynced in the spool before we answer 250, then delivered with
 # retries; after maxAge the sender gets a bounce (DSN).
@@ -141,7 +143,7 @@ delivery:
 }
 
 /** The route as the policy at `out` must write it; a usage error when the option is malformed. */
-function routeOf(values: { "next-hop"?: string; maildir?: string }, out: string): string {
+function routeOf(values: { "next-hop"?: string; maildir?: string }, out: string): Omit<StarterOptions, "domain"> {
   if (values["next-hop"] !== undefined && values.maildir !== undefined) {
     throw new InitUsageError("init takes --next-hop or --maildir, not both");
   }
@@ -149,13 +151,16 @@ function routeOf(values: { "next-hop"?: string; maildir?: string }, out: string)
     // Given relative to where the command runs; the policy resolves it from its own folder.
     const path = resolve(values.maildir);
     const fromPolicy = relative(dirname(out), path) || ".";
-    return `maildir:${isAbsolute(fromPolicy) || fromPolicy.startsWith(".") ? fromPolicy : `./${fromPolicy}`}`;
+    return {
+      route: `maildir:${isAbsolute(fromPolicy) || fromPolicy.startsWith(".") ? fromPolicy : `./${fromPolicy}`}`,
+    };
   }
-  const hop = values["next-hop"] ?? "smtp://127.0.0.1:2526";
+  const hop = values["next-hop"];
+  if (hop === undefined) return { route: "smtp://127.0.0.1:2526", placeholder: true };
   if (parseRouteTarget(hop)?.kind !== "smtp") {
     throw new InitUsageError(`--next-hop "${hop}" is not an SMTP next hop; write smtp://HOST:PORT`);
   }
-  return hop;
+  return { route: hop };
 }
 
 /**
@@ -180,7 +185,7 @@ export async function initCommand(
   const domain = asciiDomain(values.domain);
   if (!domain?.includes(".")) throw new InitUsageError(`--domain "${values.domain}" is not a domain, e.g. example.com`);
   const out = resolve(values.out);
-  const text = starterPolicy({ domain, route: routeOf(values, out) });
+  const text = starterPolicy({ domain, ...routeOf(values, out) });
   try {
     await writeFile(out, text, { flag: values.force ? "w" : "wx" });
   } catch (error) {

@@ -28,6 +28,7 @@ async function init(args: string[]) {
 for (const [form, option, route] of [
   ["a next hop", ["--next-hop", "smtp://10.1.2.3:2525"], 'to: "smtp://10.1.2.3:2525"'],
   ["a maildir", ["--maildir", join(dir, "mail")], 'to: "maildir:./mail"'],
+  ["no route given", [], 'to: "smtp://127.0.0.1:2526" # PLACEHOLDER'],
 ] as const) {
   test(`the starter policy for ${form} passes check --strict`, async () => {
     const out = join(dir, `${form.replace(" ", "-")}.yaml`);
