@@ -14,8 +14,10 @@ import { parseDuration } from "../core/toolkit/units.js";
 import { loadPolicy } from "./catalogue.js";
 import { checkPolicy } from "./check.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
+import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
 import { limitsCommand } from "./limits.js";
 import { passwdCommand } from "./passwd.js";
+import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
 import { testCommand } from "./policy-test.js";
 import { queueCommand } from "./queue.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
@@ -25,6 +27,8 @@ import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
   portcullis check FILE [--strict]
+  ${INIT_USAGE}
+  ${PLUGIN_NEW_USAGE}
   ${TRY_USAGE}
   portcullis test FILE.test.yaml [FILE.test.yaml…]
   ${REPLAY_USAGE}
@@ -37,7 +41,9 @@ const USAGE = `usage:
 class UsageError extends Error {}
 
 const asUsageError = (error: unknown): never => {
-  throw error instanceof TryUsageError ? new UsageError(error.message) : error;
+  throw error instanceof TryUsageError || error instanceof InitUsageError || error instanceof PluginUsageError
+    ? new UsageError(error.message)
+    : error;
 };
 
 async function start(args: string[]): Promise<number> {
@@ -131,6 +137,10 @@ async function main(argv: string[]): Promise<number> {
         return await start(args);
       case "check":
         return await check(args);
+      case "init": // a commented starter policy (app/init.ts)
+        return await initCommand(args, process.stdout, process.stderr).catch(asUsageError);
+      case "plugin": // a new plugin package (app/plugin-new.ts)
+        return await pluginCommand(args, process.stdout).catch(asUsageError);
       case "try": // a dry run of one transaction (app/try.ts)
         process.stdout.write(await tryCommand(args).catch(asUsageError));
         return 0;

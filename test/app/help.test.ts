@@ -17,6 +17,8 @@ function run(args: string[]) {
 const COMMANDS: Array<[string[], RegExp]> = [
   [["start"], /portcullis start --policy FILE/],
   [["check"], /portcullis check FILE/],
+  [["init"], /portcullis init \[--domain DOMAIN\]/],
+  [["plugin", "new"], /portcullis plugin new NAME/],
   [["try"], /portcullis try --policy FILE --ip IP/],
   [["test"], /portcullis test FILE\.test\.yaml/],
   [["replay"], /portcullis replay --policy CANDIDATE --log/],
