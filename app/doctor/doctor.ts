@@ -22,7 +22,7 @@ import { asciiDomain } from "../../core/toolkit/address.js";
 import { dmarc, spf } from "../../core/toolkit/mailauth.js";
 import { loadKey } from "../../plugins/dkim-sign/index.js";
 import type { DkimSignOptions } from "../../plugins/dkim-sign/schema.js";
-import { classifyAnswer, isAllowlist, listsTestPoint, txtText } from "../../plugins/dnsbl/answer.js";
+import { classifyAnswer, isAllowlist, probeProblem, txtText } from "../../plugins/dnsbl/answer.js";
 import type { DnsblOptions } from "../../plugins/dnsbl/schema.js";
 import { candidateNames, judgeFcrdns } from "../../plugins/fcrdns/check.js";
 import { dnsFindings, parseHelo, staticFindings } from "../../plugins/helo/check.js";
@@ -142,16 +142,18 @@ export async function diagnose(options: DoctorOptions): Promise<DoctorReport> {
   const zones = options.zones ?? defaultZones(policy);
   const heloEntry = entriesOf<HeloOptions>(policy, "helo")[0];
   const dynamicPatterns = heloEntry?.dynamicPatterns ?? DEFAULT_DYNAMIC_PATTERNS.map((p) => new RegExp(p, "i"));
-  const [reverse, helo, listed, perDomain] = await Promise.all([
+  const [reverse, helo, listed, zoneHealth, perDomain] = await Promise.all([
     checkReverseDns(dns, ip, hostname, dynamicPatterns),
     checkHelo(dns, ip, hostname, dynamicPatterns),
     checkDnsbl(dns, ip, policy, zones),
+    checkZoneHealth(dns, policy, zones),
     Promise.all(domains.map((domain) => checkDomain(dns, ip, hostname, domain, policy))),
   ]);
   const findings = [
     ...reverse,
     ...helo,
     ...listed,
+    ...zoneHealth,
     ...(domains.length === 0
       ? [
           problem(
@@ -280,6 +282,54 @@ async function checkHelo(
   return [pass("helo", hostname, `${hostname} resolves to ${ip}`)];
 }
 
+/** A zone whose test point answers wrongly: the gateway ignores it when checking its clients. */
+function zoneProblem(zone: string, testPoint: string, found: "test-point" | "refused"): DoctorFinding {
+  return found === "refused"
+    ? problem(
+        "dnsbl",
+        zone,
+        "warn",
+        `your resolver is refused by ${zone}: its test point ${testPoint} answers in 127.255.255.0/24, so the gateway ignores the zone`,
+        "use your own recursive resolver in dns.servers (not a public one such as 8.8.8.8), or drop the zone",
+      )
+    : problem(
+        "dnsbl",
+        zone,
+        "warn",
+        `${zone} lists its test point ${testPoint}: it answers every query (broken), so the gateway ignores the zone`,
+        "check the zone name with its operator, or drop the zone",
+      );
+}
+
+/**
+ * The test point of every other configured zone (allowlists, domain zones), looked up through the
+ * gateway's resolver: a zone that refuses the resolver or lists everything is ignored by the
+ * gateway, and nothing else would show it.
+ */
+async function checkZoneHealth(
+  dns: DnsResolver,
+  policy: LoadedPolicy,
+  checked: readonly string[],
+): Promise<DoctorFinding[]> {
+  const testPoints = new Map(
+    entriesOf<DnsblOptions>(policy, "dnsbl")
+      .flatMap((options) => options.zones)
+      .filter((zone) => !checked.includes(zone.zone))
+      .map((zone) => [zone.zone, zone.type === "ip" ? "127.0.0.1" : "invalid"]),
+  );
+  return Promise.all(
+    [...testPoints].map(async ([zone, testPoint]): Promise<DoctorFinding> => {
+      const name = `${testPoint === "invalid" ? testPoint : reverseIpLabels(testPoint)}.${zone}`;
+      const probe = await settle(dns.resolve4(name));
+      if (probe.kind === "error") return noAnswer("dnsbl", zone, `the test point ${name}`, probe.code);
+      const found = probeProblem(probe);
+      return found
+        ? zoneProblem(zone, testPoint, found)
+        : pass("dnsbl", zone, `the test point ${testPoint} is not listed`);
+    }),
+  );
+}
+
 async function checkDnsbl(
   dns: DnsResolver,
   ip: string,
@@ -297,15 +347,8 @@ async function checkDnsbl(
         settle(dns.resolve4(`${labels}.${zone}`)),
         settle(dns.resolve4(`1.0.0.127.${zone}`)),
       ]);
-      if (listsTestPoint(probe)) {
-        return problem(
-          "dnsbl",
-          zone,
-          "warn",
-          `${zone} lists its test point 127.0.0.1: it answers every query (broken, or refusing your DNS server)`,
-          `query ${zone} through a resolver of your own (not a public one), or drop the zone`,
-        );
-      }
+      const found = probeProblem(probe);
+      if (found) return zoneProblem(zone, "127.0.0.1", found);
       const status = classifyAnswer(answer, codes.get(zone));
       switch (status.status) {
         case "clean":
