@@ -62,7 +62,8 @@ export interface DoctorFinding {
 
 export interface DoctorReport {
   readonly policy: string;
-  readonly ip: string;
+  /** Null when no address was found: the checks of the address (PTR, HELO, listings, SPF) did not run. */
+  readonly ip: string | null;
   readonly hostname: string;
   readonly domains: readonly string[];
   readonly zones: readonly string[];
@@ -73,8 +74,8 @@ export interface DoctorReport {
 export interface DoctorOptions {
   readonly policy: LoadedPolicy;
   readonly dns: DnsResolver;
-  /** The address this gateway sends from. */
-  readonly ip: string;
+  /** The address this gateway sends from; null when unknown (an inbound MX may not say). */
+  readonly ip: string | null;
   /** Default: the domains the policy signs for (dkim-sign) and the exact names of relay.domains. */
   readonly domains?: readonly string[];
   /** DNSBL zones; default: the blocking IP zones of the policy's dnsbl entries. */
@@ -142,11 +143,20 @@ export async function diagnose(options: DoctorOptions): Promise<DoctorReport> {
   const zones = options.zones ?? defaultZones(policy);
   const heloEntry = entriesOf<HeloOptions>(policy, "helo")[0];
   const dynamicPatterns = heloEntry?.dynamicPatterns ?? DEFAULT_DYNAMIC_PATTERNS.map((p) => new RegExp(p, "i"));
+  const noAddress = [
+    problem(
+      "ip",
+      "-",
+      "warn",
+      `no address to check: no route sets sourceAddress and ${hostname} has no A or AAAA record; PTR, HELO, blocklist listings and SPF were not checked`,
+      "give --ip IP, the address this gateway sends mail from",
+    ),
+  ];
   const [reverse, helo, listed, zoneHealth, perDomain] = await Promise.all([
-    checkReverseDns(dns, ip, hostname, dynamicPatterns),
-    checkHelo(dns, ip, hostname, dynamicPatterns),
-    checkDnsbl(dns, ip, policy, zones),
-    checkZoneHealth(dns, policy, zones),
+    ip ? checkReverseDns(dns, ip, hostname, dynamicPatterns) : noAddress,
+    ip ? checkHelo(dns, ip, hostname, dynamicPatterns) : [],
+    ip ? checkDnsbl(dns, ip, policy, zones) : [],
+    checkZoneHealth(dns, policy, ip ? zones : []),
     Promise.all(domains.map((domain) => checkDomain(dns, ip, hostname, domain, policy))),
   ]);
   const findings = [
@@ -372,14 +382,14 @@ async function checkDnsbl(
 
 async function checkDomain(
   dns: DnsResolver,
-  ip: string,
+  ip: string | null,
   hostname: string,
   domain: string,
   policy: LoadedPolicy,
 ): Promise<DoctorFinding[]> {
   const groups = await Promise.all([
     checkMx(dns, domain),
-    checkSpf(dns, ip, hostname, domain),
+    ip ? checkSpf(dns, ip, hostname, domain) : [],
     checkDkim(dns, domain, policy),
     checkDmarc(dns, domain),
     checkMtaSts(dns, domain),
@@ -518,6 +528,10 @@ async function checkDkim(dns: DnsResolver, domain: string, policy: LoadedPolicy)
   const entries = entriesOf<DkimSignOptions>(policy, "dkim-sign")
     .flatMap((options) => options.keys)
     .filter((key) => key.domain === domain);
+  // An inbound MX receives and need not sign; a gateway that signs for other domains should here too.
+  if (entriesOf<DkimSignOptions>(policy, "dkim-sign").length === 0) {
+    return [pass("dkim", domain, "the policy signs nothing (an inbound MX need not sign)")];
+  }
   if (entries.length === 0) {
     return [
       problem(
@@ -649,7 +663,7 @@ async function checkTlsRpt(dns: DnsResolver, domain: string): Promise<DoctorFind
 export function formatDoctorReport(report: DoctorReport): string {
   const lines = [
     `policy    ${report.policy}`,
-    `identity  ${report.ip} as ${report.hostname}`,
+    `identity  ${report.ip ?? "(no address)"} as ${report.hostname}`,
     `domains   ${report.domains.join(", ") || "-"}`,
     `zones     ${report.zones.join(", ") || "-"}`,
     "",
@@ -714,9 +728,7 @@ export async function doctorCommand(args: string[], stdout: Writable, stderr: Wr
     timeoutMs: settings.timeout,
     cacheSize: settings.cacheSize,
   });
-  const ip = values.ip ?? (await sendingIp(policy, dns));
-  if (!ip)
-    return usage(`${policy.config.server.hostname} has no address: give --ip IP, the address this gateway sends from`);
+  const ip = values.ip ?? (await sendingIp(policy, dns)) ?? null;
   const report = await diagnose({
     policy,
     dns,

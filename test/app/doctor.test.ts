@@ -211,6 +211,33 @@ describe("doctor", () => {
     );
   });
 
+  it("checks an inbound MX without --ip or signing keys: the address checks are skipped with a warning, exit 0", async () => {
+    const mxPolicy = join(dir, "mx.yaml");
+    await writeFile(
+      mxPolicy,
+      ["version: 1", "server: { hostname: mx.example.test }", "relay: { domains: [example.test] }"].join("\n"),
+    );
+    const dns = await startDnsServer(CORRECT);
+    try {
+      const out = collector();
+      const err = collector();
+      const args = ["--policy", mxPolicy, "--dns", dns.address, "--json"];
+      const code = await doctorCommand(args, out.stream, err.stream);
+      assert.equal(err.text(), "");
+      assert.equal(code, 0);
+      const report = JSON.parse(out.text()) as DoctorReport;
+      assert.equal(report.ip, null);
+      const byCheck = new Map(report.findings.map((f) => [f.check, f]));
+      assert.equal(byCheck.get("ip")?.status, "warn");
+      assert.match(byCheck.get("ip")?.fix ?? "", /give --ip IP/);
+      assert.equal(byCheck.get("dkim")?.status, "pass");
+      assert.equal(byCheck.get("dkim")?.detail, "the policy signs nothing (an inbound MX need not sign)");
+      assert.equal(byCheck.has("spf"), false);
+    } finally {
+      await dns.close();
+    }
+  });
+
   for (const { name, zone, check, detail, fix } of broken) {
     it(`fails ${check} alone, with its fix, on ${name}`, async () => {
       const { code, report } = await doctor({ ...CORRECT, ...zone });
