@@ -18,7 +18,7 @@ export default async function* reporter(source) {
     } else if (type === "test:fail" && data.details?.type !== "suite") {
       const error = data.details?.error;
       const cause = error?.cause ?? error;
-      yield `${newline()}not ok - ${data.name} (${data.file ?? "?"}${data.line ? `:${data.line}` : ""})\n`;
+      yield `${newline()}not ok - ${data.name} (${data.file ?? "?"})\n`;
       yield `${inspect(cause, { depth: 4 })
         .split("\n")
         .map((line) => `  ${line}`)
