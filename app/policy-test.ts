@@ -1,8 +1,8 @@
 /**
- * `portcullis test [--json] FILE.test.yaml…`: policy tests written by operators (format: docs/policy-tests.md). A test file names a policy
- * and lists cases — the client, the envelope, the message, the DNS answers the case sees (zone data,
- * served by the in-process DNS server, so no case ever touches live DNS) and the expected outcome.
- * Each case runs through `simulate` (the real session engine) with a fresh runtime: no state or DNS
+ * `portcullis test [--json] FILE.test.yaml…`: policy tests written by operators, in the format of
+ * docs/policy-tests.md. A test file names a policy and lists cases — the client, the envelope, the
+ * message, the DNS answers the case sees (zone data, served by the in-process DNS server, so no
+ * case ever touches live DNS) and the expected outcome. Each case runs through `simulate` (the real session engine) with a fresh runtime: no state or DNS
  * cache leaks from one case into the next. Exit 1 when any case fails, with expected vs got.
  *
  * @example
