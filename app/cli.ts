@@ -75,6 +75,7 @@ async function start(args: string[]): Promise<number> {
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
+  if (ops) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   // The first signal drains; a second one means the operator will not wait, so the process exits at
   // once (acknowledged mail is already on disk; a message still being received was not acknowledged).

@@ -1,8 +1,8 @@
 /**
- * `portcullis test FILE.test.yaml…`: policy tests written by operators. A test file names a policy
- * and lists cases — the client, the envelope, the message, the DNS answers the case sees (zone data,
- * served by the in-process DNS server, so no case ever touches live DNS) and the expected outcome.
- * Each case runs through `simulate` (the real session engine) with a fresh runtime: no state or DNS
+ * `portcullis test [--json] FILE.test.yaml…`: policy tests written by operators, in the format of
+ * docs/policy-tests.md. A test file names a policy and lists cases — the client, the envelope, the
+ * message, the DNS answers the case sees (zone data, served by the in-process DNS server, so no
+ * case ever touches live DNS) and the expected outcome. Each case runs through `simulate` (the real session engine) with a fresh runtime: no state or DNS
  * cache leaks from one case into the next. Exit 1 when any case fails, with expected vs got.
  *
  * @example
@@ -87,20 +87,40 @@ const Case = z.strictObject({
 const TestFile = z.strictObject({
   policy: z.string().min(1).describe("the policy under test, relative to this file"),
   dns: Zone.optional().describe("answers every case sees"),
-  cases: z.array(Case).min(1),
+  // Each case is checked on its own (Case), so every invalid case is reported at its own line.
+  cases: z.array(z.unknown()).min(1),
 });
 
 type TestCase = z.output<typeof Case>;
 
-export interface CaseResult {
+/** One case as written: its line, its name (or its position), and either its data or what is wrong with it. */
+interface CaseSpec {
   readonly name: string;
-  /** Lines of expected vs got; empty when the case passed. */
-  readonly differences: readonly string[];
-  readonly result: SimulationResult;
+  readonly line: number;
+  readonly data: TestCase | null;
+  readonly problems: readonly Problem[];
 }
 
-/** Reads and validates a test file; throws PolicyError with every problem at its line. */
-async function readTestFile(file: string): Promise<z.output<typeof TestFile>> {
+export interface CaseResult {
+  readonly name: string;
+  /** The case's line in the test file. */
+  readonly line: number;
+  /** Lines of expected vs got; empty when the case passed. */
+  readonly differences: readonly string[];
+  /** Null when the case is invalid (`problems`) or its file could not run. */
+  readonly result: SimulationResult | null;
+  readonly problems: readonly Problem[];
+}
+
+interface TestFileSpec {
+  /** Null when the file itself cannot run: YAML syntax, the policy or dns keys. */
+  readonly spec: z.output<typeof TestFile> | null;
+  readonly problems: readonly Problem[];
+  readonly cases: readonly CaseSpec[];
+}
+
+/** Reads and validates a test file: the file's own problems, and each case's, all at their lines. */
+async function readTestFile(file: string): Promise<TestFileSpec> {
   const source = await readFile(file, "utf8").catch((error: Error) => {
     throw new PolicyError([
       { file, line: 1, col: 1, path: "", message: `cannot read the test file: ${error.message}` },
@@ -114,26 +134,52 @@ async function readTestFile(file: string): Promise<z.output<typeof TestFile>> {
       doc.errors.map((e) => ({ file, ...at(e.pos[0]), path: "", message: `YAML syntax: ${e.message}` })),
     );
   }
-  const parsed = TestFile.safeParse(doc.toJS());
-  if (parsed.success) return parsed.data;
-  throw new PolicyError(
-    parsed.error.issues.map((issue): Problem => {
-      let position = { line: 1, col: 1 };
-      for (let length = issue.path.length; length > 0; length--) {
-        const node = doc.getIn(issue.path.slice(0, length) as (string | number)[], true) as Node | undefined;
-        if (node?.range) {
-          position = at(node.range[0]);
-          break;
-        }
-      }
-      return { file, ...position, path: issue.path.join("."), message: issue.message };
-    }),
-  );
+  /** The position of the deepest node of `path` that exists in the file. */
+  const position = (path: readonly PropertyKey[]) => {
+    for (let length = path.length; length > 0; length--) {
+      const node = doc.getIn(path.slice(0, length) as (string | number)[], true) as Node | undefined;
+      if (node?.range) return at(node.range[0]);
+    }
+    return { line: 1, col: 1 };
+  };
+  const located = (issues: readonly z.core.$ZodIssue[], prefix: readonly (string | number)[]) =>
+    issues.map((issue): Problem => {
+      const path = [...prefix, ...issue.path];
+      return { file, ...position(path), path: path.join("."), message: issue.message };
+    });
+  const json = doc.toJS() as unknown;
+  const parsed = TestFile.safeParse(json);
+  const written = Array.isArray((json as { cases?: unknown })?.cases) ? (json as { cases: unknown[] }).cases : [];
+  const cases = written.map((raw, index): CaseSpec => {
+    const data = Case.safeParse(raw);
+    const named = (raw as { name?: unknown })?.name;
+    return {
+      name: typeof named === "string" && named !== "" ? named : `case ${index + 1}`,
+      line: position(["cases", index]).line,
+      data: data.success ? data.data : null,
+      problems: data.success ? [] : located(data.error.issues, ["cases", index]),
+    };
+  });
+  return parsed.success
+    ? { spec: parsed.data, problems: [], cases }
+    : { spec: null, problems: located(parsed.error.issues, []), cases };
 }
 
 function decisionOf(result: SimulationResult): Decision {
   const entry = Object.entries(DECISIONS).find(([, outcome]) => outcome === result.outcome);
   return (entry?.[0] ?? "accept") as Decision;
+}
+
+/**
+ * What the client is told at the end of an accepted transaction. Its text depends on delivery (the
+ * queue's "Ok: queued as ID", a synchronous route's next hop), which a test does not run, so only
+ * "Ok" is promised.
+ */
+const ACCEPTED: NonNullable<SimulationResult["reply"]> = { code: 250, enhanced: "2.0.0", text: "Ok" };
+
+/** The reply that ended the transaction, as the client would get it. */
+function clientReply(result: SimulationResult): SimulationResult["reply"] {
+  return result.reply ?? (result.outcome === "accepted" ? ACCEPTED : null);
 }
 
 /** Expected vs got, one line per expectation that does not hold. */
@@ -144,11 +190,12 @@ export function compareCase(expect: TestCase["expect"], result: SimulationResult
       differences.push(`${key.padEnd(9)} expected ${show(expected)}, got ${show(got)}`);
     }
   };
+  const reply = clientReply(result);
   check("decision", expect.decision, decisionOf(result));
   check("phase", expect.phase, result.phase);
-  check("code", expect.code, result.reply?.code);
-  check("enhanced", expect.enhanced, result.reply?.enhanced);
-  const text = result.reply ? `${result.reply.code} ${result.reply.enhanced} ${result.reply.text}` : undefined;
+  check("code", expect.code, reply?.code);
+  check("enhanced", expect.enhanced, reply?.enhanced);
+  const text = reply ? `${reply.code} ${reply.enhanced} ${reply.text}` : undefined;
   check("reply", expect.reply, text, expect.reply !== undefined && text?.includes(expect.reply) === true);
   const by = result.decidedBy;
   check("rule", expect.rule, by?.source === "rule" ? by.name : by ? `(${by.source} ${by.name})` : undefined);
@@ -182,13 +229,22 @@ function crlf(text: string): string {
   return text.replace(/\r?\n/g, "\r\n");
 }
 
-/** Runs every case of a test file. */
-export async function runTestFile(file: string): Promise<{ policy: string; cases: CaseResult[] }> {
-  const spec = await readTestFile(file);
+/** Runs every valid case of a test file; a file that cannot run yields its problems and no policy. */
+export async function runTestFile(
+  file: string,
+): Promise<{ policy: string | null; problems: readonly Problem[]; cases: CaseResult[] }> {
+  const { spec, problems, cases: specs } = await readTestFile(file);
+  const unrun = (spec: CaseSpec): CaseResult => ({ ...spec, differences: [], result: null });
+  if (!spec) return { policy: null, problems, cases: specs.map(unrun) };
   const dir = dirname(resolve(file));
   const policy = await loadPolicy(resolve(dir, spec.policy));
   const cases: CaseResult[] = [];
-  for (const testCase of spec.cases) {
+  for (const caseSpec of specs) {
+    const testCase = caseSpec.data;
+    if (!testCase) {
+      cases.push(unrun(caseSpec));
+      continue;
+    }
     const message =
       testCase.message === undefined
         ? undefined
@@ -209,52 +265,98 @@ export async function runTestFile(file: string): Promise<{ policy: string; cases
     try {
       const runtime = await policyRuntime(policy, { dnsServers: [dns.address] });
       const result = await simulate(runtime, input).finally(() => runtime.services.state.close());
-      cases.push({ name: testCase.name, differences: compareCase(testCase.expect, result), result });
+      cases.push({ ...unrun(caseSpec), differences: compareCase(testCase.expect, result), result });
     } finally {
       await dns.close();
     }
   }
-  return { policy: policy.file, cases };
+  return { policy: policy.file, problems: [], cases };
 }
 
 function describeResult(result: SimulationResult): string {
   const by = result.decidedBy ? ` by ${result.decidedBy.source} ${result.decidedBy.name}` : "";
-  const reply = result.reply ? `: ${result.reply.code} ${result.reply.enhanced} ${result.reply.text}` : "";
-  return `${result.outcome} at ${result.phase}${by}${reply}`;
+  const reply = clientReply(result);
+  return `${result.outcome} at ${result.phase}${by}${reply ? `: ${reply.code} ${reply.enhanced} ${reply.text}` : ""}`;
 }
 
-/** `portcullis test`: runs the files, prints a report; exit 1 when a case fails. */
-export async function testCommand(files: string[]): Promise<{ code: number; output: string }> {
-  const lines: string[] = [];
-  let passed = 0;
-  let failed = 0;
-  for (const file of files) {
+/** A case passed when it was valid, ran, and every expectation held. */
+const passed = (c: CaseResult) => c.result !== null && c.differences.length === 0;
+
+/** One test file's outcome, as `--json` prints it. */
+interface FileReport {
+  readonly file: string;
+  readonly policy: string | null;
+  /** Why the file could not run (its own keys, YAML, the policy); its cases then did not run. */
+  readonly problems: readonly Problem[];
+  readonly cases: readonly CaseResult[];
+}
+
+function textReport(report: FileReport): string[] {
+  const { file, policy, problems, cases } = report;
+  const lines =
+    policy === null
+      ? [`${file}: cannot run`, ...problems.map((p) => `  ${formatProblem(p)}`)]
+      : [`${file} (policy ${relative(process.cwd(), policy) || policy})`];
+  for (const { name, line, differences, result, problems } of cases) {
+    if (problems.length > 0) {
+      lines.push(`  FAIL  ${name} (${file}:${line}): invalid`, ...problems.map((p) => `        ${formatProblem(p)}`));
+      continue;
+    }
+    if (!result) continue;
+    if (differences.length === 0) {
+      lines.push(`  ok    ${name}`);
+      continue;
+    }
+    lines.push(`  FAIL  ${name} (${file}:${line})`);
+    for (const difference of differences) lines.push(`        ${difference}`);
+    lines.push(`        got: ${describeResult(result)}`);
+    const steps = result.trace.map((t) => `${t.phase} ${t.source === "rule" ? "rule " : ""}${t.plugin} ${t.decision}`);
+    if (steps.length > 0) lines.push(`        trace: ${steps.join("; ")}`);
+  }
+  return lines;
+}
+
+function jsonReport(report: FileReport) {
+  return {
+    ...report,
+    cases: report.cases.map(({ result, ...c }) => ({
+      ...c,
+      status: passed({ result, ...c }) ? "pass" : "fail",
+      got: result ? describeResult(result) : null,
+    })),
+  };
+}
+
+/**
+ * `portcullis test [--json] FILE…`: runs the files, prints a report; exit 1 when a case fails.
+ * Every case counts on its own: an invalid case fails with its problems at their lines. A file that
+ * cannot run counts each of its cases as failed (at least one).
+ */
+export async function testCommand(args: string[]): Promise<{ code: number; output: string }> {
+  const json = args.includes("--json");
+  const reports: FileReport[] = [];
+  for (const file of args.filter((arg) => arg !== "--json")) {
     try {
-      const { policy, cases } = await runTestFile(file);
-      lines.push(`${file} (policy ${relative(process.cwd(), policy) || policy})`);
-      for (const { name, differences, result } of cases) {
-        if (differences.length === 0) {
-          passed++;
-          lines.push(`  ok    ${name}`);
-          continue;
-        }
-        failed++;
-        lines.push(`  FAIL  ${name}`);
-        for (const difference of differences) lines.push(`        ${difference}`);
-        lines.push(`        got: ${describeResult(result)}`);
-        const steps = result.trace.map(
-          (t) => `${t.phase} ${t.source === "rule" ? "rule " : ""}${t.plugin} ${t.decision}`,
-        );
-        if (steps.length > 0) lines.push(`        trace: ${steps.join("; ")}`);
-      }
+      reports.push({ file, ...(await runTestFile(file)) });
     } catch (error) {
-      failed++;
-      lines.push(
-        `${file}: cannot run`,
-        ...(error instanceof PolicyError ? error.problems.map((p) => `  ${formatProblem(p)}`) : [`  ${String(error)}`]),
-      );
+      const problems =
+        error instanceof PolicyError
+          ? error.problems
+          : [{ file, line: 1, col: 1, path: "", message: String(error) } satisfies Problem];
+      reports.push({ file, policy: null, problems, cases: [] });
     }
   }
-  lines.push(`${passed + failed} case${passed + failed === 1 ? "" : "s"}: ${passed} passed, ${failed} failed`);
-  return { code: failed > 0 ? 1 : 0, output: `${lines.join("\n")}\n` };
+  let pass = 0;
+  let fail = 0;
+  for (const { policy, cases } of reports) {
+    const good = cases.filter(passed).length;
+    pass += good;
+    fail += cases.length - good + (policy === null && cases.length === 0 ? 1 : 0);
+  }
+  const total = pass + fail;
+  const summary = { cases: total, passed: pass, failed: fail };
+  const output = json
+    ? `${JSON.stringify({ files: reports.map(jsonReport), summary }, null, 2)}\n`
+    : `${[...reports.flatMap(textReport), `${total} case${total === 1 ? "" : "s"}: ${pass} passed, ${fail} failed`].join("\n")}\n`;
+  return { code: fail > 0 ? 1 : 0, output };
 }

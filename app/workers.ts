@@ -30,6 +30,7 @@ import {
 import type { LoadedPolicy } from "../core/policy/load.js";
 import type { PolicyConfig } from "../core/policy/schema.js";
 import type { Gateway } from "../core/smtp/gateway.js";
+import { formatHostPort } from "../core/toolkit/netaddr.js";
 
 /** The worker's slot (1…N), passed by the supervisor; a replacement gets the dead worker's slot. */
 const SLOT_ENV = "PORTCULLIS_WORKER_SLOT";
@@ -204,6 +205,7 @@ export async function superviseWorkers({ policy, log }: SupervisorOptions): Prom
         },
       })
     : null;
+  if (ops) log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
 
   return new Promise<number>((resolve) => {
     let signals = 0;

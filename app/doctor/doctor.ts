@@ -22,7 +22,7 @@ import { asciiDomain } from "../../core/toolkit/address.js";
 import { dmarc, spf } from "../../core/toolkit/mailauth.js";
 import { loadKey } from "../../plugins/dkim-sign/index.js";
 import type { DkimSignOptions } from "../../plugins/dkim-sign/schema.js";
-import { classifyAnswer, isAllowlist, listsTestPoint, txtText } from "../../plugins/dnsbl/answer.js";
+import { classifyAnswer, isAllowlist, probeProblem, txtText } from "../../plugins/dnsbl/answer.js";
 import type { DnsblOptions } from "../../plugins/dnsbl/schema.js";
 import { candidateNames, judgeFcrdns } from "../../plugins/fcrdns/check.js";
 import { dnsFindings, parseHelo, staticFindings } from "../../plugins/helo/check.js";
@@ -62,7 +62,8 @@ export interface DoctorFinding {
 
 export interface DoctorReport {
   readonly policy: string;
-  readonly ip: string;
+  /** Null when no address was found: the checks of the address (PTR, HELO, listings, SPF) did not run. */
+  readonly ip: string | null;
   readonly hostname: string;
   readonly domains: readonly string[];
   readonly zones: readonly string[];
@@ -73,8 +74,8 @@ export interface DoctorReport {
 export interface DoctorOptions {
   readonly policy: LoadedPolicy;
   readonly dns: DnsResolver;
-  /** The address this gateway sends from. */
-  readonly ip: string;
+  /** The address this gateway sends from; null when unknown (an inbound MX may not say). */
+  readonly ip: string | null;
   /** Default: the domains the policy signs for (dkim-sign) and the exact names of relay.domains. */
   readonly domains?: readonly string[];
   /** DNSBL zones; default: the blocking IP zones of the policy's dnsbl entries. */
@@ -142,16 +143,27 @@ export async function diagnose(options: DoctorOptions): Promise<DoctorReport> {
   const zones = options.zones ?? defaultZones(policy);
   const heloEntry = entriesOf<HeloOptions>(policy, "helo")[0];
   const dynamicPatterns = heloEntry?.dynamicPatterns ?? DEFAULT_DYNAMIC_PATTERNS.map((p) => new RegExp(p, "i"));
-  const [reverse, helo, listed, perDomain] = await Promise.all([
-    checkReverseDns(dns, ip, hostname, dynamicPatterns),
-    checkHelo(dns, ip, hostname, dynamicPatterns),
-    checkDnsbl(dns, ip, policy, zones),
+  const noAddress = [
+    problem(
+      "ip",
+      "-",
+      "warn",
+      `no address to check: no route sets sourceAddress and ${hostname} has no A or AAAA record; PTR, HELO, blocklist listings and SPF were not checked`,
+      "give --ip IP, the address this gateway sends mail from",
+    ),
+  ];
+  const [reverse, helo, listed, zoneHealth, perDomain] = await Promise.all([
+    ip ? checkReverseDns(dns, ip, hostname, dynamicPatterns) : noAddress,
+    ip ? checkHelo(dns, ip, hostname, dynamicPatterns) : [],
+    ip ? checkDnsbl(dns, ip, policy, zones) : [],
+    checkZoneHealth(dns, policy, ip ? zones : []),
     Promise.all(domains.map((domain) => checkDomain(dns, ip, hostname, domain, policy))),
   ]);
   const findings = [
     ...reverse,
     ...helo,
     ...listed,
+    ...zoneHealth,
     ...(domains.length === 0
       ? [
           problem(
@@ -280,6 +292,54 @@ async function checkHelo(
   return [pass("helo", hostname, `${hostname} resolves to ${ip}`)];
 }
 
+/** A zone whose test point answers wrongly: the gateway ignores it when checking its clients. */
+function zoneProblem(zone: string, testPoint: string, found: "test-point" | "refused"): DoctorFinding {
+  return found === "refused"
+    ? problem(
+        "dnsbl",
+        zone,
+        "warn",
+        `your resolver is refused by ${zone}: its test point ${testPoint} answers in 127.255.255.0/24, so the gateway ignores the zone`,
+        "use your own recursive resolver in dns.servers (not a public one such as 8.8.8.8), or drop the zone",
+      )
+    : problem(
+        "dnsbl",
+        zone,
+        "warn",
+        `${zone} lists its test point ${testPoint}: it answers every query (broken), so the gateway ignores the zone`,
+        "check the zone name with its operator, or drop the zone",
+      );
+}
+
+/**
+ * The test point of every other configured zone (allowlists, domain zones), looked up through the
+ * gateway's resolver: a zone that refuses the resolver or lists everything is ignored by the
+ * gateway, and nothing else would show it.
+ */
+async function checkZoneHealth(
+  dns: DnsResolver,
+  policy: LoadedPolicy,
+  checked: readonly string[],
+): Promise<DoctorFinding[]> {
+  const testPoints = new Map(
+    entriesOf<DnsblOptions>(policy, "dnsbl")
+      .flatMap((options) => options.zones)
+      .filter((zone) => !checked.includes(zone.zone))
+      .map((zone) => [zone.zone, zone.type === "ip" ? "127.0.0.1" : "invalid"]),
+  );
+  return Promise.all(
+    [...testPoints].map(async ([zone, testPoint]): Promise<DoctorFinding> => {
+      const name = `${testPoint === "invalid" ? testPoint : reverseIpLabels(testPoint)}.${zone}`;
+      const probe = await settle(dns.resolve4(name));
+      if (probe.kind === "error") return noAnswer("dnsbl", zone, `the test point ${name}`, probe.code);
+      const found = probeProblem(probe);
+      return found
+        ? zoneProblem(zone, testPoint, found)
+        : pass("dnsbl", zone, `the test point ${testPoint} is not listed`);
+    }),
+  );
+}
+
 async function checkDnsbl(
   dns: DnsResolver,
   ip: string,
@@ -297,15 +357,8 @@ async function checkDnsbl(
         settle(dns.resolve4(`${labels}.${zone}`)),
         settle(dns.resolve4(`1.0.0.127.${zone}`)),
       ]);
-      if (listsTestPoint(probe)) {
-        return problem(
-          "dnsbl",
-          zone,
-          "warn",
-          `${zone} lists its test point 127.0.0.1: it answers every query (broken, or refusing your DNS server)`,
-          `query ${zone} through a resolver of your own (not a public one), or drop the zone`,
-        );
-      }
+      const found = probeProblem(probe);
+      if (found) return zoneProblem(zone, "127.0.0.1", found);
       const status = classifyAnswer(answer, codes.get(zone));
       switch (status.status) {
         case "clean":
@@ -329,14 +382,14 @@ async function checkDnsbl(
 
 async function checkDomain(
   dns: DnsResolver,
-  ip: string,
+  ip: string | null,
   hostname: string,
   domain: string,
   policy: LoadedPolicy,
 ): Promise<DoctorFinding[]> {
   const groups = await Promise.all([
     checkMx(dns, domain),
-    checkSpf(dns, ip, hostname, domain),
+    ip ? checkSpf(dns, ip, hostname, domain) : [],
     checkDkim(dns, domain, policy),
     checkDmarc(dns, domain),
     checkMtaSts(dns, domain),
@@ -475,6 +528,10 @@ async function checkDkim(dns: DnsResolver, domain: string, policy: LoadedPolicy)
   const entries = entriesOf<DkimSignOptions>(policy, "dkim-sign")
     .flatMap((options) => options.keys)
     .filter((key) => key.domain === domain);
+  // An inbound MX receives and need not sign; a gateway that signs for other domains should here too.
+  if (entriesOf<DkimSignOptions>(policy, "dkim-sign").length === 0) {
+    return [pass("dkim", domain, "the policy signs nothing (an inbound MX need not sign)")];
+  }
   if (entries.length === 0) {
     return [
       problem(
@@ -606,7 +663,7 @@ async function checkTlsRpt(dns: DnsResolver, domain: string): Promise<DoctorFind
 export function formatDoctorReport(report: DoctorReport): string {
   const lines = [
     `policy    ${report.policy}`,
-    `identity  ${report.ip} as ${report.hostname}`,
+    `identity  ${report.ip ?? "(no address)"} as ${report.hostname}`,
     `domains   ${report.domains.join(", ") || "-"}`,
     `zones     ${report.zones.join(", ") || "-"}`,
     "",
@@ -671,9 +728,7 @@ export async function doctorCommand(args: string[], stdout: Writable, stderr: Wr
     timeoutMs: settings.timeout,
     cacheSize: settings.cacheSize,
   });
-  const ip = values.ip ?? (await sendingIp(policy, dns));
-  if (!ip)
-    return usage(`${policy.config.server.hostname} has no address: give --ip IP, the address this gateway sends from`);
+  const ip = values.ip ?? (await sendingIp(policy, dns)) ?? null;
   const report = await diagnose({
     policy,
     dns,

@@ -39,6 +39,9 @@ const HOOK_BUCKETS = [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 const ZERO_DNS: DnsStats = { queries: 0, hits: 0, misses: 0, inflight: 0, errors: {} };
 
+/** The phase in which dnsbl looks up each kind of name. */
+const DNSBL_TARGET_PHASE = { ip: "connect", ptr: "connect", helo: "helo", sender: "mail" } as const;
+
 export class GatewayMetrics implements GatewayObserver {
   readonly registry = new Registry();
   readonly #connections: Counter<"role" | "port">;
@@ -53,6 +56,7 @@ export class GatewayMetrics implements GatewayObserver {
   /** Matches of rules in `mode: observe`, which acted nowhere. */
   readonly #ruleObserved: Counter<"rule" | "phase">;
   readonly #dnsblListings: Counter<"zone">;
+  readonly #dnsblBroken: Counter<"zone" | "reason">;
   readonly #rateLimitHits: Counter<"phase" | "kind">;
   readonly #deliveries: Counter<"route" | "status">;
   readonly #reloads: Counter<"result">;
@@ -133,6 +137,12 @@ export class GatewayMetrics implements GatewayObserver {
       name: "portcullis_dnsbl_listings_total",
       help: "DNSBL listed verdicts, by the zone whose listing decided",
       labelNames: ["zone"] as const,
+      registers,
+    });
+    this.#dnsblBroken = new Counter({
+      name: "portcullis_dnsbl_broken_lookups_total",
+      help: "DNSBL lookups ignored because the zone is broken, by zone and reason: refused (the zone refuses our resolver), test-point, listed-share",
+      labelNames: ["zone", "reason"] as const,
       registers,
     });
     this.#rateLimitHits = new Counter({
@@ -226,6 +236,14 @@ export class GatewayMetrics implements GatewayObserver {
       // Entries are named as written in `plugin:`, so the built-in plugins are known by these names.
       if (run.plugin === "dnsbl" && run.verdict === "listed" && facts.dnsbl?.zone) {
         this.#dnsblListings.inc({ zone: facts.dnsbl.zone });
+      }
+      if (run.plugin === "dnsbl") {
+        // The findings gather the earlier phases' lookups too; each is counted in the phase that made it.
+        for (const finding of facts.dnsbl?.findings ?? []) {
+          if (finding.broken && DNSBL_TARGET_PHASE[finding.target] === phase) {
+            this.#dnsblBroken.inc({ zone: finding.zone, reason: finding.broken });
+          }
+        }
       }
       if (run.plugin === "rate-limit" && run.decision !== "continue" && run.decision !== "accept" && !run.error) {
         this.#rateLimitHits.inc({ phase, kind: run.decision });

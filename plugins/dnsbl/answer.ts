@@ -9,7 +9,12 @@ import { isIPv4 } from "node:net";
 import type { DnsOutcome } from "../../core/index.js";
 import { type DnsblTarget, ipv4Number, type ZoneOptions } from "./schema.js";
 
-export type BrokenReason = "test-point" | "listed-share";
+/**
+ * Why a zone is ignored: it lists its test point (it answers everything), it refuses this
+ * gateway's resolver (its test point answers in 127.255.255.0/24, as Spamhaus answers public
+ * resolvers), or it lists too large a share of what it is asked.
+ */
+export type BrokenReason = "test-point" | "refused" | "listed-share";
 
 export type ErrorKind = "timeout" | "dns" | "bad-answer" | "list-error";
 
@@ -70,9 +75,14 @@ export function classifyAnswer(outcome: DnsOutcome<readonly string[]>, codes: Zo
   }
 }
 
-/** Whether the answer for a test point that must not be listed is a listing. */
-export function listsTestPoint(outcome: DnsOutcome<readonly string[]>): boolean {
-  return outcome.kind === "answer" && outcome.value.some(isListingCode);
+/**
+ * What the test point's answer (or, without a test point, the query's) says about the zone: it
+ * lists a name no list may list, it refuses the resolver, or nothing is wrong.
+ */
+export function probeProblem(outcome: DnsOutcome<readonly string[]>): "test-point" | "refused" | null {
+  if (outcome.kind !== "answer") return null;
+  if (outcome.value.some(isListingCode)) return "test-point";
+  return outcome.value.some(isListErrorCode) ? "refused" : null;
 }
 
 /** TXT records as one line; null when there is none (a listing without TXT is still a listing). */
@@ -90,20 +100,34 @@ export function isAllowlist(finding: Pick<ZoneFinding, "allow" | "score">): bool
   return finding.allow || finding.score < 0;
 }
 
+/**
+ * Whether a listing here gives the `listed` verdict on its own. A zone with a score only adds
+ * points, so weighted lists (Postfix's postscreen_dnsbl_sites) add up instead of the first hit
+ * refusing; `verdict: true` on the zone makes it decide as well.
+ */
+export function decidesAlone(zone: Pick<ZoneOptions, "allow" | "score" | "verdict">): boolean {
+  return !isAllowlist(zone) && (zone.verdict ?? zone.score === 0);
+}
+
 export interface BatchDecision {
   readonly verdict: "allowlisted" | "listed" | "error" | null;
-  /** The finding behind the verdict: the allowing listing, the first blocking listing, the first error. */
+  /**
+   * The finding behind the verdict: the allowing listing, the first listing of a zone that decides
+   * alone, the first error. Without a verdict, the first listing of a zone that only scores, so
+   * replies and rules can still name it.
+   */
   readonly decider: ZoneFinding | null;
   /** Points to add, one entry per listing that counts. */
   readonly scores: ReadonlyArray<{ readonly points: number; readonly reason: string }>;
 }
 
 /**
- * Decides a batch of findings (in zone order). Broken zones count for nothing. An `allow` listing
- * wins over everything else; otherwise every listing adds its score and the first listing of a
- * blocking zone decides; an error of a blocking zone matters only when nothing is listed.
+ * Decides a batch of findings (in zone order); `decides` names the zones whose listing gives the
+ * `listed` verdict on its own (see decidesAlone). Broken zones count for nothing. An `allow`
+ * listing wins over everything else; otherwise every listing adds its score and the first listing
+ * of a deciding zone decides; an error of a blocking zone matters only when nothing is listed.
  */
-export function decideBatch(findings: readonly ZoneFinding[]): BatchDecision {
+export function decideBatch(findings: readonly ZoneFinding[], decides: ReadonlySet<string>): BatchDecision {
   const counted = findings.filter((finding) => finding.broken === null);
   const score = (finding: ZoneFinding) =>
     finding.score === 0 ? [] : [{ points: finding.score, reason: `${finding.zone} lists ${finding.target}` }];
@@ -111,8 +135,10 @@ export function decideBatch(findings: readonly ZoneFinding[]): BatchDecision {
   if (allowing) return { verdict: "allowlisted", decider: allowing, scores: score(allowing) };
   const listed = counted.filter((finding) => finding.status === "listed");
   const scores = listed.flatMap(score);
-  const blocking = listed.find((finding) => !isAllowlist(finding));
-  if (blocking) return { verdict: "listed", decider: blocking, scores };
+  const blocking = listed.filter((finding) => !isAllowlist(finding));
+  const deciding = blocking.find((finding) => decides.has(finding.zone));
+  if (deciding) return { verdict: "listed", decider: deciding, scores };
+  if (blocking.length > 0) return { verdict: null, decider: blocking[0], scores };
   const error = counted.find((finding) => finding.status === "error" && !isAllowlist(finding));
   return { verdict: error ? "error" : null, decider: error ?? null, scores };
 }

@@ -12,8 +12,9 @@ import {
   type BrokenReason,
   classifyAnswer,
   decideBatch,
+  decidesAlone,
   isListingCode,
-  listsTestPoint,
+  probeProblem,
   txtText,
   type ZoneFinding,
 } from "./answer.js";
@@ -57,6 +58,14 @@ interface Lookup {
   readonly labels: string;
 }
 
+/** The warning for a zone that broke: what is wrong and what to do, since the zone now counts for nothing. */
+const BROKEN_MESSAGES: Record<BrokenReason, (zone: string) => string> = {
+  "test-point": (zone) => `DNSBL zone ${zone} lists its test point (it answers everything); ignoring it`,
+  refused: (zone) =>
+    `your resolver is refused by ${zone}: use your own recursive resolver (not a public one) in dns.servers; ignoring the zone`,
+  "listed-share": (zone) => `DNSBL zone ${zone} lists too large a share of the names it is asked; ignoring it`,
+};
+
 export default definePlugin({
   name: "dnsbl",
   options: DnsblOptions,
@@ -95,7 +104,7 @@ export default definePlugin({
       if (reason === (broken.get(zone.zone) ?? null)) return;
       if (reason) {
         broken.set(zone.zone, reason);
-        ctx.log.warn({ event: "dnsbl-zone-broken", zone: zone.zone, reason }, "DNSBL zone is broken; ignoring it");
+        ctx.log.warn({ event: "dnsbl-zone-broken", zone: zone.zone, reason }, BROKEN_MESSAGES[reason](zone.zone));
       } else {
         broken.delete(zone.zone);
         ctx.log.info({ event: "dnsbl-zone-recovered", zone: zone.zone }, "DNSBL zone answers sanely again");
@@ -114,8 +123,9 @@ export default definePlugin({
       if (share && answer.kind !== "error") {
         share.record(query, answer.kind === "answer" && answer.value.some(isListingCode), now);
       }
-      const reason: BrokenReason | null =
-        probe && listsTestPoint(probe) ? "test-point" : share?.exceeded(now) ? "listed-share" : null;
+      // Without a test point, the answer itself shows a refusal (it cannot show a listed test point).
+      const problem = probe ? probeProblem(probe) : probeProblem(answer) === "refused" ? "refused" : null;
+      const reason: BrokenReason | null = problem ?? (share?.exceeded(now) ? "listed-share" : null);
       health(ctx, zone, reason);
       const status = classifyAnswer(answer, zone.codes);
       // TXT is its own lookup, after the listing: its absence (common) must not undo the listing.
@@ -140,10 +150,11 @@ export default definePlugin({
       const previous = ctx.facts.dnsbl;
       if (previous?.allowlisted || lookups.length === 0) return undefined;
       const findings = await Promise.all(lookups.map((lookup) => lookUp(ctx, lookup)));
-      const decision = decideBatch(findings);
+      const decision = decideBatch(findings, deciding);
       for (const { points, reason } of decision.scores) ctx.addScore(points, `dnsbl: ${reason}`);
       const all = [...(previous?.findings ?? []).filter((finding) => finding.target !== replaces), ...findings];
-      const decider = decision.verdict === "listed" ? decision.decider : null;
+      const decider =
+        decision.verdict !== "allowlisted" && decision.decider?.status === "listed" ? decision.decider : null;
       const codes = decider?.status === "listed" ? decider.codes : (previous?.codes ?? []);
       const facts: DnsblFacts = {
         findings: all,
@@ -161,6 +172,7 @@ export default definePlugin({
       return decision.verdict ? verdict(decision.verdict) : undefined;
     }
 
+    const deciding = new Set(options.zones.filter(decidesAlone).map((zone) => zone.zone));
     const ipZones = options.zones.filter((zone) => zone.type === "ip");
     /** Lookups of a domain at the domain zones that check `target`; none when the name cannot be queried. */
     const domainLookups = (target: Exclude<DnsblTarget, "ip">, name: string | null | undefined): Lookup[] => {

@@ -46,6 +46,13 @@ const Zone = z
       .number()
       .default(0)
       .describe("points added for a listing here; negative makes the zone an allowlist (no listed verdict)"),
+    verdict: z
+      .boolean()
+      .optional()
+      .describe(
+        "a listing here gives the listed verdict on its own; default: only for zones without a score, so " +
+          "scored zones add up (a rule acts on the score) instead of the first hit refusing",
+      ),
     allow: z
       .boolean()
       .default(false)

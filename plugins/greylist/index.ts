@@ -51,7 +51,7 @@ export default definePlugin({
   options: GreylistOptions,
   findings: ["greylist", "greylist.status", "greylist.retryIn"],
   verdicts: {
-    greylisted: { action: "defer", reply: "451 4.7.1 Greylisted, please try again in {greylist.retryIn} seconds" },
+    greylisted: { action: "defer", reply: "451 4.7.1 Greylisted, please try again in {greylist.retryIn}s" },
   },
   setup(options) {
     const params = { delayMs: options.delay, retryWindowMs: options.retryWindow, lifetimeMs: options.lifetime };

@@ -52,9 +52,9 @@ declare module "../../core/index.js" {
 }
 
 const DEFAULT_REPLIES: Record<"reject" | "defer" | "disconnect", string> = {
-  defer: "451 4.7.0 Rate limit exceeded, try again in {rateLimit.retryAfter} seconds",
+  defer: "451 4.7.0 Rate limit exceeded, try again in {rateLimit.retryAfter}s",
   reject: "550 5.7.1 Rate limit exceeded",
-  disconnect: "421 4.7.0 Rate limit exceeded, try again in {rateLimit.retryAfter} seconds",
+  disconnect: "421 4.7.0 Rate limit exceeded, try again in {rateLimit.retryAfter}s",
 };
 
 interface Limit {

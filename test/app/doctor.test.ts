@@ -28,7 +28,7 @@ server: { hostname: mail.example.test }
 relay: { domains: [example.test] }
 pipeline:
   - plugin: dnsbl
-    zones: [{ zone: bl.test }]
+    zones: [{ zone: wl.test, allow: true }, { zone: bl.test }]
   - plugin: dkim-sign
     keys: [{ domain: example.test, selector: sel1, key: dkim.pem }]
 `;
@@ -104,6 +104,7 @@ describe("doctor", () => {
         ["ptr-generic", IP, "pass"],
         ["helo", "mail.example.test", "pass"],
         ["dnsbl", "bl.test", "pass"],
+        ["dnsbl", "wl.test", "pass"],
         ["mx", "example.test", "pass"],
         ["spf", "example.test", "pass"],
         ["spf-lookups", "example.test", "pass"],
@@ -114,7 +115,7 @@ describe("doctor", () => {
       ],
     );
     assert.ok(report.findings.every((f) => f.fix === null));
-    assert.deepEqual(report.summary, { pass: 12, warn: 0, fail: 0 });
+    assert.deepEqual(report.summary, { pass: 13, warn: 0, fail: 0 });
     assert.equal(report.ip, IP);
     assert.equal(report.hostname, "mail.example.test");
     assert.deepEqual(report.zones, ["bl.test"]);
@@ -193,6 +194,49 @@ describe("doctor", () => {
       fix: /publish TXT _dmarc\.example\.test "v=DMARC1; p=none; rua=mailto:/,
     },
   ];
+
+  it("warns about every configured zone that refuses the gateway's resolver, through that resolver", async () => {
+    // How Spamhaus answers a public resolver: 127.255.255.254 for every name, the test point included.
+    const refusing = { A: ["127.255.255.254"] };
+    const { code, report } = await doctor({ ...CORRECT, "*.bl.test": refusing, "*.wl.test": refusing });
+    assert.equal(code, 0);
+    assert.deepEqual(
+      report.findings.filter((f) => f.check === "dnsbl").map((f) => [f.subject, f.status, f.detail, f.fix]),
+      ["bl.test", "wl.test"].map((zone) => [
+        zone,
+        "warn",
+        `your resolver is refused by ${zone}: its test point 127.0.0.1 answers in 127.255.255.0/24, so the gateway ignores the zone`,
+        "use your own recursive resolver in dns.servers (not a public one such as 8.8.8.8), or drop the zone",
+      ]),
+    );
+  });
+
+  it("checks an inbound MX without --ip or signing keys: the address checks are skipped with a warning, exit 0", async () => {
+    const mxPolicy = join(dir, "mx.yaml");
+    await writeFile(
+      mxPolicy,
+      ["version: 1", "server: { hostname: mx.example.test }", "relay: { domains: [example.test] }"].join("\n"),
+    );
+    const dns = await startDnsServer(CORRECT);
+    try {
+      const out = collector();
+      const err = collector();
+      const args = ["--policy", mxPolicy, "--dns", dns.address, "--json"];
+      const code = await doctorCommand(args, out.stream, err.stream);
+      assert.equal(err.text(), "");
+      assert.equal(code, 0);
+      const report = JSON.parse(out.text()) as DoctorReport;
+      assert.equal(report.ip, null);
+      const byCheck = new Map(report.findings.map((f) => [f.check, f]));
+      assert.equal(byCheck.get("ip")?.status, "warn");
+      assert.match(byCheck.get("ip")?.fix ?? "", /give --ip IP/);
+      assert.equal(byCheck.get("dkim")?.status, "pass");
+      assert.equal(byCheck.get("dkim")?.detail, "the policy signs nothing (an inbound MX need not sign)");
+      assert.equal(byCheck.has("spf"), false);
+    } finally {
+      await dns.close();
+    }
+  });
 
   for (const { name, zone, check, detail, fix } of broken) {
     it(`fails ${check} alone, with its fix, on ${name}`, async () => {

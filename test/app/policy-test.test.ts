@@ -64,7 +64,7 @@ test("a broken expectation makes portcullis test exit 1 with expected vs got", a
   const run = spawnSync(process.execPath, [cli, "test", file], { cwd: root, encoding: "utf8" });
   assert.equal(run.status, 1, run.stderr);
   const lines = run.stdout.split("\n");
-  assert.equal(lines[1], "  FAIL  listed client");
+  assert.equal(lines[1], `  FAIL  listed client (${file}:5)`);
   assert.equal(lines[2], '        decision  expected "accept", got "reject"');
   assert.equal(lines[3], '        route     expected "smtp://10.0.0.25:25", got []');
   assert.match(
@@ -96,7 +96,75 @@ test("a malformed test file is refused with each problem at its line", async () 
   const lines = result.output.split("\n");
   assert.equal(lines[0], `${file}: cannot run`);
   assert.match(lines[1], new RegExp(`^ {2}${file}:3:11 dns\\.a\\.test: expected \\{ TYPE: \\[records\\] \\}`));
-  assert.match(lines[2], new RegExp(`^ {2}${file}:8:25 cases\\.0\\.expect\\.decision: `));
+  assert.equal(lines[2], `  FAIL  x (${file}:5): invalid`);
+  assert.match(lines[3], new RegExp(`^ {8}${file}:8:25 cases\\.0\\.expect\\.decision: `));
+  assert.equal(lines.at(-2), "1 case: 0 passed, 1 failed");
+});
+
+test("each invalid case fails on its own, at its line; the valid ones still run", async () => {
+  const file = join(scratch, "two-invalid.test.yaml");
+  await writeFile(
+    file,
+    [
+      `policy: ${join(root, "policies/edge-mx.yaml")}`,
+      "cases:",
+      "  - name: no envelope",
+      "    client: { ip: 192.0.2.10 }",
+      "    expect: { decision: accept }",
+      "  - name: clean client",
+      "    client: { ip: 192.0.2.99, helo: mail.good.test }",
+      "    envelope: { from: x@good.test, to: bob@example.test }",
+      "    expect: { decision: accept }",
+      "  - name: a typo",
+      "    client: { ip: 192.0.2.10 }",
+      "    envelope: { from: x@good.test, to: bob@example.test }",
+      "    expect: { decision: accept, cod: 250 }",
+    ].join("\n"),
+  );
+  const result = await testCommand([file]);
+  assert.equal(result.code, 1);
+  const lines = result.output.split("\n");
+  assert.deepEqual(lines.slice(1, 6), [
+    `  FAIL  no envelope (${file}:3): invalid`,
+    `        ${file}:3:5 cases.0.envelope: Invalid input: expected object, received undefined`,
+    "  ok    clean client",
+    `  FAIL  a typo (${file}:10): invalid`,
+    `        ${file}:13:13 cases.2.expect: Unrecognized key: "cod"`,
+  ]);
+  assert.equal(lines.at(-2), "3 cases: 1 passed, 2 failed");
+  const json = JSON.parse((await testCommand(["--json", file])).output);
+  assert.deepEqual(json.summary, { cases: 3, passed: 1, failed: 2 });
+  assert.deepEqual(
+    json.files[0].cases.map((c: { name: string; line: number; status: string; problems: unknown[] }) => [
+      c.name,
+      c.line,
+      c.status,
+      c.problems.length,
+    ]),
+    [
+      ["no envelope", 3, "fail", 1],
+      ["clean client", 6, "pass", 0],
+      ["a typo", 10, "fail", 1],
+    ],
+  );
+});
+
+test("an accepted case is told 250 2.0.0, as the client would be", async () => {
+  const file = join(scratch, "accepted.test.yaml");
+  await writeFile(
+    file,
+    [
+      `policy: ${join(root, "policies/edge-mx.yaml")}`,
+      "cases:",
+      "  - name: accepted",
+      "    client: { ip: 192.0.2.99, helo: mail.good.test }",
+      "    envelope: { from: x@good.test, to: bob@example.test }",
+      "    expect: { decision: accept, code: 250, enhanced: 2.0.0, reply: 250 2.0.0 }",
+    ].join("\n"),
+  );
+  const result = await testCommand([file]);
+  assert.equal(result.output.split("\n").at(-2), "1 case: 1 passed, 0 failed", result.output);
+  assert.equal(result.code, 0);
 });
 
 test("shipped policies load, carry the schema line, and handle a message as their comments say", async () => {

@@ -6,7 +6,15 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import type { DnsOutcome } from "../../core/dns/lookup.js";
 import { startDnsServer, type TestDnsServer, type ZoneData } from "../../core/testing/dns-server.js";
-import { classifyAnswer, decideBatch, isListingCode, txtText, type ZoneFinding } from "../../plugins/dnsbl/answer.js";
+import {
+  classifyAnswer,
+  decideBatch,
+  decidesAlone,
+  isListingCode,
+  probeProblem,
+  txtText,
+  type ZoneFinding,
+} from "../../plugins/dnsbl/answer.js";
 import { ListingShare } from "../../plugins/dnsbl/health.js";
 import type { DnsblFacts } from "../../plugins/dnsbl/index.js";
 import { DnsblOptions } from "../../plugins/dnsbl/schema.js";
@@ -84,6 +92,14 @@ describe("dnsbl answers", () => {
     test(name, () => assert.deepEqual(classifyAnswer(outcome, codes), want));
   }
 
+  test("the test point's answer: a listing lists everything, 127.255.255.0/24 refuses the resolver", () => {
+    assert.equal(probeProblem({ kind: "none", code: "ENOTFOUND" }), null);
+    assert.equal(probeProblem({ kind: "error", code: "ESERVFAIL" }), null);
+    assert.equal(probeProblem(answer("127.0.0.2")), "test-point");
+    assert.equal(probeProblem(answer("127.255.255.254")), "refused");
+    assert.equal(probeProblem(answer("127.255.255.252")), "refused");
+  });
+
   test("TXT: chunks joined, records separated, absence is null", () => {
     assert.equal(txtText({ kind: "answer", value: [["listed ", "here"], ["see x"]] }), "listed here; see x");
     assert.equal(txtText({ kind: "none", code: "ENODATA" }), null);
@@ -92,6 +108,7 @@ describe("dnsbl answers", () => {
 });
 
 describe("dnsbl batch decisions", () => {
+  const ALL = new Set(["a.test", "b.test", "bl.test", "wl.test"]);
   const finding = (zone: string, status: "listed" | "clean" | "error", extra: Partial<ZoneFinding> = {}): ZoneFinding =>
     ({
       zone,
@@ -108,13 +125,25 @@ describe("dnsbl batch decisions", () => {
       ...extra,
     }) as ZoneFinding;
 
-  test("the first blocking listing decides and every listing scores", () => {
-    const decision = decideBatch([
-      finding("a.test", "clean"),
-      finding("b.test", "listed", { score: 3 }),
-      finding("c.test", "listed", { score: 7 }),
-    ]);
+  const weighted = [
+    finding("a.test", "clean"),
+    finding("b.test", "listed", { score: 3 }),
+    finding("c.test", "listed", { score: 7 }),
+  ];
+
+  test("the first listing of a deciding zone decides and every listing scores", () => {
+    const decision = decideBatch(weighted, new Set(["c.test"]));
     assert.equal(decision.verdict, "listed");
+    assert.equal(decision.decider?.zone, "c.test");
+    assert.deepEqual(
+      decision.scores.map((s) => s.points),
+      [3, 7],
+    );
+  });
+
+  test("listings of zones that only score add up without a verdict, the first one named", () => {
+    const decision = decideBatch(weighted, new Set());
+    assert.equal(decision.verdict, null);
     assert.equal(decision.decider?.zone, "b.test");
     assert.deepEqual(
       decision.scores.map((s) => s.points),
@@ -122,17 +151,26 @@ describe("dnsbl batch decisions", () => {
     );
   });
 
+  test("a zone decides alone without a score, or with verdict: true", () => {
+    const zone = { allow: false, score: 0 };
+    assert.equal(decidesAlone(zone), true);
+    assert.equal(decidesAlone({ ...zone, score: 5 }), false);
+    assert.equal(decidesAlone({ ...zone, score: 5, verdict: true }), true);
+    assert.equal(decidesAlone({ ...zone, verdict: false }), false);
+    assert.equal(decidesAlone({ ...zone, allow: true, verdict: true }), false);
+  });
+
   test("an allow listing wins and only its score counts", () => {
-    const decision = decideBatch([
-      finding("bl.test", "listed", { score: 10 }),
-      finding("wl.test", "listed", { allow: true, score: -5 }),
-    ]);
+    const decision = decideBatch(
+      [finding("bl.test", "listed", { score: 10 }), finding("wl.test", "listed", { allow: true, score: -5 })],
+      ALL,
+    );
     assert.equal(decision.verdict, "allowlisted");
     assert.deepEqual(decision.scores, [{ points: -5, reason: "wl.test lists ip" }]);
   });
 
   test("a negative-score zone only scores: no listed verdict", () => {
-    const decision = decideBatch([finding("wl.test", "listed", { score: -20 })]);
+    const decision = decideBatch([finding("wl.test", "listed", { score: -20 })], ALL);
     assert.equal(decision.verdict, null);
     assert.deepEqual(
       decision.scores.map((s) => s.points),
@@ -141,13 +179,13 @@ describe("dnsbl batch decisions", () => {
   });
 
   test("a listing outranks an error; an error alone is the verdict; allowlist errors do not count", () => {
-    assert.equal(decideBatch([finding("a.test", "error"), finding("b.test", "listed")]).verdict, "listed");
-    assert.equal(decideBatch([finding("a.test", "error"), finding("b.test", "clean")]).verdict, "error");
-    assert.equal(decideBatch([finding("wl.test", "error", { allow: true })]).verdict, null);
+    assert.equal(decideBatch([finding("a.test", "error"), finding("b.test", "listed")], ALL).verdict, "listed");
+    assert.equal(decideBatch([finding("a.test", "error"), finding("b.test", "clean")], ALL).verdict, "error");
+    assert.equal(decideBatch([finding("wl.test", "error", { allow: true })], ALL).verdict, null);
   });
 
   test("broken zones count for nothing", () => {
-    const decision = decideBatch([finding("bl.test", "listed", { score: 10, broken: "test-point" })]);
+    const decision = decideBatch([finding("bl.test", "listed", { score: 10, broken: "test-point" })], ALL);
     assert.deepEqual(decision, { verdict: null, decider: null, scores: [] });
   });
 });
@@ -206,6 +244,8 @@ const ZONES = {
   "listed-ptr.sender.test": { A: ["192.0.2.50"] },
   "listed-ptr.sender.test.dbl.test": { A: ["127.0.1.4"] },
   "*.broken.test": { A: ["127.0.0.2"] },
+  // How Spamhaus answers a public resolver: every name, the test point included.
+  "*.refusing.test": { A: ["127.255.255.254"] },
 } satisfies ZoneData;
 
 const gatewayPolicy = (pipeline: string) => `
@@ -231,7 +271,7 @@ describe("dnsbl through the wire", () => {
   - plugin: dnsbl
     zones:
       - { zone: wl.test, allow: true }
-      - { zone: bl.test, score: 10, codes: ["127.0.0.2-127.0.0.11"] }
+      - { zone: bl.test, score: 10, verdict: true, codes: ["127.0.0.2-127.0.0.11"] }
       - { zone: dbl.test, type: domain }
 `),
       { dnsServers: [dns.address] },
@@ -411,7 +451,7 @@ describe("dnsbl: the policy decides", () => {
     const gw = await startGateway(
       gatewayPolicy(`
   - plugin: dnsbl
-    zones: [{ zone: bl.test, score: 10 }]
+    zones: [{ zone: bl.test, score: 10, verdict: true }]
     on: { listed: { score: 5 } }
 `),
       { dnsServers: [dns.address] },
@@ -467,6 +507,77 @@ describe("dnsbl: the policy decides", () => {
       );
       await closedConnections(gw, 2);
       assert.equal(gw.transactions().at(-1)?.score, 0);
+    } finally {
+      await gw.stop();
+    }
+  });
+
+  test("zones with a score add up and refuse nothing on their own; verdict: true makes one decide", async () => {
+    const gw = await startGateway(
+      gatewayPolicy(`
+  - plugin: dnsbl
+    zones: [{ zone: bl.test, score: 4 }, { zone: dbl.test, type: domain, score: 3 }]
+`),
+      { dnsServers: [dns.address] },
+    );
+    try {
+      const { mail } = await tryMail(gw.port, "192.0.2.99", { helo: "bad-helo.test" });
+      assert.equal(mail.code, 250, "no single scored listing refuses");
+      await closedConnections(gw, 1);
+      assert.equal(gw.transactions().at(-1)?.score, 7, "both listings count");
+      const facts = lastFinding<DnsblFacts>(gw, "dnsbl");
+      assert.equal(facts.zone, "dbl.test", "the latest listing is named, for rules and replies");
+      assert.equal(facts.listed, true);
+    } finally {
+      await gw.stop();
+    }
+    const deciding = await startGateway(
+      gatewayPolicy(`
+  - plugin: dnsbl
+    zones: [{ zone: bl.test, score: 4, verdict: true }]
+`),
+      { dnsServers: [dns.address] },
+    );
+    try {
+      assert.equal((await tryMail(deciding.port, "192.0.2.99")).mail.code, 554);
+    } finally {
+      await deciding.stop();
+    }
+  });
+
+  test("a zone that refuses the resolver (127.255.255.254 for everything) is ignored: mail flows, log, metric", async () => {
+    const gw = await startGateway(
+      gatewayPolicy(`
+  - plugin: dnsbl
+    zones: [{ zone: refusing.test }]
+`),
+      { dnsServers: [dns.address] },
+    );
+    try {
+      for (const ip of ["192.0.2.10", "192.0.2.11"]) assert.equal((await tryMail(gw.port, ip)).mail.code, 250);
+      const facts = lastFinding<DnsblFacts>(gw, "dnsbl");
+      assert.deepEqual(facts.broken, ["refusing.test"]);
+      assert.deepEqual(
+        facts.findings.map((f) => [f.status, f.broken]),
+        [["error", "refused"]],
+      );
+      const warnings = gw.logs.filter((line) => line.event === "dnsbl-zone-broken");
+      assert.deepEqual(
+        warnings.map((line) => [line.level, line.zone, line.reason, line.msg]),
+        [
+          [
+            40, // warn
+            "refusing.test",
+            "refused",
+            "your resolver is refused by refusing.test: use your own recursive resolver (not a public one) in dns.servers; ignoring the zone",
+          ],
+        ],
+      );
+      await closedConnections(gw, 2);
+      const scraped = await gw.gateway.metrics.registry.getSingleMetricAsString(
+        "portcullis_dnsbl_broken_lookups_total",
+      );
+      assert.match(scraped, /portcullis_dnsbl_broken_lookups_total\{zone="refusing.test",reason="refused"\} 2/);
     } finally {
       await gw.stop();
     }

@@ -41,12 +41,12 @@ describe("greylisting (memory store, injected clock)", () => {
     assert.deepEqual(first.reply, {
       code: 451,
       enhanced: "4.7.1",
-      text: "Greylisted, please try again in 300 seconds",
+      text: "Greylisted, please try again in 300s",
     });
     clock.advance(4 * MINUTE);
     const early = await run();
     assert.equal(early.outcome, "deferred");
-    assert.equal(early.reply?.text, "Greylisted, please try again in 60 seconds");
+    assert.equal(early.reply?.text, "Greylisted, please try again in 60s");
     clock.advance(MINUTE);
     const passed = await run();
     assert.equal(passed.outcome, "accepted");
@@ -195,7 +195,7 @@ routes: [{ to: discard }]
     await client.command("EHLO client.test");
     await client.command("MAIL FROM:<a@sender.test>");
     const rcpt = await client.command("RCPT TO:<b@example.test>");
-    assert.equal(rcpt.raw, "451 4.7.1 Greylisted, please try again in 120 seconds");
+    assert.equal(rcpt.raw, "451 4.7.1 Greylisted, please try again in 120s");
     await client.quit();
   } finally {
     await gw.stop();

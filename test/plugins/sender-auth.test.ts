@@ -116,7 +116,7 @@ routes:
     });
     assert.equal(replies.mail.code, 250);
     assert.equal(replies.rcpts[0].code, 250);
-    assert.match(replies.data?.raw ?? "", /^451 4\.7\.1 Greylisted, please try again in \d+ seconds$/);
+    assert.match(replies.data?.raw ?? "", /^451 4\.7\.1 Greylisted, please try again in \d+s$/);
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.equal(relay.hop.messages.length, before, "nothing delivered");
     assert.equal(relay.gw.transactions().at(-1)?.decidedBy, "plugin:greylist");
