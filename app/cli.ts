@@ -78,7 +78,7 @@ async function start(args: string[]): Promise<number> {
     if (stops > 1) process.exit(0);
     gateway
       .stop(graceMs)
-      .then(() => ops?.close())
+      .then(() => ops.close())
       .then(() => process.exit(0));
   };
   process.on("SIGTERM", stop);
@@ -90,7 +90,14 @@ async function start(args: string[]): Promise<number> {
       file: policyFile,
       load: loadPolicy,
       log: gateway.log,
-      apply: (next) => gateway.reload(workerPolicy(next)),
+      apply: async (next) => {
+        const changes = await gateway.reload(workerPolicy(next));
+        // The gateway runs the new policy by now: an endpoint that cannot move is reported, not a refusal.
+        const metrics = await ops
+          .follow(gateway.runtime.config.observability.metrics)
+          .catch((error: Error) => `not listening: ${error.message}`);
+        return metrics ? { ...changes, metrics } : changes;
+      },
       onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest
     },
     gateway.runtime.policy,
