@@ -366,7 +366,8 @@ export class Gateway {
       this.metrics.policyReload(false);
       throw error;
     }
-    this.log.level = config.observability.log.level;
+    // A logger the caller passed (GatewayOptions.log) keeps the caller's level; the gateway's own follows the policy.
+    if (!this.#overrides.log) this.log.level = config.observability.log.level;
     this.#queueLog.level = config.observability.log.levels?.queue ?? this.log.level;
     const restartNeeded = this.restartNeeded;
     this.metrics.restartNeeded(restartNeeded);
