@@ -291,17 +291,28 @@ export class Gateway {
     };
   }
 
-  /** Stops a listener accepting; its sessions finish within RETIRE_GRACE_MS, then it is gone. */
+  /**
+   * Stops a listener accepting. Unlike stop(), its sessions go on as if nothing happened (the rest
+   * of the gateway keeps running) for up to RETIRE_GRACE_MS; those still open then get 421.
+   */
   #retire(listener: Listener): void {
     listener.closing = true;
-    const closed = new Promise<void>((done) => {
-      listener.server.options.closeTimeout = RETIRE_GRACE_MS;
-      listener.server.close(() => done());
-    }).then(() => {
+    const { server } = listener;
+    // Only the listening socket closes; smtp-server's close() would answer every next command 421.
+    const closed = new Promise<void>((done) => server.server.close(() => done()));
+    for (const socket of server._pendingSockets.values()) socket.destroy(); // no session yet to finish
+    const deadline = setTimeout(() => {
+      for (const connection of server.connections) {
+        connection.send(421, "4.3.2 Service shutting down this listener, try again");
+        connection.close();
+      }
+    }, RETIRE_GRACE_MS);
+    const retired = closed.then(() => {
+      clearTimeout(deadline);
       this.#servers = this.#servers.filter((l) => l !== listener);
-      this.#retiring.delete(closed);
+      this.#retiring.delete(retired);
     });
-    this.#retiring.add(closed);
+    this.#retiring.add(retired);
   }
 
   /** New handshakes on this listener use the current certificate; STARTTLS is offered when there is one. */
@@ -384,16 +395,15 @@ export class Gateway {
   async stop(graceMs = 10_000): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
+    // Listeners a reload retired are closed the same way, so their sessions get graceMs, not more.
     await Promise.all(
-      this.#servers
-        .filter((listener) => !listener.closing)
-        .map(
-          ({ server }) =>
-            new Promise<void>((done) => {
-              server.options.closeTimeout = graceMs;
-              server.close(() => done());
-            }),
-        ),
+      this.#servers.map(
+        ({ server }) =>
+          new Promise<void>((done) => {
+            server.options.closeTimeout = graceMs;
+            server.close(() => done());
+          }),
+      ),
     );
     await Promise.all(this.#retiring);
     await this.queue.stop(); // the worker ends its attempts, the spool is closed

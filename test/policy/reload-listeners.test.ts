@@ -99,6 +99,34 @@ test("a reload opens a listener the policy gains (it accepts mail) and closes on
   }
 });
 
+test("a listener whose settings change is replaced on its port; a session open on the old one finishes", async () => {
+  const gw = await startGateway(policy(""));
+  const file = join(gw.dir, "policy.yaml");
+  try {
+    const open = await SmtpTestClient.connect(gw.port);
+    assert.match((await open.command("EHLO client.test")).lines[0], /^gw\.test/);
+    await writeFile(file, policy("hostname: renamed.test").replace("hostname: gw.test, ", ""));
+    const changes = await gw.gateway.reload(await loadPolicy(file));
+    assert.deepEqual(changes.listenersAdded, [`127.0.0.1:${gw.port} (mx)`]);
+    assert.deepEqual(changes.listenersRemoved, [`127.0.0.1:${gw.port} (mx)`]);
+    const sent = await open.transaction({
+      from: "alice@sender.test",
+      to: ["bob@example.test"],
+      data: "Subject: across a reload\r\n\r\nhello\r\n",
+    });
+    assert.equal(sent.data?.code, 250, "the session on the replaced listener finishes its mail");
+    const next = await SmtpTestClient.connect(gw.port);
+    assert.match((await next.command("EHLO client.test")).lines[0], /^renamed\.test/);
+    await next.quit();
+    // A stop while the old listener still holds a session waits the stop's grace, not the reload's.
+    const stopping = Date.now();
+    await gw.gateway.stop(200);
+    assert.ok(Date.now() - stopping < 2_000, `stop took ${Date.now() - stopping} ms`);
+  } finally {
+    await gw.stop();
+  }
+});
+
 test("a reload enables STARTTLS on a running listener, and the next one presents a renewed certificate", async () => {
   const first = newTestCertificate();
   const renewed = newTestCertificate();
