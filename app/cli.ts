@@ -69,7 +69,6 @@ async function start(args: string[]): Promise<number> {
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
-  process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   // The first signal drains; a second one means the operator will not wait, so the process exits at
   // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
   let stops = 0;
@@ -103,6 +102,8 @@ async function start(args: string[]): Promise<number> {
     gateway.runtime.policy,
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
+  // Said last, when signals are handled and the policy files watched: from here on a change is seen.
+  process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});
 }
 

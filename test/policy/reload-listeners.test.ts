@@ -162,6 +162,10 @@ test("portcullis start: a reload moves the metrics endpoint and warns, in one li
   const child = spawn(process.execPath, [cli, "start", "--policy", file, "--listen", "127.0.0.1:0"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
+  let stderr = "";
+  child.stderr.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   const lines: Array<Record<string, unknown>> = [];
   let buffered = "";
   child.stdout.on("data", (chunk: Buffer) => {
@@ -172,7 +176,8 @@ test("portcullis start: a reload moves the metrics endpoint and warns, in one li
   });
   const reloads = () => lines.filter((l) => l.event === "reload");
   try {
-    await until(() => lines.some((l) => l.msg === "listening"));
+    // Printed once the policy file is watched; a change before that would go unseen.
+    await until(() => stderr.includes("portcullis: listening on"));
     assert.equal(
       (await scrape(`http://127.0.0.1:${oldPort}`)).value("portcullis_restart_needed", { key: "server.workers" }),
       0,

@@ -192,6 +192,10 @@ test("portcullis start reloads on a file change and on SIGHUP, and refuses an in
   const child = spawn(process.execPath, [cli, "start", "--policy", file, "--listen", "127.0.0.1:0"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
+  let stderr = "";
+  child.stderr.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   const lines: Array<Record<string, unknown>> = [];
   let buffered = "";
   child.stdout.on("data", (chunk: Buffer) => {
@@ -202,7 +206,8 @@ test("portcullis start reloads on a file change and on SIGHUP, and refuses an in
   });
   const reloads = () => lines.filter((l) => l.event === "reload");
   try {
-    await until(() => lines.some((l) => l.msg === "listening"));
+    // Printed once the policy file is watched; a change before that would go unseen.
+    await until(() => stderr.includes("portcullis: listening on"));
     await writeFile(
       file,
       policy("B", ["  - { name: bad, when: { client.ip: { network: nonsense } }, action: reject }"]),
