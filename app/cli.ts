@@ -75,8 +75,6 @@ async function start(args: string[]): Promise<number> {
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
-  if (ops) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
-  process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   // The first signal drains; a second one means the operator will not wait, so the process exits at
   // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
   let stops = 0;
@@ -85,7 +83,7 @@ async function start(args: string[]): Promise<number> {
     if (stops > 1) process.exit(0);
     gateway
       .stop(graceMs)
-      .then(() => ops?.close())
+      .then(() => ops.close())
       .then(() => process.exit(0));
   };
   process.on("SIGTERM", stop);
@@ -97,12 +95,22 @@ async function start(args: string[]): Promise<number> {
       file: policyFile,
       load: loadPolicy,
       log: gateway.log,
-      apply: (next) => gateway.reload(workerPolicy(next)),
+      apply: async (next) => {
+        const changes = await gateway.reload(workerPolicy(next));
+        // The gateway runs the new policy by now: an endpoint that cannot move is reported, not a refusal.
+        const metrics = await ops
+          .follow(gateway.runtime.config.observability.metrics)
+          .catch((error: Error) => `not listening: ${error.message}`);
+        return metrics ? { ...changes, metrics } : changes;
+      },
       onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest
     },
     gateway.runtime.policy,
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
+  if (ops.address) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
+  // Said last, when signals are handled and the policy files watched: from here on a change is seen.
+  process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});
 }
 

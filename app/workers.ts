@@ -23,7 +23,7 @@ import {
   type Check,
   gatewayEndpoints,
   gatewayReadiness,
-  type OpsServer,
+  OpsListener,
   type Readiness,
   startOpsServer,
 } from "../core/observability/http.js";
@@ -95,9 +95,9 @@ function isOpsMessage(message: unknown): message is OpsRequest & Partial<OpsAnsw
 /**
  * Starts what operators reach from outside for a gateway in this process: in a worker, answers to
  * the supervisor's metrics and readiness requests; otherwise the HTTP endpoint when the policy has
- * `observability.metrics`.
+ * `observability.metrics` (a worker's policy never has it: workerPolicy), which follows reloads.
  */
-export async function startOperations(gateway: Gateway): Promise<OpsServer | null> {
+export async function startOperations(gateway: Gateway): Promise<OpsListener> {
   if (workerSlot() !== null) {
     process.on("message", (message: unknown) => {
       if (!isOpsMessage(message)) return;
@@ -106,10 +106,10 @@ export async function startOperations(gateway: Gateway): Promise<OpsServer | nul
         (error: Error) => gateway.log.error({ err: error.message }, "ops request failed"),
       );
     });
-    return null;
   }
-  const address = gateway.runtime.config.observability.metrics;
-  return address ? startOpsServer(address, gatewayEndpoints(gateway)) : null;
+  const ops = new OpsListener(gatewayEndpoints(gateway));
+  await ops.follow(gateway.runtime.config.observability.metrics);
+  return ops;
 }
 
 export interface SupervisorOptions {

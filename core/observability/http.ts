@@ -64,10 +64,62 @@ export async function startOpsServer(listen: string, endpoints: OpsEndpoints): P
     answer().catch((error: Error) => send(500, "text/plain", `${error.message}\n`));
   });
   server.listen(address.port, address.host);
-  await once(server, "listening");
+  await Promise.race([
+    once(server, "listening"),
+    once(server, "error").then(([error]) => {
+      throw error;
+    }),
+  ]);
   const bound = server.address();
   const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
   return { address: actual, close: () => closeServer(server) };
+}
+
+/**
+ * The operations endpoint following `observability.metrics` across reloads: started when the
+ * policy gains the key, moved when its address changes, stopped when it goes away.
+ */
+export class OpsListener {
+  readonly #endpoints: OpsEndpoints;
+  #server: OpsServer | null = null;
+  #listen: string | undefined;
+
+  constructor(endpoints: OpsEndpoints) {
+    this.#endpoints = endpoints;
+  }
+
+  /** The bound address; null when not listening. */
+  get address(): HostPort | null {
+    return this.#server?.address ?? null;
+  }
+
+  /**
+   * Listens on `listen` (host:port), or not at all when undefined; resolves with what changed, for
+   * the reload's log line, or undefined when nothing did. The old address is closed first, so the
+   * new one may reuse its port; when the new one cannot listen this rejects, and there is no
+   * endpoint until a later call succeeds.
+   */
+  async follow(listen: string | undefined): Promise<string | undefined> {
+    if (listen === this.#listen) return undefined;
+    const before = this.#listen;
+    await this.#server?.close();
+    this.#server = null;
+    this.#listen = listen;
+    if (listen === undefined) return "stopped";
+    try {
+      this.#server = await startOpsServer(listen, this.#endpoints);
+    } catch (error) {
+      this.#listen = undefined; // the next call tries again
+      throw new Error(`observability.metrics: cannot listen on ${listen}: ${(error as Error).message}`);
+    }
+    return before === undefined ? `listening on ${listen}` : `moved from ${before} to ${listen}`;
+  }
+
+  async close(): Promise<void> {
+    await this.#server?.close();
+    this.#server = null;
+    this.#listen = undefined;
+  }
 }
 
 function closeServer(server: Server): Promise<void> {

@@ -60,6 +60,7 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #rateLimitHits: Counter<"phase" | "kind">;
   readonly #deliveries: Counter<"route" | "status">;
   readonly #reloads: Counter<"result">;
+  readonly #restartNeeded: Gauge<"key">;
   readonly #cuts: Counter<"reason">;
   readonly #stressChanges: Counter<"state">;
   readonly #underStress: Gauge<"role" | "port">;
@@ -161,6 +162,12 @@ export class GatewayMetrics implements GatewayObserver {
       name: "portcullis_policy_reloads_total",
       help: "Policy reloads by result: ok, or failed (the previous policy stayed)",
       labelNames: ["result"] as const,
+      registers,
+    });
+    this.#restartNeeded = new Gauge({
+      name: "portcullis_restart_needed",
+      help: "1 per policy key whose new value waits for a restart (the running process keeps the value it started with)",
+      labelNames: ["key"] as const,
       registers,
     });
     this.#cuts = new Counter({
@@ -282,6 +289,12 @@ export class GatewayMetrics implements GatewayObserver {
 
   policyReload(ok: boolean): void {
     this.#reloads.inc({ result: ok ? "ok" : "failed" });
+  }
+
+  /** The keys a reload could not apply; the gauge lists exactly these (none after a restart). */
+  restartNeeded(keys: readonly string[]): void {
+    this.#restartNeeded.reset();
+    for (const key of keys) this.#restartNeeded.set({ key }, 1);
   }
 
   bounceSuppressed(reason: string): void {

@@ -7,7 +7,9 @@
  *
  * Reloads run one at a time, in order, so the last version written is the one that ends up running.
  */
+import { createHash } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import type { Logger } from "pino";
 import { type LoadedPolicy, PolicyError } from "./load.js";
@@ -17,8 +19,11 @@ export interface ReloaderOptions {
   /** Reads and validates the policy file (the application's loader, which knows its plugins). */
   readonly load: (file: string) => Promise<LoadedPolicy>;
   readonly log: Logger;
-  /** Switches to a validated policy; a rejection refuses it (the old one stays). */
-  readonly apply: (policy: LoadedPolicy) => Promise<void>;
+  /**
+   * Switches to a validated policy; a rejection refuses it (the old one stays). What it resolves
+   * with goes into the reload's log line; keys in `restartNeeded` make that line a warning.
+   */
+  readonly apply: (policy: LoadedPolicy) => Promise<AppliedChanges>;
   /** Watch the files for changes (default true); without, only `reload()` reloads. */
   readonly watch?: boolean;
   /** Quiet time after a change before reloading, so an editor's several writes make one reload. */
@@ -26,6 +31,19 @@ export interface ReloaderOptions {
   /** Told when the new policy did not even load (a refusal by `apply` is `apply`'s to report). */
   readonly onLoadRefused?: () => void;
 }
+
+/** What a reload changed, as the applier reports it: one field per kind of change. */
+export interface AppliedChanges {
+  readonly restartNeeded?: readonly string[];
+  readonly [change: string]: unknown;
+}
+
+/**
+ * One edit often fires both the file watcher and the operator's SIGHUP: content that was refused
+ * this recently is not tried (nor logged) again. After that, the same content is tried again, so a
+ * refusal caused by something outside the file (a plugin's server, a port in use) can be retried.
+ */
+const REPEAT_REFUSAL_MS = 5_000;
 
 export type ReloadResult =
   | { readonly ok: true; readonly policy: LoadedPolicy }
@@ -57,6 +75,8 @@ export class PolicyReloader {
   #watched = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** The policy file content (sha256) that was refused last, when, and why. */
+  #refused: { hash: string; at: number; problems: string[] } | undefined;
 
   constructor(options: ReloaderOptions, current?: LoadedPolicy) {
     this.#options = options;
@@ -72,10 +92,20 @@ export class PolicyReloader {
 
   async #reload(reason: string): Promise<ReloadResult> {
     const { file, log, apply } = this.#options;
+    const hash = await readFile(file).then(
+      (content) => createHash("sha256").update(content).digest("hex"),
+      () => "unreadable",
+    );
+    const refused = this.#refused;
+    if (refused?.hash === hash && Date.now() - refused.at < REPEAT_REFUSAL_MS) {
+      log.debug({ event: "reload", reason, policy: file }, "policy reload skipped: this content was just refused");
+      return { ok: false, problems: refused.problems };
+    }
     let policy: LoadedPolicy | undefined;
+    let changes: AppliedChanges;
     try {
       policy = await this.#options.load(file);
-      await apply(policy);
+      changes = await apply(policy);
     } catch (error) {
       if (policy === undefined) this.#options.onLoadRefused?.();
       const problems =
@@ -86,9 +116,14 @@ export class PolicyReloader {
         { event: "reload", reason, policy: file, problems },
         "policy reload refused; the previous policy stays",
       );
+      this.#refused = { hash, at: Date.now(), problems };
       return { ok: false, problems };
     }
-    log.info({ event: "reload", reason, policy: policy.file }, "policy reload applied");
+    this.#refused = undefined;
+    const line = { event: "reload", reason, policy: policy.file, ...changes };
+    const restart = changes.restartNeeded ?? [];
+    if (restart.length > 0) log.warn(line, `policy reload applied; restart needed for ${restart.join(", ")}`);
+    else log.info(line, "policy reload applied");
     if (this.#options.watch !== false && !this.#closed) this.#watch(policyFiles(policy));
     return { ok: true, policy };
   }

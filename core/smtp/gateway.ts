@@ -2,6 +2,7 @@
  * The gateway: listeners (smtp-server) → sessions (phases) → next hop (forward). A connection keeps
  * the runtime it started with, so a reload never changes the rules under a transaction in flight.
  */
+import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -38,6 +39,58 @@ import { type GatewayConnection, GatewaySMTPServer, type ListenerEvent } from ".
 
 /** Bodies up to this size stay in memory; larger ones are spooled to a temporary file. */
 const SPILL_THRESHOLD = 256 * 1024;
+
+/** How long a listener a reload removed lets its sessions finish, as stop() does by default. */
+const RETIRE_GRACE_MS = 10_000;
+
+/**
+ * Settings the process reads once at start (the spool it locks, the state store it connects, the
+ * worker processes it forks). A reload that changes one applies everything else and says that this
+ * key waits for a restart.
+ */
+const RESTART_KEYS: Readonly<Record<string, (config: PolicyConfig) => unknown>> = {
+  "server.workers": (config) => config.server.workers,
+  "delivery.spool": (config) => config.delivery.spool,
+  "delivery.spoolLimit": (config) => config.delivery.spoolLimit,
+  state: (config) => config.state,
+  "observability.log.levels.state": (config) => config.observability.log.levels?.state,
+};
+
+/** The key and certificate of `server.tls`, read from disk at start and again at every reload. */
+interface TlsFiles {
+  readonly key: Buffer;
+  readonly cert: Buffer;
+}
+
+/** What a runtime's listeners read from disk. */
+interface ListenerFiles {
+  readonly tls?: TlsFiles;
+  readonly auth: SubmissionAuth | null;
+}
+
+/** One listening socket; `closing` once a reload removed it and its sessions are finishing. */
+interface Listener {
+  readonly server: GatewaySMTPServer;
+  readonly address: HostPort;
+  readonly role: Role;
+  /** The policy's address for it (port 0: any free port, which `address` then names). */
+  readonly configured: HostPort;
+  /** What the listener was made from: a policy listener with the same identity keeps this one. */
+  readonly identity: string;
+  closing: boolean;
+}
+
+type ListenerChanges = Pick<ReloadChanges, "listenersAdded" | "listenersRemoved">;
+
+/** What a reload changed, for its one log line (core/policy/reload.ts). */
+export type ReloadChanges = {
+  listenersAdded?: string[];
+  listenersRemoved?: string[];
+  /** enabled, disabled, renewed (other bytes on disk) or unchanged — re-read at every reload. */
+  certificate?: "enabled" | "disabled" | "renewed" | "unchanged";
+  /** Keys whose new value waits for a restart (RESTART_KEYS); the running value stays. */
+  restartNeeded?: string[];
+};
 
 export interface GatewayOptions {
   readonly log?: Logger;
@@ -85,7 +138,14 @@ export class Gateway {
   readonly log: Logger;
   readonly clock: Clock;
   #runtime: Runtime;
-  #servers: Array<{ server: GatewaySMTPServer; address: HostPort; role: Role }> = [];
+  /** Open listeners, including ones a reload removed whose sessions are still finishing. */
+  #servers: Listener[] = [];
+  /** Listeners a reload removed, until their last session has ended. */
+  #retiring = new Set<Promise<void>>();
+  /** The running `server.tls` files; undefined without TLS. */
+  #tls: TlsFiles | undefined;
+  /** The configuration the process started with, for the keys only a restart changes. */
+  readonly #startedWith: PolicyConfig;
   #sessions = new Map<string, Session>();
   /** Open connections per client (clientGroup: an IPv4 address or an IPv6 /64). */
   #perClient = new Map<string, number>();
@@ -110,6 +170,7 @@ export class Gateway {
   private constructor(runtime: Runtime, log: Logger, clock: Clock, overrides: GatewayOptions) {
     this.#overrides = overrides;
     this.#runtime = runtime;
+    this.#startedWith = runtime.config;
     this.log = log;
     this.clock = clock;
     this.metrics = new GatewayMetrics({
@@ -150,71 +211,191 @@ export class Gateway {
 
   /** Starts every listener of the policy; resolves with the bound addresses. */
   async listen(): Promise<HostPort[]> {
-    const { config, policy } = this.#runtime;
-    const tls = config.server.tls
-      ? {
-          key: await readFile(resolve(policy.dir, config.server.tls.key)),
-          cert: await readFile(resolve(policy.dir, config.server.tls.cert)),
-        }
-      : undefined;
-    const { auth } = config.server;
-    this.#auth = auth
-      ? await SubmissionAuth.load(resolve(policy.dir, auth.users), auth, this.#runtime.services.state)
-      : null;
-    for (const listener of config.server.listen) {
-      const address = parseHostPort(listener.address)!;
-      const role: Role = listener.submission ? "submission" : "mx";
-      const server = this.#createServer(role, tls, listener.implicitTls);
-      server.listen(address.port, address.host);
-      await once(server.server, "listening");
-      const bound = server.server.address();
-      const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
-      this.#servers.push({ server, address: actual, role });
-      this.log.info({ listen: formatHostPort(actual), role }, "listening");
-    }
+    const files = await this.#readListenerFiles(this.#runtime);
+    this.#auth = files.auth;
+    this.#tls = files.tls;
+    await this.#syncListeners();
     await this.queue.start(); // opens the spool, resumes what it holds
     return this.addresses();
   }
 
+  /** The TLS key/cert and the submission users a runtime's listeners need, read from disk. */
+  async #readListenerFiles({ config, policy, services }: Runtime): Promise<ListenerFiles> {
+    const { tls, auth } = config.server;
+    return {
+      tls: tls
+        ? { key: await readFile(resolve(policy.dir, tls.key)), cert: await readFile(resolve(policy.dir, tls.cert)) }
+        : undefined,
+      auth: auth ? await SubmissionAuth.load(resolve(policy.dir, auth.users), auth, services.state) : null,
+    };
+  }
+
+  /**
+   * Makes the open listeners those of the running policy: a listener whose address, role or
+   * settings changed is replaced (the old one stops accepting and lets its sessions finish, like
+   * stop(); the new one binds the same port), new ones listen, and the ones that stay switch to the
+   * current certificate and STARTTLS offer for their next connections.
+   */
+  async #syncListeners(): Promise<ListenerChanges> {
+    const { config } = this.#runtime;
+    const open = this.#servers.filter((listener) => !listener.closing);
+    const wanted = config.server.listen.map((listener) => ({
+      address: parseHostPort(listener.address)!,
+      role: (listener.submission ? "submission" : "mx") as Role,
+      implicitTls: listener.implicitTls,
+      identity: listenerIdentity(listener, config),
+    }));
+    const kept = new Set<Listener>();
+    const added: typeof wanted = [];
+    for (const want of wanted) {
+      const match = open.find((listener) => !kept.has(listener) && listener.identity === want.identity);
+      if (match) kept.add(match);
+      else added.push(want);
+    }
+    const removed = open.filter((listener) => !kept.has(listener));
+    for (const listener of removed) this.#retire(listener);
+    for (const want of added) {
+      // A replaced listener configured on port 0 keeps the port it had, so clients still find it.
+      const previous = removed.find(
+        ({ configured }) => configured.host === want.address.host && configured.port === want.address.port,
+      );
+      const address = want.address.port === 0 && previous ? previous.address : want.address;
+      const server = this.#createServer(want.role, want.implicitTls);
+      server.listen(address.port, address.host);
+      await Promise.race([
+        once(server.server, "listening"),
+        once(server.server, "error").then(([error]) => {
+          throw new Error(`cannot listen on ${formatHostPort(address)}: ${(error as Error).message}`);
+        }),
+      ]);
+      const bound = server.server.address();
+      const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
+      this.#servers.push({
+        server,
+        address: actual,
+        configured: want.address,
+        role: want.role,
+        identity: want.identity,
+        closing: false,
+      });
+      this.log.info({ listen: formatHostPort(actual), role: want.role }, "listening");
+    }
+    for (const listener of kept) this.#refreshTls(listener.server, listener.role);
+    const describe = (list: Array<{ address: HostPort; role: Role }>) =>
+      list.map(({ address, role }) => `${formatHostPort(address)} (${role})`);
+    const listenersAdded = describe(this.#servers.filter((l) => !l.closing && !kept.has(l)));
+    const listenersRemoved = describe(removed);
+    return {
+      ...(listenersAdded.length > 0 ? { listenersAdded } : {}),
+      ...(listenersRemoved.length > 0 ? { listenersRemoved } : {}),
+    };
+  }
+
+  /**
+   * Stops a listener accepting. Unlike stop(), its sessions go on as if nothing happened (the rest
+   * of the gateway keeps running) for up to RETIRE_GRACE_MS; those still open then get 421.
+   */
+  #retire(listener: Listener): void {
+    listener.closing = true;
+    const { server } = listener;
+    // Only the listening socket closes; smtp-server's close() would answer every next command 421.
+    const closed = new Promise<void>((done) => server.server.close(() => done()));
+    for (const socket of server._pendingSockets.values()) socket.destroy(); // no session yet to finish
+    const deadline = setTimeout(() => {
+      for (const connection of server.connections) {
+        connection.send(421, "4.3.2 Service shutting down this listener, try again");
+        connection.close();
+      }
+    }, RETIRE_GRACE_MS);
+    const retired = closed.then(() => {
+      clearTimeout(deadline);
+      this.#servers = this.#servers.filter((l) => l !== listener);
+      this.#retiring.delete(retired);
+    });
+    this.#retiring.add(retired);
+  }
+
+  /** New handshakes on this listener use the current certificate; STARTTLS is offered when there is one. */
+  #refreshTls(server: GatewaySMTPServer, role: Role): void {
+    server.options.disabledCommands = disabledCommands(role, this.#tls);
+    if (this.#tls) server.updateSecureContext({ key: this.#tls.key, cert: this.#tls.cert, minVersion: "TLSv1.2" });
+  }
+
   addresses(): HostPort[] {
-    return this.#servers.map((s) => s.address);
+    return this.#servers.filter((s) => !s.closing).map((s) => s.address);
   }
 
   /** For /readyz: accepting connections, i.e. started and not stopping. */
   get listening(): boolean {
-    return this.#servers.length > 0 && !this.#stopping;
+    return this.#servers.some((s) => !s.closing) && !this.#stopping;
   }
 
-  /** Swaps in a new policy for new connections; connections in flight keep theirs. */
-  async reload(policy: LoadedPolicy): Promise<void> {
+  /** Keys changed in the policy that the running process keeps until a restart (RESTART_KEYS). */
+  get restartNeeded(): string[] {
+    const config = this.#runtime.config;
+    return Object.entries(RESTART_KEYS)
+      .filter(([, read]) => JSON.stringify(read(config)) !== JSON.stringify(read(this.#startedWith)))
+      .map(([key]) => key);
+  }
+
+  /**
+   * Swaps in a new policy for new connections; connections in flight keep theirs. Listeners follow
+   * the policy (#syncListeners) and the certificate is read again, so a renewed one is used by the
+   * next handshake. Resolves with what changed; rejects, with the old policy running, when the new
+   * one's plugins, files or listeners cannot be set up.
+   */
+  async reload(policy: LoadedPolicy): Promise<ReloadChanges> {
     const config = applyOverrides(policy.config, this.#overrides);
-    this.#runtime = await buildRuntime(
-      { ...policy, config },
-      {
-        log: this.log,
-        clock: this.clock,
-        state: this.#runtime.services.state,
-      },
-    )
+    const previous = this.#runtime;
+    let files: ListenerFiles;
+    try {
+      const runtime = await buildRuntime(
+        { ...policy, config },
+        { log: this.log, clock: this.clock, state: previous.services.state },
+      );
       // A shadow candidate that does not load refuses the reload too (the old policy stays).
-      .then(async (runtime) => {
-        await this.#rollout.apply(runtime);
-        return runtime;
-      })
-      .catch((error: unknown) => {
-        this.metrics.policyReload(false); // A plugin refused its setup; the old policy stays
-        throw error;
-      });
-    this.#queueLog.level = this.#runtime.config.observability.log.levels?.queue ?? this.log.level;
-    this.log.info({ policy: policy.file }, "policy reloaded");
+      await this.#rollout.apply(runtime);
+      files = await this.#readListenerFiles(runtime);
+      this.#runtime = runtime;
+    } catch (error) {
+      this.metrics.policyReload(false); // A plugin, a shadow or a TLS/users file refused; the old policy stays
+      throw error;
+    }
+    const running = { tls: this.#tls, auth: this.#auth };
+    const certificate = certificateChange(this.#tls, files.tls);
+    this.#tls = files.tls;
+    this.#auth = files.auth;
+    let listeners: ListenerChanges;
+    try {
+      listeners = await this.#syncListeners();
+    } catch (error) {
+      // A port that cannot be bound: the old policy, certificate and users stay; listeners the
+      // reload removed before that stay removed (a port is only free for the new one once the old one closed).
+      this.#runtime = previous;
+      this.#tls = running.tls;
+      this.#auth = running.auth;
+      this.metrics.policyReload(false);
+      throw error;
+    }
+    // A logger the caller passed (GatewayOptions.log) keeps the caller's level; the gateway's own follows the policy.
+    if (!this.#overrides.log) this.log.level = config.observability.log.level;
+    this.#queueLog.level = config.observability.log.levels?.queue ?? this.log.level;
+    const restartNeeded = this.restartNeeded;
+    this.metrics.restartNeeded(restartNeeded);
     this.metrics.policyReload(true);
     this.queue.reloaded(); // pooled connections may follow old route settings
+    return {
+      ...listeners,
+      ...(certificate ? { certificate } : {}),
+      ...(restartNeeded.length > 0 ? { restartNeeded } : {}),
+    };
   }
 
   /** Stops accepting, lets sessions in flight finish for up to graceMs, then closes them. */
   async stop(graceMs = 10_000): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
+    // Listeners a reload retired are closed the same way, so their sessions get graceMs, not more.
     await Promise.all(
       this.#servers.map(
         ({ server }) =>
@@ -224,6 +405,7 @@ export class Gateway {
           }),
       ),
     );
+    await Promise.all(this.#retiring);
     await this.queue.stop(); // the worker ends its attempts, the spool is closed
     await this.#runtime.services.state.close();
     this.#rollout.close();
@@ -235,8 +417,9 @@ export class Gateway {
     return { sessions: this.#sessions.size, ipSlots: this.#perClient.size };
   }
 
-  #createServer(role: Role, tls: { key: Buffer; cert: Buffer } | undefined, implicitTls = false): GatewaySMTPServer {
+  #createServer(role: Role, implicitTls: boolean): GatewaySMTPServer {
     const { config } = this.#runtime;
+    const tls = this.#tls;
     const limits = config.server.limits;
     const server = new GatewaySMTPServer({
       name: config.server.hostname,
@@ -249,8 +432,7 @@ export class Gateway {
       maxClients: limits.maxClients,
       socketTimeout: limits.idleTimeout,
       closeTimeout: 30_000,
-      // AUTH only on submission listeners, and only after TLS (GatewayConnection._isDisabled).
-      disabledCommands: [...(role === "submission" ? [] : ["AUTH"]), ...(tls ? [] : ["STARTTLS"])],
+      disabledCommands: disabledCommands(role, tls),
       authMethods: ["PLAIN", "LOGIN"],
       secure: implicitTls,
       maxCommandLength: limits.maxCommandLength,
@@ -576,6 +758,36 @@ function tlsInfo(cipher: { name: string; version?: string; standardName?: string
 function protocolName(session: SMTPServerSession): "SMTP" | "ESMTP" | "ESMTPS" | "ESMTPA" | "ESMTPSA" {
   const type = session.transmissionType;
   return type === "SMTP" || type === "ESMTPS" || type === "ESMTPA" || type === "ESMTPSA" ? type : "ESMTP";
+}
+
+/** AUTH only on submission listeners, and only after TLS (GatewayConnection._isDisabled); STARTTLS only with a certificate. */
+function disabledCommands(role: Role, tls: TlsFiles | undefined): string[] {
+  return [...(role === "submission" ? [] : ["AUTH"]), ...(tls ? [] : ["STARTTLS"])];
+}
+
+/**
+ * What makes a listener: its place and role, plus the `server` settings smtp-server reads when the
+ * listener is made. A change to any of them replaces the listener, so new connections get them.
+ */
+function listenerIdentity(listener: PolicyConfig["server"]["listen"][number], config: PolicyConfig): string {
+  const { hostname, limits, xclient, proxyProtocol } = config.server;
+  return JSON.stringify([
+    listener.address,
+    listener.submission,
+    listener.implicitTls,
+    hostname,
+    limits,
+    xclient,
+    proxyProtocol,
+  ]);
+}
+
+function certificateChange(before: TlsFiles | undefined, after: TlsFiles | undefined): ReloadChanges["certificate"] {
+  if (!before && !after) return undefined;
+  if (!before) return "enabled";
+  if (!after) return "disabled";
+  const digest = (files: TlsFiles) => createHash("sha256").update(files.cert).update(files.key).digest("hex");
+  return digest(before) === digest(after) ? "unchanged" : "renewed";
 }
 
 function applyOverrides(config: PolicyConfig, options: GatewayOptions): PolicyConfig {
