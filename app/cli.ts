@@ -3,6 +3,7 @@
  * message says what), 2 bad usage.
  */
 import cluster from "node:cluster";
+import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createLogger } from "../core/observability/log.js";
@@ -32,6 +33,7 @@ const USAGE = `usage:
   portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
   portcullis passwd [NAME] < password
   portcullis schema
+  portcullis --version
   ${DOCTOR_USAGE}`;
 
 class UsageError extends Error {}
@@ -127,6 +129,12 @@ async function main(argv: string[]): Promise<number> {
   }
   try {
     switch (command) {
+      case "--version": {
+        // Through the package's own name, which finds its package.json from the sources and from dist/ alike.
+        const { version } = createRequire(import.meta.url)("portcullis/package.json") as { version: string };
+        process.stdout.write(`${version}\n`);
+        return 0;
+      }
       case "start":
         return await start(args);
       case "check":

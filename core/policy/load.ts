@@ -309,7 +309,8 @@ async function importPlugin(
   try {
     module = await load();
   } catch (error) {
-    fail(explain(error) ?? `cannot load plugin ${what}: ${errorText(error)}`);
+    // One line per problem: the TypeScript compiler's "Transform failed with 1 error:" spans two.
+    fail(explain(error) ?? `cannot load plugin ${what}: ${errorText(error).replace(/\s*\n\s*/g, " ")}`);
     return undefined;
   }
   const definition = module.exports.default;

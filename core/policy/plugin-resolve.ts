@@ -29,7 +29,8 @@ export const initialize: InitializeHook<ResolveData> = (data) => {
 };
 
 export const resolve: ResolveHook = async (specifier, context, nextResolve) => {
-  if (Object.hasOwn(entries, specifier)) return { url: entries[specifier], shortCircuit: true };
+  // Passed on rather than answered here, so a TypeScript loader further down still sees the entry file.
+  if (Object.hasOwn(entries, specifier)) return nextResolve(entries[specifier], context);
   if (specifier.startsWith(PACKAGE_SCHEME)) {
     const request = new URL(specifier);
     const from = request.searchParams.get("from") ?? "";
