@@ -17,6 +17,8 @@ const ownExtension = extname(new URL(import.meta.url).pathname);
 const own = (path: string) => new URL(`${path}${ownExtension}`, import.meta.url).href;
 
 let resolveHooks = false;
+/** Plugin file → hash of the content first imported from it (under its plain URL). */
+const firstVersions = new Map<string, string>();
 let typescript: Promise<unknown> | undefined;
 
 function registerResolveHooks(): void {
@@ -39,17 +41,21 @@ export interface PluginModule {
 }
 
 /**
- * Imports a plugin file. The URL carries a hash of the file's content, so a reload after the file
- * changed imports the new code (Node caches a module per URL for the life of the process) while an
- * unchanged file stays the module already loaded. Only the named file is re-imported: modules it
- * imports itself stay as first loaded.
+ * Imports a plugin file. Node caches a module per URL for the life of the process, so a file whose
+ * content differs from what was first imported from it gets a URL carrying a hash of the content: a
+ * reload after an edit imports the new code, and an unchanged file stays the module already loaded.
+ * The first version keeps the plain file URL, so it is the same module as an `import` of that file
+ * elsewhere in the process (a test reading a fixture plugin's state). Only the named file is
+ * re-imported: modules it imports itself stay as first loaded.
  */
 export async function importPluginFile(path: string): Promise<PluginModule> {
   const content = await readFile(path);
   registerResolveHooks();
   if (/\.[mc]?tsx?$/.test(path)) await registerTypeScript();
   const version = createHash("sha256").update(content).digest("hex").slice(0, 16);
-  const url = `${pathToFileURL(path).href}?v=${version}`;
+  const first = firstVersions.get(path) ?? version;
+  firstVersions.set(path, first);
+  const url = version === first ? pathToFileURL(path).href : `${pathToFileURL(path).href}?v=${version}`;
   return { exports: await import(url), url };
 }
 
