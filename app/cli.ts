@@ -3,26 +3,19 @@
  * message says what), 2 bad usage.
  */
 import cluster from "node:cluster";
+import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { createLogger } from "../core/observability/log.js";
 import { PolicyError, policyJsonSchema } from "../core/policy/load.js";
-import { PolicyReloader } from "../core/policy/reload.js";
-import { Gateway } from "../core/smtp/gateway.js";
-import { formatHostPort } from "../core/toolkit/netaddr.js";
 import { parseDuration } from "../core/toolkit/units.js";
 import { loadPolicy } from "./catalogue.js";
 import { checkPolicy } from "./check.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
 import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
-import { limitsCommand } from "./limits.js";
-import { passwdCommand } from "./passwd.js";
 import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
 import { testCommand } from "./policy-test.js";
-import { queueCommand } from "./queue.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
 import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
-import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
 const USAGE = `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
@@ -36,6 +29,7 @@ const USAGE = `usage:
   portcullis queue list|show ID|flush [ID]|delete ID|bounce ID --policy FILE [--json]
   portcullis passwd [NAME] < password
   portcullis schema
+  portcullis --version
   ${DOCTOR_USAGE}`;
 
 class UsageError extends Error {}
@@ -63,6 +57,15 @@ async function start(args: string[]): Promise<number> {
   const graceMs = parseDuration(values.grace);
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
+  // The listener and its services load only here, so `check` and the other commands start without them.
+  const [{ createLogger }, { PolicyReloader }, { Gateway }, { formatHostPort }, workers] = await Promise.all([
+    import("../core/observability/log.js"),
+    import("../core/policy/reload.js"),
+    import("../core/smtp/gateway.js"),
+    import("../core/toolkit/netaddr.js"),
+    import("./workers.js"),
+  ]);
+  const { startOperations, superviseWorkers, workerCount, workerPolicy } = workers;
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
   if (cluster.isPrimary && workerCount(policy.config) > 1) {
@@ -142,6 +145,12 @@ async function main(argv: string[]): Promise<number> {
   }
   try {
     switch (command) {
+      case "--version": {
+        // Through the package's own name, which finds its package.json from the sources and from dist/ alike.
+        const { version } = createRequire(import.meta.url)("portcullis/package.json") as { version: string };
+        process.stdout.write(`${version}\n`);
+        return 0;
+      }
       case "start":
         return await start(args);
       case "check":
@@ -161,13 +170,13 @@ async function main(argv: string[]): Promise<number> {
         return result.code;
       }
       case "limits":
-        return await limitsCommand(args);
+        return await (await import("./limits.js")).limitsCommand(args);
       case "queue": // the spool (app/queue.ts)
-        return await queueCommand(args, process.stdout, process.stderr);
+        return await (await import("./queue.js")).queueCommand(args, process.stdout, process.stderr);
       case "doctor": // deliverability self-check (app/doctor/doctor.ts)
         return await doctorCommand(args, process.stdout, process.stderr);
       case "passwd": // A users-file hash (app/passwd.ts)
-        return await passwdCommand(args, process.stdin, process.stdout);
+        return await (await import("./passwd.js")).passwdCommand(args, process.stdin, process.stdout);
       case "replay": // A candidate policy over the transaction log (core/observability/replay.ts)
         return await replayCommand(args, process.stdout).catch((error: unknown) => {
           throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;

@@ -1,6 +1,7 @@
 // Runs every *.test.ts under test/ through node:test with tsx. Node 20 neither expands globs in
 // --test arguments nor discovers .ts files, so the list is built here; an empty list is an error
-// (node would run nothing and still exit 0).
+// (node would run nothing and still exit 0). The portcullis-source condition makes "portcullis" mean
+// the sources here, not a build in dist/ that may be stale.
 import { spawnSync } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { join, relative } from "node:path";
@@ -19,6 +20,7 @@ if (files.length === 0) {
 const result = spawnSync(
   process.execPath,
   [
+    "--conditions=portcullis-source",
     "--import",
     "tsx",
     "--test",

@@ -5,12 +5,12 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import { dirname, isAbsolute, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { z } from "zod";
 import type { Action } from "../contract/actions.js";
 import type { PluginCatalogue, PluginDefinition, VerdictDefault } from "../contract/api.js";
 import { type ListItem, resolveListFiles } from "./lists.js";
+import { importPluginFile, importPluginPackage, type PluginModule } from "./plugin-modules.js";
 import { resolveRules } from "./rules/resolve.js";
 import { CORE_ENTRY_KEYS, type PolicyConfig, PolicySchema, ServerHostname } from "./schema.js";
 
@@ -54,6 +54,10 @@ export interface PipelineEntry {
   /** The entry's onError, else hooks.onError. */
   readonly onError: Action;
   readonly index: number;
+  /** The plugin's file, for a plugin named by path (a reload watches it). */
+  readonly file?: string;
+  /** The URL its module was imported from, for a plugin from a file or a package; a changed file gets a new one. */
+  readonly module?: string;
 }
 
 export interface LoadedPolicy {
@@ -194,8 +198,9 @@ async function compileEntry(
   if (!isRecord(raw) || typeof raw.plugin !== "string" || raw.plugin === "") return undefined;
   const name = raw.plugin;
   const at: PathKey[] = ["pipeline", index];
-  const definition = await resolvePlugin(name, plugins, (message) => report([...at, "plugin"], message));
-  if (!definition) return undefined;
+  const resolved = await resolvePlugin(name, plugins, (message) => report([...at, "plugin"], message));
+  if (!resolved) return undefined;
+  const { definition } = resolved;
 
   const pluginOptions = Object.fromEntries(
     Object.entries(raw).filter(([key]) => !(CORE_ENTRY_KEYS as readonly string[]).includes(key)),
@@ -228,6 +233,8 @@ async function compileEntry(
     timeoutMs: entry.timeout ?? config.hooks.timeout,
     onError: entry.onError ?? config.hooks.onError,
     index,
+    ...(resolved.file ? { file: resolved.file } : {}),
+    ...(resolved.module ? { module: resolved.module } : {}),
   };
 }
 
@@ -235,11 +242,21 @@ function isPluginPath(name: string): boolean {
   return name.startsWith("./") || name.startsWith("../") || isAbsolute(name);
 }
 
+interface ResolvedPlugin {
+  readonly definition: PluginDefinition;
+  readonly file?: string;
+  readonly module?: string;
+}
+
+/**
+ * A `plugin:` name is a path (`./mine.ts`, `/abs/mine.js`), else a built-in plugin (built-ins win),
+ * else an npm package found from the policy's folder (`@acme/portcullis-clamav`).
+ */
 async function resolvePlugin(
   name: string,
   { dir, catalogue }: { readonly dir: string; readonly catalogue: PluginCatalogue },
   fail: (message: string) => void,
-): Promise<PluginDefinition | undefined> {
+): Promise<ResolvedPlugin | undefined> {
   if (isPluginPath(name)) {
     const path = resolve(dir, name);
     const exists = await stat(path).then(
@@ -250,40 +267,61 @@ async function resolvePlugin(
       fail(`plugin file ${path} does not exist (paths are relative to the policy file's folder)`);
       return undefined;
     }
-    let module: { default?: unknown };
-    try {
-      module = await import(pathToFileURL(path).href);
-    } catch (error) {
-      fail(`cannot load plugin ${path}: ${errorText(error)}`);
-      return undefined;
-    }
-    const problem = definitionProblem(module.default);
-    if (problem) {
-      fail(
-        `${path} is not a plugin: its default export ${problem}; write export default definePlugin({ name, options, setup })`,
-      );
-      return undefined;
-    }
-    return module.default as PluginDefinition;
+    const plugin = await importPlugin(() => importPluginFile(path), path, fail);
+    return plugin && { ...plugin, file: path };
   }
 
-  const names = Object.keys(catalogue).sort();
-  if (!Object.hasOwn(catalogue, name)) {
-    const known = names.length === 0 ? "there are no built-in plugins yet" : `built-in plugins: ${names.join(", ")}`;
+  if (Object.hasOwn(catalogue, name)) {
+    try {
+      const definition = await catalogue[name]();
+      const problem = definitionProblem(definition);
+      if (problem) throw new Error(`its default export ${problem}`);
+      return { definition };
+    } catch (error) {
+      fail(`cannot load built-in plugin "${name}": ${errorText(error)}`);
+      return undefined;
+    }
+  }
+
+  return importPlugin(
+    () => importPluginPackage(name, dir),
+    `package "${name}"`,
+    fail,
+    (error) => {
+      // Only the package itself missing means the name is unknown; a package that fails to find one of
+      // its own imports is a broken package, reported as such.
+      if (!(error instanceof Error && error.message.includes(`Cannot find package '${name}'`))) return undefined;
+      const names = Object.keys(catalogue).sort();
+      const known = names.length === 0 ? "there are no built-in plugins" : `built-in plugins: ${names.join(", ")}`;
+      return `unknown plugin "${name}"${suggestion(name, names)}: neither a built-in plugin nor an npm package installed in a node_modules folder of ${dir} or above; ${known}; a plugin file is named by a path such as "./plugins/mine.ts"`;
+    },
+  );
+}
+
+/** Imports a plugin module and checks its default export; `what` names it in messages. */
+async function importPlugin(
+  load: () => Promise<PluginModule>,
+  what: string,
+  fail: (message: string) => void,
+  explain: (error: unknown) => string | undefined = () => undefined,
+): Promise<ResolvedPlugin | undefined> {
+  let module: PluginModule;
+  try {
+    module = await load();
+  } catch (error) {
+    // One line per problem: the TypeScript compiler's "Transform failed with 1 error:" spans two.
+    fail(explain(error) ?? `cannot load plugin ${what}: ${errorText(error).replace(/\s*\n\s*/g, " ")}`);
+    return undefined;
+  }
+  const definition = module.exports.default;
+  const problem = definitionProblem(definition);
+  if (problem) {
     fail(
-      `unknown plugin "${name}"${suggestion(name, names)}; ${known}; a plugin file is named by a path such as "./plugins/mine.ts"`,
+      `${what} is not a plugin: its default export ${problem}; write export default definePlugin({ name, options, setup })`,
     );
     return undefined;
   }
-  try {
-    const definition = await catalogue[name]();
-    const problem = definitionProblem(definition);
-    if (problem) throw new Error(`its default export ${problem}`);
-    return definition;
-  } catch (error) {
-    fail(`cannot load built-in plugin "${name}": ${errorText(error)}`);
-    return undefined;
-  }
+  return { definition: definition as PluginDefinition, module: module.url };
 }
 
 const VERDICT_ACTIONS: readonly VerdictDefault["action"][] = ["ignore", "accept", "reject", "defer", "disconnect"];

@@ -1,11 +1,13 @@
 /**
- * Hot reload: on SIGHUP or when the policy file (or a list file it names) changes, the policy is
+ * Hot reload: on SIGHUP or when the policy file (or a list or plugin file it names) changes, the policy is
  * loaded and validated in full, then handed to `apply` (the gateway's reload, which sets up the
  * plugins). Anything that fails — YAML, schema, a list file, a plugin's setup — leaves the running
  * policy in place and logs every problem. Connections in flight keep the runtime they started with
  * (core/smtp/gateway.ts), so a reload never changes the rules under a transaction.
  *
  * Reloads run one at a time, in order, so the last version written is the one that ends up running.
+ * A plugin file that changed is imported anew (core/policy/plugin-modules.ts), and the log line
+ * names the plugins whose code changed.
  */
 import { createHash } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
@@ -49,7 +51,10 @@ export type ReloadResult =
   | { readonly ok: true; readonly policy: LoadedPolicy }
   | { readonly ok: false; readonly problems: string[] };
 
-/** The files a policy reads besides itself: every `{ file: PATH }` in it (list files), anchored at its folder. */
+/**
+ * The files a policy reads besides itself: every `{ file: PATH }` in it (list files), anchored at its
+ * folder, and the plugin files it names by path.
+ */
 export function policyFiles(policy: LoadedPolicy): string[] {
   const files = new Set<string>([policy.file]);
   const visit = (value: unknown) => {
@@ -63,8 +68,23 @@ export function policyFiles(policy: LoadedPolicy): string[] {
   };
   visit(policy.config.rules);
   visit(policy.config.relay.recipients);
-  for (const entry of policy.pipeline) visit(entry.options);
+  for (const entry of policy.pipeline) {
+    visit(entry.options);
+    if (entry.file) files.add(entry.file);
+  }
   return [...files];
+}
+
+/** The `plugin:` names of `next` whose module is not one `previous` ran: plugin files that changed. */
+export function reloadedPlugins(previous: LoadedPolicy | undefined, next: LoadedPolicy): string[] {
+  const before = new Set(previous?.pipeline.map((entry) => entry.module));
+  const changed = next.pipeline.filter(
+    (entry) =>
+      entry.file !== undefined &&
+      !before.has(entry.module) &&
+      previous?.pipeline.some((old) => old.file === entry.file),
+  );
+  return [...new Set(changed.map((entry) => entry.name))];
 }
 
 export class PolicyReloader {
@@ -77,9 +97,12 @@ export class PolicyReloader {
   #closed = false;
   /** The policy file content (sha256) that was refused last, when, and why. */
   #refused: { hash: string; at: number; problems: string[] } | undefined;
+  /** The policy last applied, to tell which plugin files changed since. */
+  #current: LoadedPolicy | undefined;
 
   constructor(options: ReloaderOptions, current?: LoadedPolicy) {
     this.#options = options;
+    this.#current = current;
     if (options.watch !== false) this.#watch(current ? policyFiles(current) : [resolve(options.file)]);
   }
 
@@ -120,10 +143,13 @@ export class PolicyReloader {
       return { ok: false, problems };
     }
     this.#refused = undefined;
-    const line = { event: "reload", reason, policy: policy.file, ...changes };
+    const plugins = reloadedPlugins(this.#current, policy);
+    this.#current = policy;
+    const line = { event: "reload", reason, policy: policy.file, reloadedPlugins: plugins, ...changes };
     const restart = changes.restartNeeded ?? [];
-    if (restart.length > 0) log.warn(line, `policy reload applied; restart needed for ${restart.join(", ")}`);
-    else log.info(line, "policy reload applied");
+    const code = plugins.length === 0 ? "" : `; new plugin code: ${plugins.join(", ")}`;
+    if (restart.length > 0) log.warn(line, `policy reload applied${code}; restart needed for ${restart.join(", ")}`);
+    else log.info(line, `policy reload applied${code}`);
     if (this.#options.watch !== false && !this.#closed) this.#watch(policyFiles(policy));
     return { ok: true, policy };
   }

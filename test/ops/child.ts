@@ -22,15 +22,18 @@ export interface ChildGateway {
   readonly exited: Promise<number | null>;
 }
 
-/** `args` are further `start` options, e.g. `["--grace", "60s"]`; `env` is added to this process's. */
+/**
+ * `args` are further `start` options, e.g. `["--grace", "60s"]`; `env` is added to this process's;
+ * `bin` is the CLI to run (default this checkout's), e.g. an installed package's, in `cwd`.
+ */
 export async function startChild(
   policyFile: string,
-  options: { args?: readonly string[]; env?: Record<string, string> } = {},
+  options: { args?: readonly string[]; env?: Record<string, string>; bin?: string; cwd?: string } = {},
 ): Promise<ChildGateway> {
   const child = spawn(
     process.execPath,
     [
-      join(root, "bin/portcullis.js"),
+      options.bin ?? join(root, "bin/portcullis.js"),
       "start",
       "--policy",
       policyFile,
@@ -38,7 +41,7 @@ export async function startChild(
       "127.0.0.1:0",
       ...(options.args ?? []),
     ],
-    { cwd: root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
+    { cwd: options.cwd ?? root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   );
   const exited = once(child, "exit").then(([code]) => code as number | null);
   let stdout = "";

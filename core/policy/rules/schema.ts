@@ -116,7 +116,7 @@ const TestSchema = z
     "the test of this path: a value (equal), a list (equal to any), or a mapping of tests: eq, ne, in, gt, gte, lt, lte, exists, network, domain, address",
   );
 
-interface ConditionInput {
+export interface ConditionInput {
   any?: ConditionInput[];
   all?: ConditionInput[];
   not?: ConditionInput;
