@@ -18,7 +18,7 @@ import {
   type ZoneFinding,
 } from "./answer.js";
 import { ListingShare } from "./health.js";
-import { DnsblOptions, type DnsblTarget, type ZoneOptions } from "./schema.js";
+import { DnsblFindings, DnsblOptions, type DnsblTarget, type ZoneOptions } from "./schema.js";
 
 export type { ZoneFinding } from "./answer.js";
 
@@ -60,18 +60,7 @@ interface Lookup {
 export default definePlugin({
   name: "dnsbl",
   options: DnsblOptions,
-  findings: [
-    "dnsbl",
-    "dnsbl.findings",
-    "dnsbl.listed",
-    "dnsbl.allowlisted",
-    "dnsbl.zone",
-    "dnsbl.name",
-    "dnsbl.codes",
-    "dnsbl.txt",
-    "dnsbl.reason",
-    "dnsbl.broken",
-  ],
+  findings: { dnsbl: DnsblFindings },
   verdicts: {
     listed: {
       action: "reject",
