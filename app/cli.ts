@@ -6,11 +6,12 @@ import cluster from "node:cluster";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createLogger } from "../core/observability/log.js";
-import { PolicyError, policyJsonSchema } from "../core/policy/load.js";
+import { PolicyError } from "../core/policy/load.js";
 import { PolicyReloader } from "../core/policy/reload.js";
 import { Gateway } from "../core/smtp/gateway.js";
 import { formatHostPort } from "../core/toolkit/netaddr.js";
 import { parseDuration } from "../core/toolkit/units.js";
+import { builtinPlugins } from "../plugins/index.js";
 import { loadPolicy } from "./catalogue.js";
 import { checkPolicy } from "./check.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
@@ -19,6 +20,7 @@ import { passwdCommand } from "./passwd.js";
 import { testCommand } from "./policy-test.js";
 import { queueCommand } from "./queue.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
+import { policyJsonSchemaWith } from "./schema.js";
 import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
 import { startOperations, superviseWorkers, workerCount, workerPolicy } from "./workers.js";
 
@@ -154,7 +156,7 @@ async function main(argv: string[]): Promise<number> {
           throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
         });
       case "schema":
-        process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(await policyJsonSchemaWith(builtinPlugins), null, 2)}\n`);
         return 0;
       default:
         throw new UsageError(command ? `unknown command "${command}"` : "no command given");

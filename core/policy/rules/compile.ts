@@ -124,6 +124,14 @@ export function resolvePath(key: string, catalogue: FindingCatalogue): { path: s
   return { path, kind: { kind: "finding", info: catalogue.get(path.split(".")[0]) } };
 }
 
+/** The camelCase shorthand `resolvePath` reads as this finding path (`dmarc.policy` → `dmarcPolicy`), if any. */
+export function shorthandOf(path: string): string | undefined {
+  const [root, field, ...rest] = path.split(".");
+  return field && rest.length === 0 && /^[a-z][a-z0-9]*$/.test(root)
+    ? `${root}${field[0].toUpperCase()}${field.slice(1)}`
+    : undefined;
+}
+
 /** Whether a path names a subject root used wrongly (`client.port`, `sender.x`), which no finding may shadow. */
 export function isSubjectRoot(path: string): boolean {
   return SUBJECT_ROOTS.has(path.split(".")[0]);

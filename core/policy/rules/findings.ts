@@ -151,3 +151,17 @@ export function offeredValues(leaf: FindingPath, paths: readonly FindingPath[]):
   const values = scalarValues(compared(leaf, paths).schema);
   return values?.every((v) => typeof v === "string") ? (values as string[]) : undefined;
 }
+
+/**
+ * The JSON Schema of the values a rule may compare with at this path, for editors: the closed set
+ * (`enum`), or the scalar type; undefined when the path holds something rules test otherwise.
+ */
+export function valueJsonSchema(leaf: FindingPath, paths: readonly FindingPath[]): Record<string, unknown> | undefined {
+  const target = compared(leaf, paths);
+  const values = scalarValues(target.schema);
+  if (values) return { enum: values };
+  const type = defOf(target.schema).type;
+  if (type === "string" || type === "number" || type === "boolean") return { type };
+  if (type === "int") return { type: "number" };
+  return undefined;
+}
