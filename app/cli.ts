@@ -6,8 +6,9 @@ import cluster from "node:cluster";
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { PolicyError, policyJsonSchema } from "../core/policy/load.js";
+import { PolicyError } from "../core/policy/load.js";
 import { parseDuration } from "../core/toolkit/units.js";
+import { builtinPlugins } from "../plugins/index.js";
 import { loadPolicy } from "./catalogue.js";
 import { checkPolicy } from "./check.js";
 import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
@@ -15,6 +16,7 @@ import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
 import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
 import { testCommand } from "./policy-test.js";
 import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
+import { policyJsonSchemaWith } from "./schema.js";
 import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
 
 const USAGE = `usage:
@@ -182,7 +184,7 @@ async function main(argv: string[]): Promise<number> {
           throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
         });
       case "schema":
-        process.stdout.write(`${JSON.stringify(policyJsonSchema(), null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(await policyJsonSchemaWith(builtinPlugins), null, 2)}\n`);
         return 0;
       default:
         throw new UsageError(command ? `unknown command "${command}"` : "no command given");

@@ -53,7 +53,7 @@ export interface TryReport {
 export function tryReport(runtime: Runtime, input: SimulatedTransaction, result: SimulationResult): TryReport {
   const declared = new Map<string, string[]>();
   for (const plugin of runtime.plugins) {
-    const roots = [...new Set((plugin.entry.definition.findings ?? []).map((path) => path.split(".")[0]))];
+    const roots = Object.keys(plugin.entry.definition.findings ?? {});
     declared.set(plugin.entry.name, roots);
   }
   const shown = new Set<string>();

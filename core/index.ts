@@ -14,6 +14,7 @@ export type {
   Clock,
   ConnectionContext,
   Facts,
+  FindingSchemas,
   Hook,
   HookContext,
   HookKind,

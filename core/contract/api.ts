@@ -219,15 +219,21 @@ export interface PluginDefinition<S extends z.ZodType = z.ZodType, V extends str
   /** The verdicts this plugin may return, with their defaults. Keys of `on:` are checked against these. */
   readonly verdicts?: Readonly<Record<V, VerdictDefault>>;
   /**
-   * The findings this plugin writes on `ctx.facts`, as paths: its top-level key (`"dnsbl"`) and,
-   * optionally, that key's fields (`"dnsbl.listed"`, `"dnsbl.zone"`). Rules naming a finding run from
-   * the first phase in which its plugin has a hook; `portcullis check` warns about rule paths that
-   * no plugin declares. A key declared without fields accepts any field.
+   * The findings this plugin writes on `ctx.facts`: each top-level key it writes (`dnsbl`) with the
+   * zod schema of what it writes there. Declare the facts type as that schema's `z.output`, so the
+   * two cannot drift. Rules naming a finding run from the first phase in which its plugin has a
+   * hook; `portcullis check` rejects rule paths and values the schema rules out (`fcrdns.result:
+   * passs`), `portcullis schema` offers them to editors, and the descriptions of the schema are
+   * the plugin README's table of findings. A plugin without a declaration is taken to write any
+   * finding under its own name.
    */
-  readonly findings?: readonly string[];
+  readonly findings?: FindingSchemas;
   /** Hooks may only return the verdicts declared above (`NoInfer`: the declaration is the source of truth). */
   setup(options: z.output<S>, services: Services): PluginHooks<NoInfer<V>> | Promise<PluginHooks<NoInfer<V>>>;
 }
+
+/** Finding keys (top-level names on `ctx.facts`) and the schema of the value a plugin writes there. */
+export type FindingSchemas = Readonly<Record<string, z.ZodType>>;
 
 /**
  * The plugins a policy may name by a bare name in `plugin:` (a path names any other), each loaded

@@ -446,7 +446,7 @@ function unwrap(schema: z.core.$ZodType): z.core.$ZodType {
 }
 
 /** ` (did you mean "x"?)` for a near miss (a typo of a letter or two), else "". */
-function suggestion(word: string, candidates: readonly string[]): string {
+export function suggestion(word: string, candidates: readonly string[]): string {
   let best: string | undefined;
   let bestDistance = word.length < 4 ? 1 : 2;
   for (const candidate of candidates) {

@@ -1,16 +1,17 @@
 /**
  * What `portcullis check` finds in a policy that is valid but probably wrong: rules that can never
  * act, an open relay, rules naming findings no plugin in the pipeline records, a plugin listed
- * twice. An open relay and a catch-all route without relay.postmaster are errors (check exits 1); the rest are warnings. Pure over a built
- * runtime, plus a catalogue of the built-in plugins' findings to tell "not in the pipeline" from
- * "unknown".
+ * twice. An open relay, a catch-all route without relay.postmaster, and a rule path or value that
+ * no plugin's finding schema allows (`fcrdns.result: passs`) are errors (check exits 1); the rest
+ * are warnings. Pure over a built runtime, plus a catalogue of the built-in plugins' findings to
+ * tell "not in the pipeline" from "unknown".
  */
 import { readFile } from "node:fs/promises";
 import { LineCounter, type Node, parseDocument } from "yaml";
 import { PHASES, type Phase, type PluginCatalogue, type PluginDefinition } from "../contract/api.js";
 import type { Runtime } from "../engine/runtime.js";
 import { parseCidr } from "../toolkit/netaddr.js";
-import { formatProblem } from "./load.js";
+import { formatProblem, suggestion } from "./load.js";
 import {
   type CompiledRule,
   type FindingCatalogue,
@@ -19,7 +20,8 @@ import {
   resolvePath,
   SUBJECTS,
 } from "./rules/compile.js";
-import { DECIDING_ACTIONS } from "./rules/schema.js";
+import { comparisonProblem, offeredValues, valueProblem } from "./rules/findings.js";
+import { type Condition, DECIDING_ACTIONS } from "./rules/schema.js";
 
 export type Severity = "error" | "warning";
 
@@ -148,43 +150,97 @@ function unreachableRules(runtime: Runtime): CheckFinding[] {
 
 const SUBJECT_LIST = Object.keys(SUBJECTS).join(", ");
 
+type TestNode = Extract<Condition, { kind: "test" }>;
+
+function testsOf(condition: Condition): TestNode[] {
+  switch (condition.kind) {
+    case "always":
+      return [];
+    case "all":
+    case "any":
+      return condition.of.flatMap(testsOf);
+    case "not":
+      return testsOf(condition.of);
+    case "test":
+      return [condition];
+  }
+}
+
+/**
+ * Every path a rule tests, and every value it compares with, against what the plugins declare:
+ * a path or value no plugin can record is an error (the rule would silently never match), with
+ * the nearest name when it looks like a typo.
+ */
 function findingNames(runtime: Runtime, known: FindingCatalogue): CheckFinding[] {
   const pipeline = catalogueOf(runtime.plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition })));
   const undeclaring = runtime.plugins.filter((p) => !p.entry.definition.findings).map((p) => p.entry.name);
+  const declared: FindingCatalogue = new Map([...known, ...pipeline]);
+  const roots = [...declared.keys()].sort();
   const findings: CheckFinding[] = [];
   for (const rule of runtime.rules.rules) {
-    const at = ["rules", rule.index, "when"];
-    const warn = (message: string) =>
-      findings.push({ severity: "warning", path: at, message: `rule ${rule.name}: ${message}` });
-    for (const path of new Set(rule.paths)) {
-      if (path in SUBJECTS) continue;
-      const [root, ...rest] = path.split(".");
-      if (isSubjectRoot(path)) {
-        warn(`${path} is not something rules can test; the core provides ${SUBJECT_LIST}`);
-        continue;
-      }
-      const info = pipeline.get(root);
-      if (info) {
-        const field = rest.join(".");
-        if (field && info.fields.size > 0 && ![...info.fields].some((f) => f === field || field.startsWith(`${f}.`))) {
-          warn(
-            `plugin ${info.plugin} declares no field "${field}" of finding ${root}; its fields: ${[...info.fields].join(", ")}`,
-          );
-        }
-        continue;
-      }
-      const elsewhere = known.get(resolvePath(path, known).path.split(".")[0]);
-      if (elsewhere) {
-        warn(
-          `${path} is a finding of plugin ${elsewhere.plugin}, which is not in the pipeline, so the rule never sees it; add "- plugin: ${elsewhere.plugin}"`,
+    for (const node of testsOf(rule.when)) {
+      const report = (severity: Severity, message: string) =>
+        findings.push({
+          severity,
+          path: ["rules", rule.index, "when", ...node.at],
+          message: `rule ${rule.name}: ${message}`,
+        });
+      if (node.path in SUBJECTS) continue;
+      const { path } = resolvePath(node.path, declared);
+      const written = path === node.path ? path : `${node.path} (${path})`;
+      const root = path.split(".")[0];
+      const info = declared.get(root);
+      // A finding may share a subject's first word (the helo plugin's `helo.findings` beside `helo`).
+      if (!info && isSubjectRoot(path)) {
+        report(
+          "error",
+          `${written} is not something rules can test${suggestion(path, Object.keys(SUBJECTS))}; the core provides ${SUBJECT_LIST}`,
         );
         continue;
       }
-      const names = [...new Set([...pipeline.keys(), ...known.keys()])].sort();
-      const hint = undeclaring.length > 0 ? ` (${undeclaring.join(", ")} declare no findings and may write it)` : "";
-      warn(
-        `unknown finding "${root}"${hint}; known findings: ${names.join(", ") || "none"}; the core provides ${SUBJECT_LIST}`,
-      );
+      if (!info) {
+        const hint = suggestion(root, [...roots, ...Object.keys(SUBJECTS)]);
+        const names = `known findings: ${roots.join(", ") || "none"}; the core provides ${SUBJECT_LIST}`;
+        // A plugin without a declaration may write anything, so the name may be right after all.
+        if (undeclaring.length > 0) {
+          report(
+            "warning",
+            `no plugin declares a finding "${root}"${hint}, though ${undeclaring.join(", ")} declare${undeclaring.length === 1 ? "s" : ""} no findings and may write it; ${names}`,
+          );
+        } else {
+          report("error", `unknown finding "${root}"${hint}; ${names}`);
+        }
+        continue;
+      }
+      if (!pipeline.has(root)) {
+        report(
+          "warning",
+          `${written} is a finding of plugin ${info.plugin}, which is not in the pipeline, so the rule never sees it; add "- plugin: ${info.plugin}"`,
+        );
+      }
+      if (!info.paths) continue;
+      const leaf = info.paths.find((p) => p.path === path);
+      if (!leaf) {
+        const paths = info.paths.map((p) => p.path);
+        report(
+          "error",
+          `plugin ${info.plugin} records no "${path}"${suggestion(path, paths)}; its findings: ${paths.join(", ")}`,
+        );
+        continue;
+      }
+      const offered = offeredValues(leaf, info.paths) ?? [];
+      const problems =
+        node.test.kind === "equals"
+          ? node.test.values.map((value) => {
+              const problem = valueProblem(leaf, info.paths ?? [], value);
+              return problem && typeof value === "string" ? `${problem}${suggestion(value, offered)}` : problem;
+            })
+          : node.test.kind === "compare"
+            ? [comparisonProblem(leaf, info.paths)]
+            : [];
+      for (const problem of problems) {
+        if (problem) report("error", `${problem}: the rule never matches on it`);
+      }
     }
   }
   return findings;

@@ -5,7 +5,7 @@
  * unless the policy lists them.
  */
 import { definePlugin, verdict } from "../../core/index.js";
-import type { ArcFacts } from "../shared/sender-auth/facts.js";
+import { type ArcFacts, ArcFindings } from "../shared/sender-auth/facts.js";
 import { arcVerification, parsedMessage } from "../shared/sender-auth/message.js";
 import { ArcOptions } from "./schema.js";
 
@@ -19,6 +19,7 @@ interface SealerAuthResults {
 export default definePlugin({
   name: "arc",
   options: ArcOptions,
+  findings: { arc: ArcFindings },
   verdicts: {
     pass: { action: "ignore" },
     fail: { action: "ignore", reply: "550 5.7.29 ARC: the chain of custody does not validate" },

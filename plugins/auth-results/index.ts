@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { definePlugin, type HookContext } from "../../core/index.js";
-import type { AuthResultsFacts } from "../shared/sender-auth/facts.js";
+import { type AuthResultsFacts, AuthResultsFindings } from "../shared/sender-auth/facts.js";
 import { authservIdOf, formatAuthResults, type ResultInfo } from "./format.js";
 
 function results(ctx: HookContext<"queue">): ResultInfo[] {
@@ -78,6 +78,7 @@ function results(ctx: HookContext<"queue">): ResultInfo[] {
 export default definePlugin({
   name: "auth-results",
   options: z.strictObject({}),
+  findings: { authResults: AuthResultsFindings },
   setup(_options, services) {
     const authservId = services.hostname.toLowerCase();
     const claimsOurId = (name: string, value: string) =>

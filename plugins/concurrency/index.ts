@@ -35,11 +35,17 @@ export const ConcurrencyOptions = z.strictObject({
   ),
 });
 
-export interface ConcurrencyFacts {
-  /** Connections per limit key when this one arrived, itself included. */
-  readonly held: Readonly<Record<string, number>>;
-  readonly exceeded: string | null;
-}
+export const ConcurrencyFindings = z
+  .object({
+    held: z
+      .record(z.string(), z.number())
+      .readonly()
+      .describe("connections per limit key when this one arrived, itself included"),
+    exceeded: z.string().nullable().describe("the limit key that was over its maximum, or null"),
+  })
+  .readonly();
+
+export type ConcurrencyFacts = z.output<typeof ConcurrencyFindings>;
 
 declare module "../../core/index.js" {
   interface Facts {
@@ -58,7 +64,7 @@ type Held = Promise<Slot[]>;
 export default definePlugin({
   name: "concurrency",
   options: ConcurrencyOptions,
-  findings: ["concurrency", "concurrency.held", "concurrency.exceeded"],
+  findings: { concurrency: ConcurrencyFindings },
   verdicts: {
     exceeded: { action: "disconnect", reply: "421 4.7.0 Too many connections from your network, try again later" },
   },

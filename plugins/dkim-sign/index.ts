@@ -102,6 +102,8 @@ async function seal(ctx: HookContext<"queue">, key: SigningKey): Promise<void> {
 export default definePlugin({
   name: "dkim-sign",
   options: DkimSignOptions,
+  // It reads the other plugins' findings and records none of its own.
+  findings: {},
   async setup(options, services) {
     const keys = await Promise.all(options.keys.map((entry) => loadKey(entry, services.policyDir, ["rsa", "ed25519"])));
     const arcKey = options.arcSeal && (await loadKey(options.arcSeal, services.policyDir, ["rsa"]));

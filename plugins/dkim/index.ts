@@ -4,11 +4,13 @@
  */
 import { z } from "zod";
 import { definePlugin, verdict } from "../../core/index.js";
+import { DkimFindings } from "../shared/sender-auth/facts.js";
 import { dkimFacts, dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
 
 export default definePlugin({
   name: "dkim",
   options: z.strictObject({}),
+  findings: { dkim: DkimFindings },
   verdicts: {
     pass: { action: "ignore" },
     fail: { action: "ignore", reply: "550 5.7.20 DKIM: no valid signature ({dkim.result})" },

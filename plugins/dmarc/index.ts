@@ -5,7 +5,7 @@
  */
 
 import { asciiDomain, type DMARCResult, definePlugin, dmarc, type HookContext, verdict } from "../../core/index.js";
-import type { DmarcFacts, DmarcPolicy } from "../shared/sender-auth/facts.js";
+import { type DmarcFacts, DmarcFindings, type DmarcPolicy } from "../shared/sender-auth/facts.js";
 import { dkimSignatures, parsedMessage } from "../shared/sender-auth/message.js";
 import { type ReplayMemo, replayMemo } from "../shared/sender-auth/replay.js";
 import { alignedDomain, applyPolicy } from "./evaluate.js";
@@ -97,6 +97,7 @@ async function evaluate(ctx: HookContext<"data">, options: DmarcOptions, memo: D
 export default definePlugin({
   name: "dmarc",
   options: DmarcOptions,
+  findings: { dmarc: DmarcFindings },
   verdicts: {
     pass: { action: "ignore" },
     /** Failed, but nothing is to be done: p=none, left out by pct, or overridden by a trusted ARC sealer. */

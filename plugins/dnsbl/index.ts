@@ -2,7 +2,7 @@
  * dnsbl: DNS block- and allowlists (RFC 5782) for the client address, and domain lists (DBL,
  * RHSBL) for the HELO name, the sender domain and the forward-confirmed PTR name. Each lookup is a
  * finding (listed | clean | error); the batch of one phase yields at most one verdict: allowlisted,
- * listed or error. Zones that list the test point, or far too much, are ignored and reported.
+ * listed or error. Zones that list the test point, refuse our resolver, or list far too much are ignored and reported.
  *
  * Lookups go through the shared resolver, not the `dnsbl` package, which reports DNS errors as
  * "not listed" and Spamhaus error codes as listings.
@@ -19,18 +19,18 @@ import {
   type ZoneFinding,
 } from "./answer.js";
 import { ListingShare } from "./health.js";
-import { DnsblOptions, type DnsblTarget, type ZoneOptions } from "./schema.js";
+import { DnsblFindings, DnsblOptions, type DnsblTarget, type ZoneOptions } from "./schema.js";
 
 export type { ZoneFinding } from "./answer.js";
 
 export interface DnsblFacts {
   /** Every lookup of the connection (and of the transaction's sender), in zone order per phase. */
   readonly findings: readonly ZoneFinding[];
-  /** A listing decided a `listed` verdict on this connection (or transaction). */
+  /** A zone that blocks or scores listed the client on this connection (or transaction). */
   readonly listed: boolean;
   /** The `allow` zone that listed the client; later checks are skipped. */
   readonly allowlisted: string | null;
-  /** The listing that decided the last `listed` verdict: zone, listed name, codes, TXT. */
+  /** The listing that decided: a zone that decides alone first, else the first scoring zone: zone, listed name, codes, TXT. */
   readonly zone: string | null;
   readonly name: string | null;
   readonly codes: readonly string[];
@@ -69,18 +69,7 @@ const BROKEN_MESSAGES: Record<BrokenReason, (zone: string) => string> = {
 export default definePlugin({
   name: "dnsbl",
   options: DnsblOptions,
-  findings: [
-    "dnsbl",
-    "dnsbl.findings",
-    "dnsbl.listed",
-    "dnsbl.allowlisted",
-    "dnsbl.zone",
-    "dnsbl.name",
-    "dnsbl.codes",
-    "dnsbl.txt",
-    "dnsbl.reason",
-    "dnsbl.broken",
-  ],
+  findings: { dnsbl: DnsblFindings },
   verdicts: {
     listed: {
       action: "reject",

@@ -105,5 +105,52 @@ export const DnsblOptions = z.strictObject({
 });
 
 export type DnsblOptions = z.output<typeof DnsblOptions>;
+
+const ZoneFinding = z
+  .object({
+    zone: z.string().describe("the zone looked up"),
+    target: z
+      .enum(["ip", ...Target.options])
+      .describe("what was looked up: the client ip, or the helo, sender or ptr domain"),
+    name: z.string().describe("the name looked up: the client address, or a domain"),
+    score: z.number().describe("the zone's score"),
+    allow: z.boolean().describe("the zone is an allowlist"),
+    status: z.enum(["listed", "clean", "error"]).describe("the answer"),
+    codes: z.array(z.string()).readonly().optional().describe("the return codes (127.0.0.x)"),
+    kind: z.enum(["timeout", "dns", "bad-answer", "list-error"]).optional().describe("the kind of an error"),
+    detail: z.string().optional().describe("an error in words"),
+    txt: z.string().nullable().optional().describe("the TXT reason of a listing; null when the zone publishes none"),
+    broken: z
+      .enum(["test-point", "refused", "listed-share"])
+      .nullable()
+      .describe(
+        "set when the zone is judged broken (refused: it answers our resolver 127.255.255.x): the finding is recorded and ignored",
+      ),
+  })
+  .readonly();
+
+/** What dnsbl records under `dnsbl`; its facts type (DnsblFacts) is checked against it by a type test. */
+export const DnsblFindings = z
+  .object({
+    findings: z
+      .array(ZoneFinding)
+      .readonly()
+      .describe("every lookup of the connection (and of the transaction's sender), in zone order per phase"),
+    listed: z.boolean().describe("a zone that blocks or scores listed the client on this connection (or transaction)"),
+    allowlisted: z.string().nullable().describe("the allow zone that listed the client; later checks are skipped"),
+    zone: z
+      .string()
+      .nullable()
+      .describe("the zone of the listing that decided: a zone that decides alone first, else the first scoring zone"),
+    name: z.string().nullable().describe("the name that zone listed"),
+    codes: z.array(z.string()).readonly().describe("that listing's return codes"),
+    txt: z.string().nullable().describe("that listing's TXT"),
+    reason: z
+      .string()
+      .nullable()
+      .describe("the TXT, or the return codes when the zone publishes no TXT: for reply texts"),
+    broken: z.array(z.string()).readonly().describe("zones judged broken in these findings (ignored)"),
+  })
+  .readonly();
 export type ZoneOptions = DnsblOptions["zones"][number];
 export type DnsblTarget = "ip" | z.output<typeof Target>;

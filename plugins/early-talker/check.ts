@@ -1,13 +1,17 @@
 /** The pregreet judgement as a pure function of what the listener saw. */
-import type { Pregreet } from "../../core/index.js";
+import { type Pregreet, z } from "../../core/index.js";
 
-export interface EarlyTalkerFacts {
-  /** early: sent before the banner; pass: waited the whole delay; skipped: not tested this time. */
-  readonly result: "pass" | "early" | "skipped";
-  readonly skipped: "allowlisted" | "recent-pass" | null;
-  /** How long the banner was held back for this client. */
-  readonly delayMs: number;
-}
+export const EarlyTalkerFindings = z
+  .object({
+    result: z
+      .enum(["pass", "early", "skipped"])
+      .describe("early: sent before the banner; pass: waited the whole delay; skipped: not tested this time"),
+    skipped: z.enum(["allowlisted", "recent-pass"]).nullable().describe("why the test was skipped"),
+    delayMs: z.number().describe("how long the banner was held back for this client, in milliseconds"),
+  })
+  .readonly();
+
+export type EarlyTalkerFacts = z.output<typeof EarlyTalkerFindings>;
 
 /**
  * Allowlisted clients are never judged. Anyone else who talks first is an early talker, even

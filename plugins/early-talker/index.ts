@@ -6,7 +6,7 @@
  * the listener saw, so the policy decides what talking first costs (default: 554 5.5.1, disconnect).
  */
 import { definePlugin, NetworkList, verdict } from "../../core/index.js";
-import { type EarlyTalkerFacts, judgePregreet } from "./check.js";
+import { type EarlyTalkerFacts, EarlyTalkerFindings, judgePregreet } from "./check.js";
 import { EarlyTalkerOptions } from "./schema.js";
 
 export type { EarlyTalkerFacts } from "./check.js";
@@ -22,7 +22,7 @@ const passKey = (ip: string) => `early-talker:pass:${ip}`;
 export default definePlugin({
   name: "early-talker",
   options: EarlyTalkerOptions,
-  findings: ["earlyTalker", "earlyTalker.result", "earlyTalker.skipped", "earlyTalker.delayMs"],
+  findings: { earlyTalker: EarlyTalkerFindings },
   verdicts: {
     early: { action: "disconnect", reply: "554 5.5.1 Protocol error: talking before the greeting" },
   },

@@ -3,26 +3,36 @@
  * client's PTR names, then the addresses of each name; a name whose addresses include the client
  * confirms it.
  */
-import { type ConnectionContext, type DnsOutcome, hostName, sameIp } from "../../core/index.js";
+import { type ConnectionContext, type DnsOutcome, hostName, sameIp, z } from "../../core/index.js";
 
-export type FcrdnsResult = "pass" | "fail" | "none" | "temperror";
+const LookupError = z
+  .object({
+    type: z.enum(["PTR", "A", "AAAA"]).describe("the record type looked up"),
+    name: z.string().describe("the name looked up; for PTR, the client address"),
+    code: z.string().describe("the DNS error code, e.g. ETIMEOUT or ESERVFAIL"),
+  })
+  .readonly();
 
-export interface LookupError {
-  readonly type: "PTR" | "A" | "AAAA";
-  /** The name looked up; for PTR, the client address. */
-  readonly name: string;
-  readonly code: string;
-}
+export const FcrdnsFindings = z
+  .object({
+    result: z
+      .enum(["pass", "fail", "none", "temperror"])
+      .describe("pass: a PTR name resolves back to the client; none: no PTR name; temperror: a lookup failed"),
+    names: z
+      .array(z.string())
+      .readonly()
+      .describe("the client's PTR names with valid host name syntax (lower-case), at most maxNames"),
+    confirmed: z
+      .string()
+      .nullable()
+      .describe("the first PTR name whose addresses include the client: the forward-confirmed name"),
+    errors: z.array(LookupError).readonly().describe("lookups that got no reliable answer (why a result is temperror)"),
+  })
+  .readonly();
 
-export interface FcrdnsFacts {
-  readonly result: FcrdnsResult;
-  /** The client's PTR names with valid host name syntax (lower-case), at most `maxNames`. */
-  readonly names: readonly string[];
-  /** The first PTR name whose addresses include the client: the forward-confirmed name. */
-  readonly confirmed: string | null;
-  /** Lookups that got no reliable answer (why a result is temperror). */
-  readonly errors: readonly LookupError[];
-}
+export type FcrdnsFacts = z.output<typeof FcrdnsFindings>;
+export type FcrdnsResult = FcrdnsFacts["result"];
+export type LookupError = z.output<typeof LookupError>;
 
 /**
  * The PTR names worth a forward lookup: valid host names only (a PTR record is written by whoever

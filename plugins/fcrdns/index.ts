@@ -4,7 +4,7 @@
  * result through the verdicts pass, fail, none and temperror.
  */
 import { definePlugin, settle, verdict } from "../../core/index.js";
-import { candidateNames, type FcrdnsFacts, iprevOf, judgeFcrdns } from "./check.js";
+import { candidateNames, type FcrdnsFacts, FcrdnsFindings, iprevOf, judgeFcrdns } from "./check.js";
 import { FcrdnsOptions } from "./schema.js";
 
 export type { FcrdnsFacts, FcrdnsResult } from "./check.js";
@@ -18,7 +18,7 @@ declare module "../../core/index.js" {
 export default definePlugin({
   name: "fcrdns",
   options: FcrdnsOptions,
-  findings: ["fcrdns", "fcrdns.result", "fcrdns.names", "fcrdns.confirmed", "fcrdns.errors"],
+  findings: { fcrdns: FcrdnsFindings },
   verdicts: {
     pass: { action: "ignore" },
     fail: { action: "reject", reply: "550 5.7.25 Client host rejected: reverse DNS does not match [{client.ip}]" },

@@ -15,15 +15,22 @@ import {
   type StateStore,
   storeFailure,
   verdict,
+  z,
 } from "../../core/index.js";
 import { GreylistOptions } from "./schema.js";
 
-export interface GreylistFacts {
-  /** The worst status over the transaction's triplets, or why it was skipped. */
-  readonly status: GreylistStatus | "skipped" | "unavailable";
-  /** Seconds until a retry passes (0 when it passes now). */
-  readonly retryIn: number;
-}
+export const GreylistFindings = z
+  .object({
+    status: z
+      .enum(["new", "early", "passed", "known", "skipped", "unavailable"])
+      .describe(
+        "the worst status over the transaction's triplets (new, early, passed, known), or why none was checked (skipped, unavailable)",
+      ),
+    retryIn: z.number().describe("seconds until a retry passes (0 when it passes now)"),
+  })
+  .readonly();
+
+export type GreylistFacts = z.output<typeof GreylistFindings>;
 
 declare module "../../core/index.js" {
   interface Facts {
@@ -49,7 +56,7 @@ function finding(facts: Partial<Facts>, path: readonly string[]): string | undef
 export default definePlugin({
   name: "greylist",
   options: GreylistOptions,
-  findings: ["greylist", "greylist.status", "greylist.retryIn"],
+  findings: { greylist: GreylistFindings },
   verdicts: {
     greylisted: { action: "defer", reply: "451 4.7.1 Greylisted, please try again in {greylist.retryIn}s" },
   },

@@ -3,7 +3,7 @@
  * a fully-qualified name or an address literal in brackets, which should be the client's own.
  */
 import { isIP, isIPv4, isIPv6 } from "node:net";
-import { type DnsOutcome, hostName, sameIp } from "../../core/index.js";
+import { type DnsOutcome, hostName, sameIp, z } from "../../core/index.js";
 
 /** Every finding, in precedence order: when several hold, the first is the verdict. */
 export const HELO_FINDINGS = [
@@ -25,20 +25,31 @@ export type ParsedHelo =
   | { readonly kind: "literal" | "bare-ip"; readonly address: string }
   | { readonly kind: "invalid" };
 
-export interface HeloFacts {
-  readonly name: string;
-  readonly kind: ParsedHelo["kind"];
-  /** The address of a literal or bare IP. */
-  readonly address: string | null;
-  /** Everything that holds, in precedence order. */
-  readonly findings: readonly HeloFinding[];
-  /** Addresses of the name (A and AAAA); null when not looked up. */
-  readonly addresses: readonly string[] | null;
-  /** Whether those addresses include the client; null when not looked up. */
-  readonly matchesClient: boolean | null;
-  /** The DNS codes of lookups that failed. */
-  readonly dnsErrors: readonly string[];
-}
+export const HeloFindings = z
+  .object({
+    name: z.string().describe("the HELO/EHLO argument as sent"),
+    kind: z
+      .enum(["name", "literal", "bare-ip", "invalid"])
+      .describe("a name, an address literal in brackets, an address without brackets, or neither"),
+    address: z.string().nullable().describe("the address of a literal or bare IP"),
+    findings: z
+      .array(z.enum(HELO_FINDINGS))
+      .readonly()
+      .describe("everything that holds, in precedence order (the first is the verdict)"),
+    addresses: z
+      .array(z.string())
+      .readonly()
+      .nullable()
+      .describe("addresses of the name (A and AAAA); null when not looked up"),
+    matchesClient: z
+      .boolean()
+      .nullable()
+      .describe("whether those addresses include the client; null when not looked up"),
+    dnsErrors: z.array(z.string()).readonly().describe("the DNS codes of lookups that failed"),
+  })
+  .readonly();
+
+export type HeloFacts = z.output<typeof HeloFindings>;
 
 export function parseHelo(helo: string): ParsedHelo {
   const literal = /^\[(.*)\]$/.exec(helo);

@@ -5,7 +5,15 @@
  */
 
 import { asciiDomain, definePlugin, settle, verdict } from "../../core/index.js";
-import { dnsFindings, type HeloFacts, type HeloFinding, parseHelo, sortFindings, staticFindings } from "./check.js";
+import {
+  dnsFindings,
+  type HeloFacts,
+  type HeloFinding,
+  HeloFindings,
+  parseHelo,
+  sortFindings,
+  staticFindings,
+} from "./check.js";
 import { HeloOptions } from "./schema.js";
 
 export type { HeloFacts, HeloFinding } from "./check.js";
@@ -21,16 +29,7 @@ const REJECTED = "Helo command rejected:";
 export default definePlugin({
   name: "helo",
   options: HeloOptions,
-  findings: [
-    "helo",
-    "helo.name",
-    "helo.kind",
-    "helo.address",
-    "helo.findings",
-    "helo.addresses",
-    "helo.matchesClient",
-    "helo.dnsErrors",
-  ],
+  findings: { helo: HeloFindings },
   verdicts: {
     "our-address": { action: "reject", reply: `550 5.7.1 <{helo}>: ${REJECTED} that address is mine, not yours` },
     "our-name": { action: "reject", reply: `550 5.7.1 <{helo}>: ${REJECTED} that name is mine, not yours` },

@@ -23,7 +23,14 @@ import {
   storeFailure,
 } from "../../core/index.js";
 import { demand, growth, keyValue, perRecipient, type TransactionView } from "./demand.js";
-import { type Count, type LimitAction, type LimitOptions, limitName, RateLimitOptions } from "./schema.js";
+import {
+  type Count,
+  type LimitAction,
+  type LimitOptions,
+  limitName,
+  RateLimitFindings,
+  RateLimitOptions,
+} from "./schema.js";
 
 export interface RateLimitCheck {
   readonly limit: string;
@@ -189,13 +196,7 @@ function collect(limits: readonly Limit[], select: (limit: Limit) => Map<string,
 export default definePlugin({
   name: "rate-limit",
   options: RateLimitOptions,
-  findings: [
-    "rateLimit",
-    "rateLimit.exceeded",
-    "rateLimit.retryAfter",
-    "rateLimit.checks",
-    "rateLimit.storeUnavailable",
-  ],
+  findings: { rateLimit: RateLimitFindings },
   setup(options) {
     const limits = compile(options);
     const connections = limits.filter((l) => l.shape.count === "connections");

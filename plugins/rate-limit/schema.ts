@@ -17,6 +17,32 @@ export type KeyPart = (typeof KEY_PARTS)[number];
 export const COUNTS = ["connections", "messages", "recipients", "bytes"] as const;
 export type Count = (typeof COUNTS)[number];
 
+/** What rate-limit records under `rateLimit`; its facts type (RateLimitFacts) is checked against it by a type test. */
+export const RateLimitFindings = z
+  .object({
+    exceeded: z.string().nullable().describe("the limit that decided (the first exceeded one), or null"),
+    retryAfter: z
+      .number()
+      .describe("seconds until the exceeded limit would allow the transaction (for the reply's retry hint)"),
+    checks: z
+      .array(
+        z
+          .object({
+            limit: z.string().describe("the limit's name"),
+            key: z.string().describe("the bucket's key, e.g. the client network"),
+            count: z.enum(COUNTS).describe("what the limit counts"),
+            cost: z.number().describe("what this step added"),
+            allowed: z.boolean().describe("the bucket had room"),
+            remaining: z.number().describe("room left in the bucket"),
+          })
+          .readonly(),
+      )
+      .readonly()
+      .describe("the buckets checked in the latest step (connect, MAIL, RCPT, DATA or queue)"),
+    storeUnavailable: z.boolean().describe("the store was unreachable, so the policy's state.onStoreError applied"),
+  })
+  .readonly();
+
 /** A limit's action: any policy action, or a tarpit (wait, then go on). */
 export type LimitAction = Action | { readonly type: "tarpit"; readonly ms: number };
 

@@ -5,7 +5,7 @@
  */
 import { isIP } from "node:net";
 import { definePlugin, verdict } from "../../core/index.js";
-import type { SpfFacts, SpfResult } from "../shared/sender-auth/facts.js";
+import { type SpfFacts, SpfFindings, type SpfResult } from "../shared/sender-auth/facts.js";
 import { spfEvaluator } from "./evaluate.js";
 import { SpfOptions } from "./schema.js";
 
@@ -22,6 +22,7 @@ const RESULTS: ReadonlySet<string> = new Set<SpfResult>([
 export default definePlugin({
   name: "spf",
   options: SpfOptions,
+  findings: { spf: SpfFindings },
   verdicts: {
     pass: { action: "ignore" },
     fail: {

@@ -93,6 +93,17 @@ test("schema prints the JSON Schema that policy.schema.json holds", async () => 
   );
 });
 
+test("schema offers every finding path under when:, with the values it can hold", () => {
+  type Property = { description: string; anyOf: unknown[] };
+  const schema = JSON.parse(run("schema").stdout) as {
+    $defs: Record<string, { properties?: Record<string, Property> }>;
+  };
+  const when = Object.values(schema.$defs).find((def) => def.properties && "any" in def.properties)?.properties ?? {};
+  assert.deepEqual(when["fcrdns.result"]?.anyOf[0], { enum: ["pass", "fail", "none", "temperror"] });
+  assert.deepEqual(when.dmarcPolicy?.anyOf[0], { enum: ["none", "quarantine", "reject"] });
+  assert.match(when["spf.result"]?.description ?? "", /softfail/);
+});
+
 test("bad usage exits 2 with the usage text", () => {
   const result = run("frobnicate");
   assert.equal(result.code, 2);

@@ -96,7 +96,7 @@ test("a policy setting every key comes out as written, normalised and with absol
     rules: [
       {
         name: "listed",
-        when: { kind: "test", path: "score", test: { kind: "compare", op: "gte", value: 10 } },
+        when: { kind: "test", path: "score", test: { kind: "compare", op: "gte", value: 10 }, at: ["score"] },
         actions: [{ type: "reject", reply: "554 5.7.1 Blocked by {rule}" }],
         mode: "observe",
       },

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parsePolicy } from "../../app/catalogue.js";
 import { checkPolicy } from "../../app/check.js";
 import { policyRuntime } from "../../app/testkit.js";
+import { z } from "../../core/index.js";
 import { PolicyError } from "../../core/policy/load.js";
 import { type CheckFinding, catalogueOf, formatFindings, staticChecks } from "../../core/policy/static-checks.js";
 import sample from "./rules/fixtures/sample.js";
@@ -20,7 +21,10 @@ const fixtures = fileURLToPath(new URL("./rules/fixtures/", import.meta.url));
 
 /** A plugin outside the pipeline whose findings the checks know about (as the built-ins would be). */
 const known = catalogueOf([
-  { name: "dkim", definition: { ...sample, name: "dkim", findings: ["dkim", "dkim.result"] } },
+  {
+    name: "dkim",
+    definition: { ...sample, name: "dkim", findings: { dkim: z.object({ result: z.enum(["pass", "fail"]) }) } },
+  },
 ]);
 
 async function check(lines: string[]): Promise<CheckFinding[]> {
@@ -95,7 +99,7 @@ test("a catch-all route without relay.postmaster is reported: <postmaster> would
 test("a rule using findings of a plugin that is not in the pipeline is reported", async () => {
   const findings = await check(["rules: [{ name: dkim-fail, when: { dkim.result: fail }, action: reject }]"]);
   assert.deepEqual(summary(findings), [
-    'warning rules.0.when: rule dkim-fail: dkim.result is a finding of plugin dkim, which is not in the pipeline, so the rule never sees it; add "- plugin: dkim"',
+    'warning rules.0.when.dkim.result: rule dkim-fail: dkim.result is a finding of plugin dkim, which is not in the pipeline, so the rule never sees it; add "- plugin: dkim"',
   ]);
 });
 
@@ -123,20 +127,50 @@ test("unknown finding names: an undeclared finding, an undeclared field, a core 
   assert.equal(lines.length, 4);
   assert.match(
     lines[0],
-    /^warning rules\.0\.when: rule a: unknown finding "smaple"; known findings: dkim, sample; the core provides client\.ip, /,
+    /^error rules\.0\.when\.smaple: rule a: unknown finding "smaple" \(did you mean "sample"\?\); known findings: dkim, sample; the core provides client\.ip, /,
   );
-  assert.match(
+  assert.equal(
     lines[1],
-    /^warning rules\.1\.when: rule b: plugin \.\/sample\.ts declares no field "levle" of finding sample; its fields: result, level, zones$/,
+    'error rules.1.when.sample.levle: rule b: plugin ./sample.ts records no "sample.levle" (did you mean "sample.level"?); its findings: sample, sample.result, sample.level, sample.zones, sample.zones.name, sample.zones.ip',
   );
   assert.match(
     lines[2],
-    /^warning rules\.2\.when: rule c: client\.port is not something rules can test; the core provides client\.ip, /,
+    /^error rules\.2\.when\.client\.port: rule c: client\.port is not something rules can test; the core provides client\.ip, /,
   );
   assert.equal(
     lines[3],
     "warning rules.3.action: rule d skips spf, which is not in the pipeline (skip names entries as written in plugin:)",
   );
+});
+
+test("a value the finding's schema rules out is an error, with the value it probably means", async () => {
+  const findings = await check([
+    "pipeline: [{ plugin: ./sample.ts }]",
+    "rules:",
+    "  - { name: a, when: { any: [{ sample.result: passs }, { sample: [fail, FAIL] }] }, action: reject }",
+    "  - { name: b, when: { not: { sample.result: { ne: pass, in: [fail, maybe] } } }, action: reject }",
+    "  - { name: c, when: { sample.result: { gte: 1 }, sample.level: { gte: 1, eq: high } }, action: reject }",
+    "  - { name: d, when: { sample.zones.name: x, dkim: failed, sampleResult: pas }, action: reject }",
+  ]);
+  assert.deepEqual(summary(findings), [
+    'error rules.0.when.any.0.sample.result: rule a: sample.result is pass | fail, never "passs" (did you mean "pass"?): the rule never matches on it',
+    'error rules.1.when.not.sample.result: rule b: sample.result is pass | fail, never "maybe": the rule never matches on it',
+    "error rules.2.when.sample.result: rule c: sample.result is pass | fail, not a number, so gt, gte, lt and lte never hold: the rule never matches on it",
+    'error rules.2.when.sample.level: rule c: sample.level is a number, never "high": the rule never matches on it',
+    'warning rules.3.when.dkim: rule d: dkim is a finding of plugin dkim, which is not in the pipeline, so the rule never sees it; add "- plugin: dkim"',
+    'error rules.3.when.dkim: rule d: dkim.result is pass | fail, never "failed" (did you mean "fail"?): the rule never matches on it',
+    'error rules.3.when.sampleResult: rule d: sample.result is pass | fail, never "pas" (did you mean "pass"?): the rule never matches on it',
+  ]);
+});
+
+test("a plugin without a finding declaration may write anything: an unknown name is only a warning", async () => {
+  const findings = await check([
+    "pipeline: [{ plugin: ./undeclared.ts }]",
+    "rules: [{ name: a, when: { undeclared.anything: 1, other: x }, action: reject }]",
+  ]);
+  assert.deepEqual(summary(findings), [
+    'warning rules.0.when.other: rule a: no plugin declares a finding "other", though ./undeclared.ts declares no findings and may write it; known findings: dkim, undeclared; the core provides client.ip, client.name, trusted, role, score, helo, tls, auth.user, sender, sender.local, sender.domain, tags, recipient, recipient.local, recipient.domain, recipients',
+  ]);
 });
 
 test("check prints each finding at its line; an error (or a warning with --strict) exits 1", async () => {
@@ -164,20 +198,53 @@ test("check prints each finding at its line; an error (or a warning with --stric
     );
     assert.match(
       result.lines[1],
-      new RegExp(`^${file}:7:11 rules\\.0\\.when: warning: rule x: unknown finding "nothing"`),
+      new RegExp(`^${file}:7:27 rules\\.0\\.when\\.nothing\\.here: error: rule x: unknown finding "nothing"`),
     );
-    assert.equal(result.lines[2], `${file}: 1 error, 1 warning`);
+    assert.equal(result.lines[2], `${file}: 2 errors, 0 warnings`);
 
     await writeFile(
       file,
-      ["version: 1", "rules:", "  - { name: x, when: { nothing.here: 1 }, action: log }"].join("\n"),
+      ["version: 1", "rules:", "  - { name: x, when: { spf.result: pass }, action: log }"].join("\n"),
     );
     assert.equal((await checkPolicy(file)).code, 0);
     assert.equal((await checkPolicy(file, { strict: true })).code, 1);
     const [line] = await formatFindings(file, [
-      { severity: "warning", path: ["rules", 0, "when", "nothing.here"], message: "m" },
+      { severity: "warning", path: ["rules", 0, "when", "spf.result"], message: "m" },
     ]);
-    assert.equal(line, `${file}:3:38 rules.0.when.nothing.here: warning: m`);
+    assert.equal(line, `${file}:3:36 rules.0.when.spf.result: warning: m`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("check holds rules to the built-in plugins' finding schemas: a typo of a path or value is a located error", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "portcullis-check-"));
+  try {
+    const file = join(dir, "policy.yaml");
+    await writeFile(
+      file,
+      [
+        "version: 1",
+        "pipeline: [{ plugin: fcrdns }, { plugin: spf }, { plugin: dmarc }, { plugin: helo }]",
+        "rules:",
+        "  - { name: a, when: { fcrdns.result: passs }, action: reject }",
+        "  - { name: b, when: { spf.result: softfial }, action: reject }",
+        "  - { name: c, when: { spf.reslt: pass }, action: reject }",
+        "  - { name: d, when: { dmarcPolicy: rejct }, action: reject }",
+        "  - { name: e, when: { helo.findings: dynamc, fcrdns.names: { domain: [example.test] } }, action: reject }",
+        "  - { name: ok, when: { fcrdns: pass, spf.result: [pass, SoftFail], dmarcPolicy: reject, helo: { exists: true } }, action: accept }",
+      ].join("\n"),
+    );
+    const result = await checkPolicy(file);
+    assert.equal(result.code, 1);
+    assert.deepEqual(result.lines, [
+      `${file}:4:39 rules.0.when.fcrdns.result: error: rule a: fcrdns.result is pass | fail | none | temperror, never "passs" (did you mean "pass"?): the rule never matches on it`,
+      `${file}:5:36 rules.1.when.spf.result: error: rule b: spf.result is pass | fail | softfail | neutral | none | temperror | permerror, never "softfial" (did you mean "softfail"?): the rule never matches on it`,
+      `${file}:6:35 rules.2.when.spf.reslt: error: rule c: plugin spf records no "spf.reslt" (did you mean "spf.result"?); its findings: spf, spf.result, spf.identity, spf.sender, spf.domain, spf.explanation, spf.record, spf.skipped`,
+      `${file}:7:37 rules.3.when.dmarcPolicy: error: rule d: dmarc.policy is none | quarantine | reject or null, never "rejct" (did you mean "reject"?): the rule never matches on it`,
+      `${file}:8:39 rules.4.when.helo.findings: error: rule e: helo.findings is list of our-address | our-name | invalid | bare-ip | literal-mismatch | unqualified | dynamic | no-address | temperror, never "dynamc" (did you mean "dynamic"?): the rule never matches on it`,
+      `${file}: 5 errors, 0 warnings`,
+    ]);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -14,6 +14,7 @@
 import { PHASES, type Phase, type PluginDefinition } from "../../contract/api.js";
 import type { ActivePlugin } from "../../engine/pipeline.js";
 import { compileList, type ListMatcher } from "../lists.js";
+import { type FindingPath, findingPaths } from "./findings.js";
 import type { Condition, Rule, RuleAction, RuleMode, Scalar, Test } from "./schema.js";
 
 /** What rules can test: connection and transaction data plus the findings, at one phase. */
@@ -72,8 +73,8 @@ export interface FindingInfo {
   readonly plugin: string;
   /** The first phase in which that plugin has a hook. */
   readonly phase: Phase;
-  /** Declared fields; empty when the plugin declares only the key (then any field is accepted). */
-  readonly fields: ReadonlySet<string>;
+  /** Every path under the key, from the plugin's schema; undefined when it declares none (any path goes). */
+  readonly paths: readonly FindingPath[] | undefined;
 }
 
 export type FindingCatalogue = ReadonlyMap<string, FindingInfo>;
@@ -91,17 +92,15 @@ export function findingCatalogue(
     readonly phases: readonly Phase[];
   }>,
 ): FindingCatalogue {
-  const catalogue = new Map<string, { plugin: string; phase: Phase; fields: Set<string> }>();
+  const catalogue = new Map<string, FindingInfo>();
   for (const plugin of plugins) {
     const phase = PHASES.find((p) => plugin.phases.includes(p));
     if (!phase) continue;
     // Without a declaration, the architecture's convention: a plugin writes its findings under its own name.
-    for (const path of plugin.definition.findings ?? [plugin.definition.name]) {
-      const [root, ...rest] = path.split(".");
-      const known = catalogue.get(root) ?? { plugin: plugin.name, phase, fields: new Set<string>() };
-      if (known.plugin !== plugin.name) continue;
-      if (rest.length > 0) known.fields.add(rest.join("."));
-      catalogue.set(root, known);
+    const declared = Object.entries(plugin.definition.findings ?? { [plugin.definition.name]: undefined });
+    for (const [key, schema] of declared) {
+      if (catalogue.has(key)) continue;
+      catalogue.set(key, { plugin: plugin.name, phase, paths: schema && findingPaths(key, schema) });
     }
   }
   return catalogue;
@@ -123,6 +122,14 @@ export function resolvePath(key: string, catalogue: FindingCatalogue): { path: s
       ? `${camel[1]}.${camel[2][0].toLowerCase()}${camel[2].slice(1)}`
       : key;
   return { path, kind: { kind: "finding", info: catalogue.get(path.split(".")[0]) } };
+}
+
+/** The camelCase shorthand `resolvePath` reads as this finding path (`dmarc.policy` → `dmarcPolicy`), if any. */
+export function shorthandOf(path: string): string | undefined {
+  const [root, field, ...rest] = path.split(".");
+  return field && rest.length === 0 && /^[a-z][a-z0-9]*$/.test(root)
+    ? `${root}${field[0].toUpperCase()}${field.slice(1)}`
+    : undefined;
 }
 
 /** Whether a path names a subject root used wrongly (`client.port`, `sender.x`), which no finding may shadow. */
@@ -160,6 +167,8 @@ export interface CompiledRule {
   readonly perRecipient: boolean;
   /** Every path the condition names, resolved (`dmarcPolicy` → `dmarc.policy`). */
   readonly paths: readonly string[];
+  /** The condition as written, for `check` to test its paths and values against the findings' schemas. */
+  readonly when: Condition;
   readonly matches: (view: RuleView) => boolean;
 }
 
@@ -280,6 +289,7 @@ export function compileRule(rule: Rule, index: number, catalogue: FindingCatalog
     phases: new Set(phases),
     perRecipient: namesRecipient || refuses,
     paths,
+    when: rule.when,
     matches,
   };
 }

@@ -31,7 +31,13 @@ export type Condition =
   | { readonly kind: "all"; readonly of: readonly Condition[] }
   | { readonly kind: "any"; readonly of: readonly Condition[] }
   | { readonly kind: "not"; readonly of: Condition }
-  | { readonly kind: "test"; readonly path: string; readonly test: Test };
+  | {
+      readonly kind: "test";
+      readonly path: string;
+      readonly test: Test;
+      /** Where the key is in the rule's `when:` mapping (`["any", 0, "spf.result"]`), for problems found later. */
+      readonly at: readonly (string | number)[];
+    };
 
 /** What a matching rule does. accept, reject, defer, disconnect and quarantine decide; the others add to the transaction. */
 export type RuleAction =
@@ -143,24 +149,22 @@ const ConditionSchema: z.ZodType<ConditionInput> = z
     "keys are paths (client.ip, helo, sender, recipient, score, tags, or a finding such as spf.result) or any/all/not; every key must hold",
   ) as z.ZodType<ConditionInput>;
 
-function toTests(path: string, input: TestInput): Condition[] {
-  if (typeof input !== "object") return [{ kind: "test", path, test: { kind: "equals", values: [input] } }];
-  if (Array.isArray(input)) return [{ kind: "test", path, test: { kind: "equals", values: input } }];
+function toTests(path: string, input: TestInput, at: readonly (string | number)[]): Condition[] {
+  const test = (test: Test): Condition => ({ kind: "test", path, test, at });
+  if (typeof input !== "object") return [test({ kind: "equals", values: [input] })];
+  if (Array.isArray(input)) return [test({ kind: "equals", values: input })];
   const tests: Condition[] = [];
-  const add = (test: Test) => tests.push({ kind: "test", path, test });
-  if (input.eq !== undefined) add({ kind: "equals", values: [input.eq] });
-  if (input.ne !== undefined) {
-    tests.push({ kind: "not", of: { kind: "test", path, test: { kind: "equals", values: [input.ne] } } });
-  }
-  if (input.in !== undefined) add({ kind: "equals", values: input.in });
+  if (input.eq !== undefined) tests.push(test({ kind: "equals", values: [input.eq] }));
+  if (input.ne !== undefined) tests.push({ kind: "not", of: test({ kind: "equals", values: [input.ne] }) });
+  if (input.in !== undefined) tests.push(test({ kind: "equals", values: input.in }));
   for (const op of ["gt", "gte", "lt", "lte"] as const) {
     const value = input[op];
-    if (value !== undefined) add({ kind: "compare", op, value });
+    if (value !== undefined) tests.push(test({ kind: "compare", op, value }));
   }
-  if (input.exists !== undefined) add({ kind: "exists", present: input.exists });
+  if (input.exists !== undefined) tests.push(test({ kind: "exists", present: input.exists }));
   for (const list of ["network", "domain", "address"] as const) {
     const items = input[list];
-    if (items !== undefined) add({ kind: "list", list, items });
+    if (items !== undefined) tests.push(test({ kind: "list", list, items }));
   }
   return tests;
 }
@@ -169,17 +173,17 @@ function both(conditions: Condition[]): Condition {
   return conditions.length === 1 ? conditions[0] : { kind: "all", of: conditions };
 }
 
-/** The syntax tree of a validated condition mapping. */
-export function toCondition(input: ConditionInput): Condition {
+/** The syntax tree of a validated condition mapping; `at` is where the mapping is in `when:`. */
+export function toCondition(input: ConditionInput, at: readonly (string | number)[] = []): Condition {
   const parts: Condition[] = [];
   for (const [key, value] of Object.entries(input)) {
     if (value === undefined) continue;
     if (key === "any" || key === "all") {
-      parts.push({ kind: key, of: (value as ConditionInput[]).map(toCondition) });
+      parts.push({ kind: key, of: (value as ConditionInput[]).map((item, i) => toCondition(item, [...at, key, i])) });
     } else if (key === "not") {
-      parts.push({ kind: "not", of: toCondition(value as ConditionInput) });
+      parts.push({ kind: "not", of: toCondition(value as ConditionInput, [...at, key]) });
     } else {
-      parts.push(...toTests(key, value as TestInput));
+      parts.push(...toTests(key, value as TestInput, [...at, key]));
     }
   }
   return both(parts);

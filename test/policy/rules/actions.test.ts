@@ -227,6 +227,7 @@ test("removeHeader registers a case-insensitive removal of incoming fields", () 
           phases: new Set(["mail" as const]),
           perRecipient: false,
           paths: [],
+          when: { kind: "always" as const },
           matches: () => true,
         },
       ],

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { parsePolicy } from "../../../app/catalogue.js";
+import { z } from "../../../core/index.js";
 import { PolicyError } from "../../../core/policy/load.js";
 import {
   type CompiledRule,
@@ -37,8 +38,8 @@ const base: RuleView = {
 
 const catalogue: FindingCatalogue = findingCatalogue([
   { name: "sample", definition: sample, phases: ["mail"] },
-  { name: "./late.ts", definition: { ...sample, findings: ["dkim"] }, phases: ["data", "queue"] },
-  { name: "./dmarc.ts", definition: { ...sample, findings: ["dmarc"] }, phases: ["data"] },
+  { name: "./late.ts", definition: { ...sample, findings: { dkim: z.unknown() } }, phases: ["data", "queue"] },
+  { name: "./dmarc.ts", definition: { ...sample, findings: { dmarc: z.unknown() } }, phases: ["data"] },
 ]);
 
 function compile(when: unknown, action: unknown = "reject"): CompiledRule {
