@@ -61,3 +61,19 @@ function headerField(field: string): string {
 export function headerFieldBytes(fields: readonly string[]): Buffer {
   return Buffer.from(fields.map(headerField).join(""), "utf8");
 }
+
+/**
+ * The bytes behind a "binary string" (one character per byte, as parsers that read raw header
+ * bytes hand them over), so they can be decoded as what they are (UTF-8 for SMTPUTF8 headers).
+ * Throws on a character above U+00FF: that text is not a binary string, and taking its low byte
+ * is exactly the mistake that turns U+010D into CR.
+ */
+export function binaryStringBytes(text: string): Buffer {
+  const bytes = Buffer.allocUnsafe(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code > 0xff) throw new RangeError(`not a binary string: U+${code.toString(16).padStart(4, "0")} at ${i}`);
+    bytes[i] = code;
+  }
+  return bytes;
+}

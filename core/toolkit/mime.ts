@@ -26,6 +26,7 @@ import {
   type MessageText,
 } from "mailparser";
 import type { Message } from "../contract/api.js";
+import { binaryStringBytes } from "./client-text.js";
 
 /** Largest attachment whose decoded content is kept in memory. */
 export const ATTACHMENT_CONTENT_LIMIT = 1024 * 1024;
@@ -197,7 +198,7 @@ function decodedHeaders(lines: HeaderLines): Map<string, string[]> {
   const decoded = new Map<string, string[]>();
   for (const { key, line } of lines) {
     // mailparser hands the bytes over one character each; 8-bit header text (SMTPUTF8) is UTF-8.
-    const value = Buffer.from(line.slice(line.indexOf(":") + 1), "latin1").toString("utf8");
+    const value = binaryStringBytes(line.slice(line.indexOf(":") + 1)).toString("utf8");
     const values = decoded.get(key) ?? [];
     values.push(decodeWords(value.replace(/\r?\n(?=[ \t])/g, "").trim()));
     decoded.set(key, values);

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { describe, test } from "node:test";
-import { headerFieldBytes, oneLine } from "../../core/toolkit/client-text.js";
+import { binaryStringBytes, headerFieldBytes, oneLine } from "../../core/toolkit/client-text.js";
 import { hostileText, strictHeader } from "../fixtures/hostile-text.js";
 import { seededRandom } from "../fixtures/seeded-random.js";
 
@@ -99,4 +99,9 @@ test("no source file writes a string as latin1, binary or ascii", async () => {
     }
   }
   assert.deepEqual(found, [], "write client text through core/toolkit/client-text.ts");
+});
+
+test("binaryStringBytes gives back the bytes of a binary string and refuses anything else", () => {
+  assert.deepEqual([...binaryStringBytes("A\u00c4\u008d\r")], [0x41, 0xc4, 0x8d, 0x0d]);
+  assert.throws(() => binaryStringBytes("x\u010d"), /not a binary string: U\+010d at 1/);
 });
