@@ -47,6 +47,24 @@ export function withFindingsBlock(readme: string, block: string): string {
   return `${readme.trimEnd()}\n\n## Findings\n\n${block}\n`;
 }
 
+/**
+ * A README as its tables read, whatever their column padding: the formatter (Biome) pads a table's
+ * cells to line up, which changes no cell. Compare READMEs through this.
+ */
+export function tablesUnpadded(text: string): string {
+  return text
+    .split("\n")
+    .map((line) =>
+      line.startsWith("|")
+        ? line
+            .split(/(?<!\\)\|/)
+            .map((cell) => (/^\s*-+\s*$/.test(cell) ? "---" : cell.trim()))
+            .join("|")
+        : line,
+    )
+    .join("\n");
+}
+
 /** README path (relative to plugins/) and its expected text, for every built-in plugin. */
 export async function findingsReadmes(
   plugins: PluginCatalogue,

@@ -125,11 +125,15 @@ export function pluginFiles(packageName: string, versions: ScaffoldVersions): Re
  */
 import { definePlugin, verdict, z } from "portcullis";
 
-/** What this plugin found, under ctx.facts["${name}"]: rules, reply templates and logs read it. */
-export interface ${facts} {
-  readonly domain: string;
-  readonly listed: "block" | "watch" | null;
-}
+/**
+ * What this plugin finds, under ctx.facts["${name}"]: rules, reply templates and logs read it, and
+ * \`portcullis check\` holds a policy's rules to this schema (a misspelt path or value is an error).
+ */
+const Findings = z.object({
+  domain: z.string().describe("the sender domain looked at"),
+  listed: z.enum(["block", "watch"]).nullable().describe("the list that names the domain, or null"),
+});
+export type ${facts} = z.output<typeof Findings>;
 
 declare module "portcullis" {
   interface Facts {
@@ -145,8 +149,8 @@ export default definePlugin({
     watch: z.array(z.string().toLowerCase()).default([]).describe("sender domains that add points"),
     points: z.number().default(5).describe("points a watched domain adds to the score"),
   }),
-  // Declared so that \`portcullis check\` knows the rule paths this plugin answers.
-  findings: ["${name}.domain", "${name}.listed"],
+  // Declared so that \`portcullis check\` knows the rule paths and values this plugin answers.
+  findings: { "${name}": Findings },
   // The names a hook may return, each with the action and reply it leads to unless the policy's
   // \`on:\` says otherwise.
   verdicts: {
