@@ -242,6 +242,7 @@ export async function runPlugin(
     config,
     pipeline: [entry],
     catalogue: settings.catalogue ?? {},
+    hash: "",
   };
   return runPolicy(policy, input, settings);
 }

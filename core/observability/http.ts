@@ -5,9 +5,10 @@
  * sending mail while it says 503, e.g. during a graceful stop or a spool/Redis outage.
  */
 import { once } from "node:events";
-import { open, rm } from "node:fs/promises";
+import { open, readFile, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
+import { policyHash } from "../policy/load.js";
 import type { Gateway } from "../smtp/gateway.js";
 import { type HostPort, parseHostPort } from "../toolkit/netaddr.js";
 
@@ -20,6 +21,16 @@ export interface Check {
 export interface Readiness {
   readonly ready: boolean;
   readonly checks: Readonly<Record<string, Check>>;
+  /**
+   * Whether the running policy is the file on disk (sha256 of each), and what a reload could not
+   * apply: information for the operator, never a reason to take traffic away.
+   */
+  readonly policy?: {
+    readonly running: string;
+    readonly file: string | null;
+    readonly current: boolean;
+    readonly restartNeeded: readonly string[];
+  };
 }
 
 export interface OpsEndpoints {
@@ -146,7 +157,13 @@ export async function gatewayReadiness(gateway: Gateway): Promise<Readiness> {
     // Any read through the store interface goes to Redis; an unreachable one throws StoreUnavailableError.
     checks.state = await withDeadline(services.state.get("readyz").then(() => ({ ok: true })));
   }
-  return { ready: Object.values(checks).every((check) => check.ok), checks };
+  const running = gateway.runtime.policy.hash;
+  const file = await readFile(gateway.runtime.policy.file).then(policyHash, () => null);
+  return {
+    ready: Object.values(checks).every((check) => check.ok),
+    checks,
+    policy: { running, file, current: file === running, restartNeeded: gateway.restartNeeded },
+  };
 }
 
 /** The spool is open and a file can be created and fsynced in it (where bodies are received). */

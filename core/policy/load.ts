@@ -3,6 +3,7 @@
  * each pointing at the line and column of the offending YAML node. Nothing is started here: the
  * result is a value, so a reload can validate a new policy fully before anything switches to it.
  */
+import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { type Document, isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
@@ -70,6 +71,8 @@ export interface LoadedPolicy {
   readonly pipeline: readonly PipelineEntry[];
   /** The plugins `plugin:` names could come from; a reload or a shadow policy loads with the same. */
   readonly catalogue: PluginCatalogue;
+  /** sha256 of the policy text this was loaded from: tells whether the file on disk is still what runs. */
+  readonly hash: string;
 }
 
 /**
@@ -169,7 +172,13 @@ export async function parsePolicy(source: string, file: string, catalogue: Plugi
     config: withRelayRecipients({ ...resolvePaths(parsed.data, dir), rules }, recipients),
     pipeline: entries.filter((entry): entry is PipelineEntry => entry !== undefined),
     catalogue,
+    hash: policyHash(source),
   };
+}
+
+/** The hash `LoadedPolicy.hash` holds for a policy text. */
+export function policyHash(source: string | Buffer): string {
+  return createHash("sha256").update(source).digest("hex");
 }
 
 /** The JSON Schema of the policy file as written (durations and sizes as strings), for editors. */

@@ -9,12 +9,11 @@
  * A plugin file that changed is imported anew (core/policy/plugin-modules.ts), and the log line
  * names the plugins whose code changed.
  */
-import { createHash } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import type { Logger } from "pino";
-import { type LoadedPolicy, PolicyError } from "./load.js";
+import { type LoadedPolicy, PolicyError, policyHash } from "./load.js";
 
 export interface ReloaderOptions {
   readonly file: string;
@@ -115,10 +114,7 @@ export class PolicyReloader {
 
   async #reload(reason: string): Promise<ReloadResult> {
     const { file, log, apply } = this.#options;
-    const hash = await readFile(file).then(
-      (content) => createHash("sha256").update(content).digest("hex"),
-      () => "unreadable",
-    );
+    const hash = await readFile(file).then(policyHash, () => "unreadable");
     const refused = this.#refused;
     if (refused?.hash === hash && Date.now() - refused.at < REPEAT_REFUSAL_MS) {
       log.debug({ event: "reload", reason, policy: file }, "policy reload skipped: this content was just refused");

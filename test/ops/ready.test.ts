@@ -3,9 +3,10 @@
  * and ready again after; a stopping gateway is unready. /healthz stays 200 throughout.
  */
 import assert from "node:assert/strict";
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { loadPolicy } from "../../app/catalogue.js";
 import { gatewayEndpoints, type OpsServer, type Readiness, startOpsServer } from "../../core/observability/http.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
@@ -44,10 +45,23 @@ delivery: { mode: queue, spool: ./spool }
   test("ready when listening, the spool is writable and Redis answers", async () => {
     const { status, body } = await readyz(base);
     assert.equal(status, 200);
-    assert.deepEqual(body, {
-      ready: true,
-      checks: { listening: { ok: true }, spool: { ok: true }, state: { ok: true } },
-    });
+    assert.deepEqual(
+      { ready: body.ready, checks: body.checks },
+      { ready: true, checks: { listening: { ok: true }, spool: { ok: true }, state: { ok: true } } },
+    );
+  });
+
+  test("says whether the policy file on disk is the one running, without taking traffic away", async () => {
+    const file = join(gw.dir, "policy.yaml");
+    const first = (await readyz(base)).body.policy;
+    assert.ok(first?.current && first.running === first.file && first.running.length === 64, JSON.stringify(first));
+    await writeFile(file, `${await readFile(file, "utf8")}# edited, not yet reloaded\n`);
+    const edited = await readyz(base);
+    assert.equal(edited.status, 200);
+    assert.equal(edited.body.policy?.current, false);
+    assert.notEqual(edited.body.policy?.file, edited.body.policy?.running);
+    await gw.gateway.reload(await loadPolicy(file));
+    assert.equal((await readyz(base)).body.policy?.current, true);
   });
 
   test("unready while the spool cannot be written, ready again after", async () => {
