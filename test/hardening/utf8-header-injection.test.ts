@@ -132,7 +132,7 @@ const DELIVERIES = {
   "proxy mode to a next hop": { mode: "proxy", target: "smtp" },
 } as const;
 
-function policyFor(delivery: (typeof DELIVERIES)[keyof typeof DELIVERIES], hopPort: number, trusted: boolean): string {
+function policyFor(delivery: Delivery, hopPort: number, trusted: boolean): string {
   return `
 version: 1
 server: { hostname: mx.example.test, proxyProtocol: true }
@@ -152,36 +152,48 @@ delivery: { mode: ${delivery.mode} }
 `;
 }
 
-for (const [name, delivery] of Object.entries(DELIVERIES)) {
-  describe(`the red team's sender, auth-results and a {sender} header rule: ${name}`, () => {
-    let dns: TestDnsServer;
-    let hop: NextHop;
-    let gw: TestGateway;
-    const added = [
+type Delivery = (typeof DELIVERIES)[keyof typeof DELIVERIES];
+
+/**
+ * A DNS server, a next hop and a gateway delivering as `delivery` says, started and stopped around
+ * the describe block that calls this; with the header fields we add in the order we add them.
+ */
+function gatewayDelivering(delivery: Delivery, trusted: boolean) {
+  let dns: TestDnsServer;
+  let hop: NextHop;
+  let gw: TestGateway;
+  before(async () => {
+    dns = await startDnsServer(ZONE);
+    hop = await startNextHop();
+    gw = await startGateway(policyFor(delivery, hop.port, trusted), { dnsServers: [dns.address] });
+  });
+  after(async () => {
+    await gw.stop();
+    await hop.close();
+    await dns.close();
+  });
+  return {
+    port: () => gw.port,
+    added: [
       ...(delivery.target === "maildir" ? ["Return-Path"] : []),
       "Received",
       "X-Envelope",
       "Authentication-Results",
-    ];
-    const nextDelivery = deliveries(
+    ],
+    nextDelivery: deliveries(
       delivery.target,
       () => gw,
       () => hop,
-    );
+    ),
+  };
+}
 
-    before(async () => {
-      dns = await startDnsServer(ZONE);
-      hop = await startNextHop();
-      gw = await startGateway(policyFor(delivery, hop.port, false), { dnsServers: [dns.address] });
-    });
-    after(async () => {
-      await gw.stop();
-      await hop.close();
-      await dns.close();
-    });
+for (const [name, delivery] of Object.entries(DELIVERIES)) {
+  describe(`the red team's sender, auth-results and a {sender} header rule: ${name}`, () => {
+    const { port, added, nextDelivery } = gatewayDelivering(delivery, false);
 
     test("no injected field reaches the next hop or the file", async () => {
-      const replies = await sendUtf8(gw.port, HOSTILE_SENDER);
+      const replies = await sendUtf8(port(), HOSTILE_SENDER);
       assert.equal(replies.at(-1)?.code, 250, JSON.stringify(replies));
       const raw = await nextDelivery();
       assertOnlyOurFields(raw, added);
@@ -285,40 +297,17 @@ function generate(random: () => number): HostileTransaction {
 
 for (const [name, delivery] of Object.entries(DELIVERIES)) {
   describe(`seeded hostile text in every client field (seed ${SEED}, ${TRANSACTIONS} transactions): ${name}`, () => {
-    let dns: TestDnsServer;
-    let hop: NextHop;
-    let gw: TestGateway;
-    before(async () => {
-      dns = await startDnsServer(ZONE);
-      hop = await startNextHop();
-      gw = await startGateway(policyFor(delivery, hop.port, true), { dnsServers: [dns.address] });
-    });
-    after(async () => {
-      await gw.stop();
-      await hop.close();
-      await dns.close();
-    });
+    const { port, added, nextDelivery } = gatewayDelivering(delivery, true);
 
     test("every reply is one well-formed line; every delivered header holds exactly our fields and the client's", async (t) => {
       const random = seededRandom(SEED);
-      const added = [
-        ...(delivery.target === "maildir" ? ["Return-Path"] : []),
-        "Received",
-        "X-Envelope",
-        "Authentication-Results",
-      ];
-      const nextDelivery = deliveries(
-        delivery.target,
-        () => gw,
-        () => hop,
-      );
       let accepted = 0;
       const refusals = new Map<string, number>();
       for (let i = 0; i < TRANSACTIONS; i++) {
         const input = generate(random);
         const body = `Body of ${i}.\r\n`;
         const data = `From: ${input.fromHeader}\r\nTo: x@example.test\r\nSubject: ${input.subject}\r\n\r\n${body}`;
-        const client = await connectAs(gw.port, "203.0.113.10");
+        const client = await connectAs(port(), "203.0.113.10");
         const replies = [];
         try {
           const ehlo = await client.command(`EHLO ${input.helo}`);
