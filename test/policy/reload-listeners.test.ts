@@ -5,7 +5,6 @@
  * restart is named in the reload's one (warning) log line and in portcullis_restart_needed.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -14,14 +13,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { loadPolicy } from "../../app/catalogue.js";
 import { startGateway } from "../fixtures/gateway.js";
+import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { newTestCertificate, type TestCertificate, upgradeToTls } from "../fixtures/tls.js";
 import { scrape } from "../ops/scrape.js";
-
-const cli = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
 
 /** A policy; `server` is the inside of its `server:` mapping, `extra` more top-level lines. */
 function policy(server: string, extra: string[] = []): string {
@@ -159,25 +156,11 @@ test("portcullis start: a reload moves the metrics endpoint and warns, in one li
   const [oldPort, newPort] = [await freePort(), await freePort()];
   const observability = (port: number) => [`observability: { metrics: "127.0.0.1:${port}" }`];
   await writeFile(file, policy("", observability(oldPort)));
-  const child = spawn(process.execPath, [cli, "start", "--policy", file, "--listen", "127.0.0.1:0"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  const lines: Array<Record<string, unknown>> = [];
-  let buffered = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    buffered += chunk.toString();
-    const complete = buffered.split("\n");
-    buffered = complete.pop() ?? "";
-    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line));
-  });
+  // Resolves once the policy file is watched: a change before that would go unseen.
+  const gateway = await startGatewayProcess(file);
+  const lines = gateway.logs;
   const reloads = () => lines.filter((l) => l.event === "reload");
   try {
-    // Printed once the policy file is watched; a change before that would go unseen.
-    await until(() => stderr.includes("portcullis: listening on"));
     assert.equal(
       (await scrape(`http://127.0.0.1:${oldPort}`)).value("portcullis_restart_needed", { key: "server.workers" }),
       0,
@@ -197,7 +180,7 @@ test("portcullis start: a reload moves the metrics endpoint and warns, in one li
     await sleep(300);
     assert.equal(reloads().length, 1, "one line for one reload");
   } finally {
-    child.kill("SIGKILL");
+    await gateway.kill();
     await rm(dir, { recursive: true, force: true });
   }
 });

@@ -5,19 +5,16 @@
  * a reload keeps the policy it started with.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { loadPolicy } from "../../app/catalogue.js";
 import { PolicyReloader, policyFiles } from "../../core/policy/reload.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
-
-const cli = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
 
 /** A policy whose answer to a probe sender names it; `extra` is appended to its rule list. */
 function policy(label: string, extra: string[] = []): string {
@@ -189,25 +186,11 @@ test("portcullis start reloads on a file change and on SIGHUP, and refuses an in
   const dir = await mkdtemp(join(tmpdir(), "portcullis-reload-cli-"));
   const file = join(dir, "policy.yaml");
   await writeFile(file, policy("A"));
-  const child = spawn(process.execPath, [cli, "start", "--policy", file, "--listen", "127.0.0.1:0"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stderr = "";
-  child.stderr.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  const lines: Array<Record<string, unknown>> = [];
-  let buffered = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    buffered += chunk.toString();
-    const complete = buffered.split("\n");
-    buffered = complete.pop() ?? "";
-    for (const line of complete) if (line.startsWith("{")) lines.push(JSON.parse(line));
-  });
+  // Resolves once the policy file is watched: a change before that would go unseen.
+  const gateway = await startGatewayProcess(file);
+  const lines = gateway.logs;
   const reloads = () => lines.filter((l) => l.event === "reload");
   try {
-    // Printed once the policy file is watched; a change before that would go unseen.
-    await until(() => stderr.includes("portcullis: listening on"));
     await writeFile(
       file,
       policy("B", ["  - { name: bad, when: { client.ip: { network: nonsense } }, action: reject }"]),
@@ -215,19 +198,19 @@ test("portcullis start reloads on a file change and on SIGHUP, and refuses an in
     await until(() => reloads().length === 1);
     assert.equal(reloads()[0].msg, "policy reload refused; the previous policy stays");
     // The operator's SIGHUP after the same edit: that content was just refused, so no second line.
-    child.kill("SIGHUP");
+    gateway.send("SIGHUP");
     await sleep(300);
     assert.equal(reloads().length, 1, JSON.stringify(reloads()));
     await writeFile(file, policy("B"));
     await until(() => reloads().length === 2);
     assert.deepEqual([reloads()[1].msg, reloads()[1].reason], ["policy reload applied", "file change"]);
-    child.kill("SIGHUP");
+    gateway.send("SIGHUP");
     await until(() => reloads().length === 3);
     assert.deepEqual([reloads()[2].msg, reloads()[2].reason], ["policy reload applied", "SIGHUP"]);
     // One line per reload: the gateway adds none of its own.
     assert.equal(lines.filter((l) => /reload/.test(String(l.msg))).length, 3);
   } finally {
-    child.kill("SIGKILL");
+    await gateway.kill();
     await rm(dir, { recursive: true, force: true });
   }
 });
