@@ -81,5 +81,7 @@ export {
   parseMessage,
 } from "./toolkit/mime.js";
 export { NetworkList, normalizeIp, parseCidr } from "./toolkit/netaddr.js";
+// SPF's check_host() (RFC 7208), ours: mailauth's deviates where its seam cannot be fixed.
+export { checkSpf, type SpfCheckResult, type SpfQuery, type SpfResultCode } from "./toolkit/spf.js";
 // Units as policies write them ("5m", "25MB"): parse functions and zod schemas for options.
 export { Duration, parseDuration, parseSize, Size } from "./toolkit/units.js";

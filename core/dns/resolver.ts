@@ -10,12 +10,18 @@
  *   re-thrown with the same code, because mailauth tells them apart from temporary errors by code;
  * - temporary errors are never cached, so the next lookup asks again;
  * - identical concurrent lookups share one query;
- * - no lookup waits longer than `timeoutMs`, whatever c-ares does with its own timeouts.
+ * - no lookup waits longer than `timeoutMs`, whatever c-ares does with its own timeouts;
+ * - a name that cannot exist in DNS (a label over 63 octets, over 253 octets in all, an empty
+ *   label) is "no such name" (ENOTFOUND) without a query, as RFC 7208 §4.3 wants of SPF;
+ * - a name DNS allows but c-ares refuses to send (`:`, spaces, `%`… in a label), and a TXT answer
+ *   c-ares cannot decode only because a record in it has no strings, are asked again by our own
+ *   query (wire-query.ts) to the same servers, under the same cache, deadline and de-duplication.
  */
 import { promises as dns } from "node:dns";
 import { isIP } from "node:net";
 import { LRUCache } from "lru-cache";
-import { normalizeIp } from "../toolkit/netaddr.js";
+import { type HostPort, normalizeIp, parseHostPort } from "../toolkit/netaddr.js";
+import { type WireAnswer, type WireType, wireQuery } from "./wire-query.js";
 
 export type RRType = "A" | "AAAA" | "MX" | "TXT" | "PTR" | "CNAME" | "NS";
 
@@ -115,6 +121,21 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
 
   const stats: DnsStats = { queries: 0, hits: 0, misses: 0, inflight: 0, errors: {} };
 
+  let servers: HostPort[] | undefined;
+  /**
+   * c-ares's query, or ours when c-ares refuses the name (EBADNAME) or cannot decode a TXT answer
+   * (EBADRESP: a record without strings, which RFC 1035 does not allow but servers send).
+   */
+  const withWireFallback =
+    (type: WireType, name: string, cares: () => Promise<Answer>, fromWire: (answer: WireAnswer) => Answer): Query =>
+    () =>
+      cares().catch((error) => {
+        const code = errorCode(error);
+        if (code !== "EBADNAME" && !(type === "TXT" && code === "EBADRESP")) throw error;
+        servers ??= resolver.getServers().map(serverAddress);
+        return wireQuery(servers, name, type, timeoutMs).then(fromWire);
+      });
+
   /** One query to the servers: the answer, or a negative to cache, each with how long it may be kept. */
   async function ask(query: Query): Promise<{ entry: Entry; ttlMs: number }> {
     stats.misses++;
@@ -150,6 +171,7 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
   async function lookup(rrtype: RRType, name: string, query: Query, signal?: AbortSignal): Promise<unknown> {
     stats.queries++;
     if (signal?.aborted) throw new DnsError("ECANCELLED", name, rrtype);
+    if (!possibleName(name)) throw new DnsError("ENOTFOUND", name, rrtype, { detail: `${rrtype} (impossible name)` });
     const status: LRUCache.Status<string, Entry, Query> = {};
     const pending = cache
       ? cache.fetch(`${rrtype}:${canonicalName(name)}`, { context: query, status })
@@ -165,29 +187,62 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
     return entry.value;
   }
 
+  const wireAddresses = (answer: WireAnswer): Answer => ({ value: answer.records, ttl: answer.ttl });
+  const wirePlain = (answer: WireAnswer): Answer => ({ value: answer.records });
+
   const resolve4 = (name: string, signal?: AbortSignal) =>
-    lookup("A", name, () => resolver.resolve4(name, { ttl: true }).then(addressAnswer), signal).then(copyStrings);
+    lookup(
+      "A",
+      name,
+      withWireFallback("A", name, () => resolver.resolve4(name, { ttl: true }).then(addressAnswer), wireAddresses),
+      signal,
+    ).then(copyStrings);
   const resolve6 = (name: string, signal?: AbortSignal) =>
-    lookup("AAAA", name, () => resolver.resolve6(name, { ttl: true }).then(addressAnswer), signal).then(copyStrings);
+    lookup(
+      "AAAA",
+      name,
+      withWireFallback("AAAA", name, () => resolver.resolve6(name, { ttl: true }).then(addressAnswer), wireAddresses),
+      signal,
+    ).then(copyStrings);
   const resolveMx = (name: string, signal?: AbortSignal) =>
-    lookup("MX", name, () => resolver.resolveMx(name).then(plainAnswer), signal).then((value) =>
-      (value as MxRecord[]).map((mx) => ({ exchange: mx.exchange, priority: mx.priority })),
-    );
+    lookup(
+      "MX",
+      name,
+      withWireFallback("MX", name, () => resolver.resolveMx(name).then(plainAnswer), wirePlain),
+      signal,
+    ).then((value) => (value as MxRecord[]).map((mx) => ({ exchange: mx.exchange, priority: mx.priority })));
   const resolveTxt = (name: string, signal?: AbortSignal) =>
-    lookup("TXT", name, () => resolver.resolveTxt(name).then(plainAnswer), signal).then((value) =>
-      (value as string[][]).map((chunks) => chunks.slice()),
-    );
+    lookup(
+      "TXT",
+      name,
+      withWireFallback("TXT", name, () => resolver.resolveTxt(name).then(plainAnswer), wirePlain),
+      signal,
+    ).then((value) => (value as string[][]).map((chunks) => chunks.slice()));
+  const ptrNames = (names: unknown[]): Answer => ({ value: (names as string[]).map(canonicalName) });
   const resolvePtr = (name: string, signal?: AbortSignal) =>
     lookup(
       "PTR",
       name,
-      () => resolver.resolvePtr(name).then((names) => ({ value: names.map(canonicalName) })),
+      withWireFallback(
+        "PTR",
+        name,
+        () => resolver.resolvePtr(name).then(ptrNames),
+        (answer) => ptrNames(answer.records),
+      ),
       signal,
     ).then(copyStrings);
   const resolveCname = (name: string) =>
-    lookup("CNAME", name, () => resolver.resolveCname(name).then(plainAnswer)).then(copyStrings);
+    lookup(
+      "CNAME",
+      name,
+      withWireFallback("CNAME", name, () => resolver.resolveCname(name).then(plainAnswer), wirePlain),
+    ).then(copyStrings);
   const resolveNs = (name: string) =>
-    lookup("NS", name, () => resolver.resolveNs(name).then(plainAnswer)).then(copyStrings);
+    lookup(
+      "NS",
+      name,
+      withWireFallback("NS", name, () => resolver.resolveNs(name).then(plainAnswer), wirePlain),
+    ).then(copyStrings);
 
   return {
     resolve4,
@@ -270,6 +325,23 @@ function plainAnswer(value: unknown): Answer {
 
 function copyStrings(value: unknown): string[] {
   return (value as string[]).slice();
+}
+
+/** Longest name in text form without the final dot, longest label (RFC 1035 §2.3.4). */
+const MAX_NAME_OCTETS = 253;
+const MAX_LABEL_OCTETS = 63;
+
+/** False for a name no DNS zone can hold: a label over 63 octets, over 253 in all, an empty label. */
+function possibleName(name: string): boolean {
+  const text = name.endsWith(".") ? name.slice(0, -1) : name;
+  if (text === "") return true; // the root
+  if (Buffer.byteLength(text) > MAX_NAME_OCTETS) return false;
+  return text.split(".").every((label) => label.length > 0 && Buffer.byteLength(label) <= MAX_LABEL_OCTETS);
+}
+
+/** A server as c-ares lists it ("192.0.2.53", "127.0.0.1:5353", "[::1]:53", "::1") → host and port. */
+function serverAddress(text: string): HostPort {
+  return parseHostPort(text) ?? { host: text.replace(/^\[|\]$/g, ""), port: 53 };
 }
 
 function canonicalName(name: string): string {

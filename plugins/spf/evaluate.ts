@@ -1,8 +1,8 @@
 /**
- * SPF evaluation through the replay memo (../sender-auth/replay.ts): a check with the same inputs
+ * SPF evaluation (core's checkSpf) through the replay memo (../sender-auth/replay.ts): a check with the same inputs
  * whose DNS answers are all unchanged takes the kept result.
  */
-import { type DnsResolver, type SPFResult, spf } from "../../core/index.js";
+import { checkSpf, type DnsResolver, type SpfCheckResult } from "../../core/index.js";
 import { replayMemo } from "../shared/sender-auth/replay.js";
 
 export interface SpfQuestion {
@@ -19,13 +19,13 @@ export interface SpfQuestion {
 const KEPT_RESULTS = 10_000;
 
 export interface SpfEvaluator {
-  check(question: SpfQuestion, dns: DnsResolver): Promise<SPFResult>;
+  check(question: SpfQuestion, dns: DnsResolver): Promise<SpfCheckResult>;
   /** Evaluations run by mailauth (not answered from the memo), for tests. */
   readonly evaluations: number;
 }
 
 export function spfEvaluator(): SpfEvaluator {
-  const memo = replayMemo<SPFResult>(KEPT_RESULTS);
+  const memo = replayMemo<SpfCheckResult>(KEPT_RESULTS);
   return {
     check(question, dns) {
       const key = JSON.stringify([
@@ -36,21 +36,16 @@ export function spfEvaluator(): SpfEvaluator {
         question.maxLookups,
         question.maxVoidLookups,
       ]);
-      return memo.run(
-        key,
-        dns,
-        (resolver) =>
-          spf({
-            ip: question.ip,
-            helo: question.helo,
-            sender: question.sender,
-            mta: question.mta,
-            maxResolveCount: question.maxLookups,
-            maxVoidCount: question.maxVoidLookups,
-            resolver,
-          }),
-        // %{t} expands to the time of the check: a record using it asks different questions every second.
-        (exchanges) => !exchanges.some((exchange) => exchange.outcome.includes("%{t")),
+      return memo.run(key, dns, (resolver) =>
+        checkSpf({
+          ip: question.ip,
+          helo: question.helo,
+          sender: question.sender,
+          mta: question.mta,
+          maxLookups: question.maxLookups,
+          maxVoidLookups: question.maxVoidLookups,
+          resolver,
+        }),
       );
     },
     get evaluations() {

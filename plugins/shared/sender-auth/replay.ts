@@ -26,14 +26,9 @@ interface Kept<R> {
 export interface ReplayMemo<R> {
   /**
    * The result for `key`: kept, when the questions behind it get the same answers, else from
-   * `evaluate` (given a resolver that records). `keepable` may refuse to keep a result.
+   * `evaluate` (given a resolver that records).
    */
-  run(
-    key: string,
-    dns: DnsResolver,
-    evaluate: (resolver: MailauthResolver) => Promise<R>,
-    keepable?: (exchanges: readonly Exchange[]) => boolean,
-  ): Promise<R>;
+  run(key: string, dns: DnsResolver, evaluate: (resolver: MailauthResolver) => Promise<R>): Promise<R>;
   /** Evaluations run (not answered from the memo), for tests. */
   readonly evaluations: number;
 }
@@ -42,7 +37,7 @@ export function replayMemo<R>(maxKept: number): ReplayMemo<R> {
   const kept = new LRUCache<string, Kept<R>>({ max: maxKept });
   let evaluations = 0;
   return {
-    async run(key, dns, evaluate, keepable) {
+    async run(key, dns, evaluate) {
       const previous = kept.get(key);
       if (previous && (await sameAnswers(previous.exchanges, dns))) return previous.result;
       evaluations++;
@@ -58,7 +53,7 @@ export function replayMemo<R>(maxKept: number): ReplayMemo<R> {
         }
         return outcome.value as string[][];
       });
-      if (!failed && (keepable?.(exchanges) ?? true)) kept.set(key, { exchanges, result });
+      if (!failed) kept.set(key, { exchanges, result });
       return result;
     },
     get evaluations() {
