@@ -59,6 +59,8 @@ export type {
 export { clientNet, StoreUnavailableError, storeFailure } from "./state/create.js";
 // Addresses and networks: IDN/punycode domains, CIDR lists, list entries as policies write them.
 export { asciiDomain } from "./toolkit/address.js";
+// An ARC-Seal's tag list checked as RFC 6376 §3.2 defines tag lists, which mailauth does not.
+export { arcSealProblem } from "./toolkit/arc-seal.js";
 // Text a client controlled, made safe for a header field or a reply line we write.
 export { oneLine } from "./toolkit/client-text.js";
 // Sender authentication through mailauth, loaded once with the DKIM key cache in front of it.

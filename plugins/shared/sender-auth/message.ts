@@ -8,6 +8,7 @@
 import {
   type ARCResult,
   arc,
+  arcSealProblem,
   type DKIMVerifyResult,
   type DnsResolver,
   dkimVerify,
@@ -84,12 +85,26 @@ export function parsedMessage(scope: MessageScope): Promise<ParsedMessage> {
 export function arcVerification(scope: MessageScope): Promise<ARCResult> {
   let pending = arcResults.get(scope.message);
   if (!pending) {
-    pending = parsedMessage(scope).then((parsed) =>
-      arc(parsed.arc as Parameters<typeof arc>[0], { resolver: mailauthResolver(scope.dns) }),
-    );
+    pending = parsedMessage(scope).then((parsed) => {
+      const malformed = malformedSeal(parsed.headers);
+      // RFC 8617 §5.2: a seal that does not parse fails the chain; mailauth reads it leniently.
+      if (malformed) return { status: { result: "fail", comment: malformed } } as ARCResult;
+      return arc(parsed.arc as Parameters<typeof arc>[0], { resolver: mailauthResolver(scope.dns) });
+    });
     arcResults.set(scope.message, pending);
   }
   return pending;
+}
+
+/** The first problem of an ARC-Seal in the header block, or null. */
+function malformedSeal(headers: ParsedHeaders): string | null {
+  for (const field of headers.parsed) {
+    if (field.key !== "arc-seal") continue;
+    const line = field.line.toString("binary");
+    const problem = arcSealProblem(line.slice(line.indexOf(":") + 1));
+    if (problem) return problem;
+  }
+  return null;
 }
 
 const DKIM_RESULTS: ReadonlySet<string> = new Set<DkimResult>([
