@@ -1,5 +1,5 @@
 /**
- * An in-process authoritative DNS server over real UDP, so tests and `portcullis test` exercise the
+ * An in-process authoritative DNS server over real UDP (and TCP on the same port), so tests and `portcullis test` exercise the
  * real resolver path (c-ares, wire format, error codes) without live DNS.
  *
  * @example
@@ -7,7 +7,8 @@
  * const resolver = createResolver({ servers: [dns.address] });
  * // … then `await dns.close()`
  */
-import { createSocket, type RemoteInfo } from "node:dgram";
+import { createSocket } from "node:dgram";
+import { createServer, type Socket } from "node:net";
 import * as packet from "dns-packet";
 import type { RRType } from "../dns/resolver.js";
 
@@ -38,11 +39,23 @@ const RCODE = { servfail: 2, nxdomain: 3, refused: 5 } as const;
 /** Longest CNAME chain followed inside one answer; beyond it the answer stops, like a loop would. */
 const MAX_CNAME_HOPS = 8;
 
-export async function startDnsServer(zone: ZoneData = {}, options: { ttl?: number } = {}): Promise<TestDnsServer> {
+export interface DnsServerOptions {
+  readonly ttl?: number;
+  /**
+   * Largest UDP answer in bytes (RFC 1035 §4.2.1 says 512); a longer one goes out truncated (TC set,
+   * no records) and the client must ask again over TCP, which answers in full. Default: no limit.
+   */
+  readonly udpLimit?: number;
+}
+
+/** The same port for UDP and TCP; a port free for one may be taken for the other, so a few tries. */
+const PORT_TRIES = 5;
+
+export async function startDnsServer(zone: ZoneData = {}, options: DnsServerOptions = {}): Promise<TestDnsServer> {
   const ttl = options.ttl ?? 300;
   const names = new Map<string, Entry>();
   const queries: { name: string; type: string }[] = [];
-  const socket = createSocket("udp4");
+  let socket = createSocket("udp4");
 
   const load = (data: ZoneData) => {
     for (const [name, entry] of Object.entries(data)) {
@@ -72,9 +85,10 @@ export async function startDnsServer(zone: ZoneData = {}, options: { ttl?: numbe
     return undefined;
   };
 
-  const answer = (query: packet.DecodedPacket, rinfo: RemoteInfo) => {
+  /** The response to a query, or null to stay silent (a timeout). */
+  const answer = (query: packet.DecodedPacket): Buffer | null => {
     const question = query.questions?.[0];
-    if (!question) return;
+    if (!question) return null;
     const name = canonical(question.name);
     queries.push({ name, type: question.type });
 
@@ -89,7 +103,7 @@ export async function startDnsServer(zone: ZoneData = {}, options: { ttl?: numbe
         break;
       }
       const behaviour = typeof entry === "string" ? entry : lookupBehaviour(entry, question.type);
-      if (behaviour === "timeout") return;
+      if (behaviour === "timeout") return null;
       if (behaviour !== undefined) {
         rcode = RCODE[behaviour];
         break;
@@ -106,33 +120,76 @@ export async function startDnsServer(zone: ZoneData = {}, options: { ttl?: numbe
       current = canonical(target);
     }
 
-    const response = packet.encode({
+    return packet.encode({
       type: "response",
       id: query.id,
       flags: packet.AUTHORITATIVE_ANSWER | ((query.flags ?? 0) & packet.RECURSION_DESIRED) | rcode,
       questions: [question],
       answers,
     });
-    socket.send(response, rinfo.port, rinfo.address);
   };
 
-  socket.on("message", (message, rinfo) => {
-    let query: packet.DecodedPacket;
+  const decode = (message: Buffer): packet.DecodedPacket | null => {
     try {
-      query = packet.decode(message);
+      return packet.decode(message);
     } catch {
-      return; // garbage on a test port: nothing sensible to answer
+      return null; // garbage on a test port: nothing sensible to answer
     }
-    answer(query, rinfo);
-  });
+  };
 
-  await new Promise<void>((resolve, reject) => {
-    socket.once("error", reject);
-    socket.bind(0, "127.0.0.1", () => {
-      socket.off("error", reject);
-      resolve();
+  const onMessage = (message: Buffer, rinfo: { port: number; address: string }) => {
+    const query = decode(message);
+    const response = query && answer(query);
+    if (!query || !response) return;
+    const fits = options.udpLimit === undefined || response.length <= options.udpLimit;
+    const sent = fits
+      ? response
+      : packet.encode({
+          type: "response",
+          id: query.id,
+          flags: packet.TRUNCATED_RESPONSE | ((query.flags ?? 0) & packet.RECURSION_DESIRED),
+          questions: query.questions,
+        });
+    socket.send(sent, rinfo.port, rinfo.address);
+  };
+
+  // TCP (RFC 1035 §4.2.2): each message with a two-byte length in front.
+  const tcp = createServer((connection: Socket) => {
+    let received = Buffer.alloc(0);
+    connection.on("error", () => {});
+    connection.on("data", (chunk) => {
+      received = Buffer.concat([received, chunk]);
+      while (received.length >= 2 && received.length >= 2 + received.readUInt16BE(0)) {
+        const query = decode(received.subarray(2, 2 + received.readUInt16BE(0)));
+        received = received.subarray(2 + received.readUInt16BE(0));
+        const response = query && answer(query);
+        if (!response) continue;
+        const length = Buffer.alloc(2);
+        length.writeUInt16BE(response.length);
+        connection.write(Buffer.concat([length, response]));
+      }
     });
   });
+
+  for (let attempt = 1; ; attempt++) {
+    socket.on("message", onMessage);
+    await new Promise<void>((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind(0, "127.0.0.1", () => {
+        socket.off("error", reject);
+        resolve();
+      });
+    });
+    const udpPort = socket.address().port;
+    const listening = await new Promise<boolean>((resolve) => {
+      tcp.once("error", () => resolve(false));
+      tcp.listen(udpPort, "127.0.0.1", () => resolve(true));
+    });
+    if (listening) break;
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
+    socket = createSocket("udp4");
+    if (attempt === PORT_TRIES) throw new Error(`no port free for both UDP and TCP after ${PORT_TRIES} tries`);
+  }
   // A send error (e.g. the client went away) must not crash the test process.
   socket.on("error", () => {});
   load(zone);
@@ -150,7 +207,11 @@ export async function startDnsServer(zone: ZoneData = {}, options: { ttl?: numbe
     resetQueries() {
       queries.length = 0;
     },
-    close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+    close: () =>
+      Promise.all([
+        new Promise<void>((resolve) => socket.close(() => resolve())),
+        new Promise<void>((resolve) => tcp.close(() => resolve())),
+      ]).then(() => undefined),
   };
 }
 

@@ -266,3 +266,69 @@ describe("reverseIpLabels", () => {
     assert.throws(() => reverseIpLabels("example.test"), TypeError);
   });
 });
+
+describe("names c-ares cannot send, and answers it cannot read", () => {
+  const LONG_TXT = `v=spf1 ${"ip4:192.0.2.1 ".repeat(45)}-all`;
+  let server: TestDnsServer;
+  const fresh = (options: ResolverOptions = {}): DnsResolver =>
+    createResolver({ servers: [server.address], timeoutMs: 300, ...options });
+
+  before(async () => {
+    server = await startDnsServer(
+      {
+        "a:b/c.example.test": { A: ["192.0.2.40"], TXT: ["colon and slash"] },
+        "with space.example.test": { MX: [{ priority: 5, exchange: "mx.example.test" }] },
+        "long:txt.example.test": { TXT: [LONG_TXT] },
+        "empty-record.example.test": { TXT: [[], "v=spf1 -all"] },
+        "slow:name.example.test": "timeout",
+      },
+      { udpLimit: 512 },
+    );
+  });
+  after(() => server.close());
+
+  it("answers a name that cannot exist (a label over 63, over 253 in all, an empty label) with ENOTFOUND, asking nobody", async () => {
+    const dns = fresh();
+    server.resetQueries();
+    for (const name of [`${"a".repeat(64)}.example.test`, `${"abcdefghi.".repeat(26)}test`, "a..example.test"]) {
+      assert.equal((await rejection(dns.resolve4(name))).code, "ENOTFOUND", name);
+      assert.equal((await rejection(dns.resolve(name, "TXT"))).code, "ENOTFOUND", name);
+    }
+    assert.deepEqual(server.queries, []);
+    assert.deepEqual(await dns.resolve4(`${"a".repeat(63)}.example.test`).catch((error) => error.code), "ENOTFOUND");
+    assert.equal(server.queries.length, 1, "a 63-octet label is a name like any other");
+  });
+
+  it("sends names with : / and spaces itself, to the same server, cached and shared like any lookup", async () => {
+    const dns = fresh();
+    server.resetQueries();
+    const [first, second] = await Promise.all([dns.resolve4("a:b/c.example.test"), dns.resolve4("a:b/c.example.test")]);
+    assert.deepEqual(first, ["192.0.2.40"]);
+    assert.deepEqual(second, ["192.0.2.40"]);
+    assert.deepEqual(await dns.resolve4("a:b/c.example.test"), ["192.0.2.40"]);
+    assert.deepEqual(await dns.resolveTxt("a:b/c.example.test"), [["colon and slash"]]);
+    assert.deepEqual(await dns.resolveMx("with space.example.test"), [{ exchange: "mx.example.test", priority: 5 }]);
+    assert.equal(server.count("a:b/c.example.test", "A"), 1, "one query for three lookups");
+    assert.equal(dns.stats().hits, 2);
+    assert.equal((await rejection(dns.resolve4("no:such.example.test"))).code, "ENOTFOUND");
+    assert.equal((await rejection(dns.resolve6("a:b/c.example.test"))).code, "ENODATA");
+  });
+
+  it("asks again over TCP when the UDP answer is truncated", async () => {
+    server.resetQueries();
+    const records = await fresh().resolveTxt("long:txt.example.test");
+    assert.deepEqual(
+      records.map((strings) => strings.join("")),
+      [LONG_TXT],
+    );
+    assert.equal(server.count("long:txt.example.test", "TXT"), 2, "once over UDP, once over TCP");
+  });
+
+  it("keeps the records of a TXT answer in which one record has no strings (c-ares rejects it whole)", async () => {
+    assert.deepEqual(await fresh().resolveTxt("empty-record.example.test"), [[], ["v=spf1 -all"]]);
+  });
+
+  it("holds its own query to the deadline", async () => {
+    assert.equal((await rejection(fresh({ timeoutMs: 200 }).resolve4("slow:name.example.test"))).code, "ETIMEOUT");
+  });
+});
