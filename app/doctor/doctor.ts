@@ -3,7 +3,7 @@
  * see it. Receivers judge a new small mail server by its reverse DNS, its HELO name, blocklists and
  * the SPF, DKIM and DMARC records of its domains; each is looked up here the way the pipeline
  * looks up its clients — the same shared resolver and the same plugin logic (fcrdns, helo, dnsbl,
- * mailauth's SPF and DMARC, dkim-sign's key files) — and reported as pass, warn or fail with one
+ * the core's SPF and mailauth's DMARC, dkim-sign's key files) — and reported as pass, warn or fail with one
  * line on how to fix it.
  *
  * @example
@@ -19,7 +19,8 @@ import { settle } from "../../core/dns/lookup.js";
 import { createResolver, type DnsResolver, reverseIpLabels } from "../../core/dns/resolver.js";
 import type { LoadedPolicy } from "../../core/policy/load.js";
 import { asciiDomain } from "../../core/toolkit/address.js";
-import { dmarc, spf } from "../../core/toolkit/mailauth.js";
+import { dmarc } from "../../core/toolkit/mailauth.js";
+import { checkSpf as evaluateSpfRecord } from "../../core/toolkit/spf.js";
 import { loadKey } from "../../plugins/dkim-sign/index.js";
 import type { DkimSignOptions } from "../../plugins/dkim-sign/schema.js";
 import { classifyAnswer, isAllowlist, probeProblem, txtText } from "../../plugins/dnsbl/answer.js";
@@ -440,16 +441,16 @@ async function checkMx(dns: DnsResolver, domain: string): Promise<DoctorFinding[
   }
 }
 
-/** SPF as a receiver evaluates it (mailauth, the same call as the spf plugin), for the sender postmaster@domain. */
+/** SPF as a receiver evaluates it (the same check as the spf plugin), for the sender postmaster@domain. */
 function evaluateSpf(dns: DnsResolver, ip: string, hostname: string, domain: string) {
-  return spf({
+  return evaluateSpfRecord({
     ip,
     helo: hostname,
     sender: `postmaster@${domain}`,
     mta: hostname,
     resolver: mailauthResolver(dns),
-    maxResolveCount: SPF_MAX_LOOKUPS,
-    maxVoidCount: SPF_MAX_VOID_LOOKUPS,
+    maxLookups: SPF_MAX_LOOKUPS,
+    maxVoidLookups: SPF_MAX_VOID_LOOKUPS,
   });
 }
 
