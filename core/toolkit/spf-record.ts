@@ -40,9 +40,8 @@ export function isSpfRecord(text: string): boolean {
   return /^v=spf1(?: |$)/i.test(text);
 }
 
-/** Letters of `%{…}` allowed in a domain-spec; c, r and t only in explanation text (§7.3). */
+/** Letters of `%{…}` allowed in a domain-spec; c, r and t only in explanation text (§7.3), which is not expanded here. */
 const DOMAIN_MACRO_LETTERS = /^[slodiphv]$/i;
-const EXPLANATION_MACRO_LETTERS = /^[slodiphvcrt]$/i;
 
 /**
  * One piece of a macro-string: literal text, or `%{letter digits r delimiters}` (`%%`, `%_` and
@@ -59,7 +58,7 @@ export type MacroToken =
     };
 
 /** Splits a macro-string (§7.1) into tokens; throws on a `%` that starts no valid macro. */
-export function macroTokens(text: string, allowedLetters: RegExp = DOMAIN_MACRO_LETTERS): MacroToken[] {
+export function macroTokens(text: string): MacroToken[] {
   const tokens: MacroToken[] = [];
   let literal = "";
   for (let i = 0; i < text.length; i++) {
@@ -79,7 +78,8 @@ export function macroTokens(text: string, allowedLetters: RegExp = DOMAIN_MACRO_
     const macro = next === "{" ? /^%\{([A-Za-z])(\d*)([rR]?)([.\-+,/_=]*)\}/.exec(text.slice(i)) : null;
     if (!macro) throw new SpfSyntaxError(`invalid macro in "${text}"`);
     const [whole, letter, digits, reverse, delimiters] = macro;
-    if (!allowedLetters.test(letter)) throw new SpfSyntaxError(`macro letter "${letter}" not allowed in "${text}"`);
+    if (!DOMAIN_MACRO_LETTERS.test(letter))
+      throw new SpfSyntaxError(`macro letter "${letter}" not allowed in "${text}"`);
     if (digits !== "" && Number(digits) === 0) throw new SpfSyntaxError(`zero parts in macro "${whole}"`);
     if (literal) tokens.push({ literal });
     literal = "";
@@ -94,11 +94,6 @@ export function macroTokens(text: string, allowedLetters: RegExp = DOMAIN_MACRO_
   }
   if (literal) tokens.push({ literal });
   return tokens;
-}
-
-/** The tokens of explanation text (the TXT record `exp=` points to), where c, r and t are allowed too. */
-export function explanationTokens(text: string): MacroToken[] {
-  return macroTokens(text, EXPLANATION_MACRO_LETTERS);
 }
 
 const TOPLABEL = /\.(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-z0-9-]*[A-Za-z0-9])\.?$/;
