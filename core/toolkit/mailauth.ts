@@ -1,6 +1,8 @@
 /**
  * mailauth, as the gateway uses it: with the DKIM/ARC public key parse memoized and the header scan
- * of its message parser done with `indexOf` (both measured hot spots, see below).
+ * of its message parser done with `indexOf` (both measured hot spots, see below), and two places
+ * where it differs from RFC 6376 put right at the same seams: key records as dkim-key.ts reads them
+ * (`s=`, PKCS#1 keys), and a message that ends in its header block (message-end.ts).
  *
  * mailauth 4.13 turns the key record into a key object on every signature it checks
  * (`createPublicKey`, a PEM export and a schema check: 8–10 % of the gateway's CPU under the edge
