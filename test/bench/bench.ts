@@ -10,6 +10,7 @@
  * Throughput is end to end: the clock stops when the sink has counted every message, which also
  * holds once queue mode answers 250 before delivering.
  */
+import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -43,6 +44,12 @@ export interface BenchOptions {
   readonly profileDir?: string;
   /** Gateway worker processes (`server.workers`); CPU and RSS are summed over all of them. */
   readonly workers: number;
+  /**
+   * CPUs (`taskset -c` lists) for the gateway (and the Postfix peer), and for everything else: the
+   * bench process with its load generator, the sink and smtp-source. Unset: the OS schedules.
+   */
+  readonly gatewayCpus?: string;
+  readonly loadCpus?: string;
 }
 
 export interface LatencySummary {
@@ -109,6 +116,8 @@ export async function runBench(
   progress: (line: string) => void = () => {},
 ): Promise<BenchResult> {
   const loadAtStart = loadavg()[0];
+  // Every thread of this process; the sink, smtp-source and the gateway inherit it unless pinned themselves.
+  if (options.loadCpus) execFileSync("taskset", ["-a", "-p", "-c", options.loadCpus, String(process.pid)]);
   const dir = await mkdtemp(join(tmpdir(), "portcullis-bench-"));
   const mail = await benchMail(options.size);
   const smtpSource = options.load === "smtp-source" ? findProgram("smtp-source") : null;
@@ -214,6 +223,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         dns: context.settings.dns,
         dnsblZones: BENCH.dnsblZones,
         relayDomain: BENCH.recipientDomain,
+        cpus: options.gatewayCpus,
       });
       gateway = postfix;
       port = postfix.port;
@@ -234,6 +244,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         dns: context.settings.dns,
         logFile: join(context.dir, `${config}.log`),
         profileDir,
+        cpus: options.gatewayCpus,
       });
       gateway = started;
       port = started.port;
@@ -351,7 +362,9 @@ export function formatBench(result: BenchResult): string {
     `Portcullis relay benchmark: ${o.sessions} sessions, ${o.messages} messages of ${o.messageBytes} bytes, ` +
       `${o.perConnection === 1 ? "one message per connection" : `${o.perConnection} messages per connection`}, ` +
       `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}` +
-      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : ""),
+      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : "") +
+      (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
+      (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

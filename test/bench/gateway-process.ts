@@ -21,6 +21,8 @@ export interface GatewayProcessOptions {
   readonly profileDir?: string;
   /** Extra environment, e.g. a larger libuv thread pool. */
   readonly env?: Record<string, string>;
+  /** Run on these CPUs only (`taskset -c`, e.g. "1" or "0,1"); its workers inherit them. */
+  readonly cpus?: string;
 }
 
 export interface ProcessStats {
@@ -43,11 +45,21 @@ export interface GatewayProcess {
 export async function startGatewayProcess(options: GatewayProcessOptions): Promise<GatewayProcess> {
   const profile = options.profileDir ? ["--cpu-prof", "--cpu-prof-dir", options.profileDir] : [];
   const log = openSync(options.logFile, "a");
-  const child = spawn(
+  const command = [
     process.execPath,
-    [...profile, CLI, "start", "--policy", options.policyFile, "--listen", "127.0.0.1:0", "--dns", options.dns],
-    { stdio: ["ignore", log, "pipe"], env: { ...process.env, ...options.env } },
-  );
+    ...profile,
+    CLI,
+    "start",
+    "--policy",
+    options.policyFile,
+    "--listen",
+    "127.0.0.1:0",
+    "--dns",
+    options.dns,
+  ];
+  // taskset execs the command, so the child's pid is the gateway's.
+  const [program, ...args] = options.cpus ? ["taskset", "-c", options.cpus, ...command] : command;
+  const child = spawn(program, args, { stdio: ["ignore", log, "pipe"], env: { ...process.env, ...options.env } });
   closeSync(log);
   let stderr = "";
   const exited = once(child, "exit");

@@ -38,6 +38,8 @@ export interface PostfixPeerOptions {
   readonly dnsblZones: readonly string[];
   /** The domain the load sends to (Postfix relays only there). */
   readonly relayDomain: string;
+  /** Run the instance on these CPUs only (`taskset -c`); every daemon inherits them from master. */
+  readonly cpus?: string;
 }
 
 export interface PostfixPeer {
@@ -150,22 +152,27 @@ export async function startPostfixPeer(options: PostfixPeerOptions): Promise<Pos
     relay?.close();
     await rm(dir, { recursive: true, force: true });
   };
+  const pinned = (command: string[]): [string, string[]] =>
+    options.cpus ? ["taskset", ["-c", options.cpus, ...command]] : [command[0], command.slice(1)];
   try {
     if (resolvConf) {
-      await run("unshare", [
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount --bind "$1" /etc/resolv.conf && exec "$2" -c "$3" start',
-        "sh",
-        resolvConf,
-        postfix,
-        config,
-      ]);
+      await run(
+        ...pinned([
+          "unshare",
+          "--mount",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          'mount --bind "$1" /etc/resolv.conf && exec "$2" -c "$3" start',
+          "sh",
+          resolvConf,
+          postfix,
+          config,
+        ]),
+      );
     } else {
-      await run(postfix, ["-c", config, "start"]);
+      await run(...pinned([postfix, "-c", config, "start"]));
     }
     await waitForListener(
       port,
