@@ -500,7 +500,8 @@ export class Spool {
       this.#bytes -= size;
     }
     segment.live--;
-    if (segment.live === 0 && segment !== this.#active) await this.#dropSegment(segment);
+    // A segment still taking records (the active one, or one being retired) is never dropped here.
+    if (segment.live === 0 && segment.data === null) await this.#dropSegment(segment);
   }
 
   #forgetFresh(entry: QueueEntry): void {
@@ -598,14 +599,27 @@ export class Spool {
     };
     this.#segments.set(seq, segment);
     this.#active = segment;
+    if (active) void this.#retire(active);
     // Open now: `recordSettled` must be able to write without waiting for an open.
     await this.#stateFile(segment);
-    if (active) {
-      await active.data?.handle.close().catch(() => undefined);
-      active.data = null;
-      if (active.live === 0) await this.#dropSegment(active);
-    }
     return segment;
+  }
+
+  /**
+   * A segment that takes no more records. Stores that chose it before the rotation may still have
+   * writes queued in the group commit, and a record is live only once its write returned: so the
+   * file is closed, and dropped when nothing in it is live, only after a flush queued behind those
+   * writes. Closing it earlier made their fdatasync fail (452 for mail already written) and could
+   * delete a segment under a record about to be acknowledged.
+   */
+  async #retire(segment: Segment): Promise<void> {
+    const data = segment.data;
+    if (data) {
+      await this.#commit.sync(data).catch(() => undefined);
+      segment.data = null;
+      await data.handle.close().catch(() => undefined);
+    }
+    if (segment.live === 0) await this.#dropSegment(segment);
   }
 
   /**
@@ -627,7 +641,7 @@ export class Spool {
   }
 
   async #dropSegment(segment: Segment): Promise<void> {
-    this.#segments.delete(segment.seq);
+    if (!this.#segments.delete(segment.seq)) return;
     await segment.data?.handle.close().catch(() => undefined);
     await segment.state?.handle.close().catch(() => undefined);
     const base = join(this.queueDir, segmentName(segment.seq));
