@@ -15,6 +15,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import { startDnsServer } from "../../core/testing/dns-server.js";
 import { type ProcessStats, startGatewayProcess } from "./gateway-process.js";
 import { type LoadOptions, type LoadResult, runNodeLoad, runSmtpSource } from "./load.js";
@@ -50,6 +51,8 @@ export interface BenchOptions {
    */
   readonly gatewayCpus?: string;
   readonly loadCpus?: string;
+  /** Build the package (`npm run build`) and run the gateway from dist/, as production does. */
+  readonly compiled?: boolean;
 }
 
 export interface LatencySummary {
@@ -118,6 +121,10 @@ export async function runBench(
   const loadAtStart = loadavg()[0];
   // Every thread of this process; the sink, smtp-source and the gateway inherit it unless pinned themselves.
   if (options.loadCpus) execFileSync("taskset", ["-a", "-p", "-c", options.loadCpus, String(process.pid)]);
+  if (options.compiled) {
+    progress("building the package (npm run build) …");
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("../..", import.meta.url)) });
+  }
   const dir = await mkdtemp(join(tmpdir(), "portcullis-bench-"));
   const mail = await benchMail(options.size);
   const smtpSource = options.load === "smtp-source" ? findProgram("smtp-source") : null;
@@ -245,6 +252,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         logFile: join(context.dir, `${config}.log`),
         profileDir,
         cpus: options.gatewayCpus,
+        compiled: options.compiled,
       });
       gateway = started;
       port = started.port;
@@ -364,7 +372,8 @@ export function formatBench(result: BenchResult): string {
       `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}` +
       (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : "") +
       (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
-      (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : ""),
+      (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : "") +
+      `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}`,
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

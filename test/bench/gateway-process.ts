@@ -8,6 +8,8 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const CLI = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
+/** The CLI as the published package runs it: compiled by `npm run build`, no tsx in the process. */
+export const COMPILED_CLI = fileURLToPath(new URL("../../dist/app/cli.js", import.meta.url));
 const LISTENING = /^portcullis: listening on (\S+):(\d+)/m;
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 15_000;
@@ -23,6 +25,8 @@ export interface GatewayProcessOptions {
   readonly env?: Record<string, string>;
   /** Run on these CPUs only (`taskset -c`, e.g. "1" or "0,1"); its workers inherit them. */
   readonly cpus?: string;
+  /** Run the compiled CLI (`COMPILED_CLI`) instead of the sources through tsx. */
+  readonly compiled?: boolean;
 }
 
 export interface ProcessStats {
@@ -48,7 +52,7 @@ export async function startGatewayProcess(options: GatewayProcessOptions): Promi
   const command = [
     process.execPath,
     ...profile,
-    CLI,
+    options.compiled ? COMPILED_CLI : CLI,
     "start",
     "--policy",
     options.policyFile,

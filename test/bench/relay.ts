@@ -22,7 +22,8 @@ const USAGE = `usage: npm run bench -- [options]
   --idle N             instead: hold N idle connections and report RSS per connection
   --workers N          run the gateway with server.workers: N (default 1)
   --gateway-cpus LIST  pin the gateway (and the Postfix peer) to these CPUs (taskset -c, e.g. 1)
-  --load-cpus LIST     pin the load generator and the sink to these CPUs (e.g. 0)`;
+  --load-cpus LIST     pin the load generator and the sink to these CPUs (e.g. 0)
+  --compiled           build the package (npm run build) and run the gateway from dist/`;
 
 const { values } = parseArgs({
   options: {
@@ -42,6 +43,7 @@ const { values } = parseArgs({
     workers: { type: "string" },
     "gateway-cpus": { type: "string" },
     "load-cpus": { type: "string" },
+    compiled: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -100,6 +102,7 @@ if (values.idle !== undefined) {
     workers: Math.max(1, count("workers", values.workers, 1)),
     gatewayCpus: cpuList("gateway-cpus", values["gateway-cpus"]),
     loadCpus: cpuList("load-cpus", values["load-cpus"]),
+    compiled: values.compiled,
   };
   const result = await runBench(options, progress);
   if (values.json) {
