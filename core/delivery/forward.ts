@@ -19,7 +19,13 @@ import type { ConnectionPool } from "./pool.js";
 import { type DeliveryResult, type RecipientOutcome, sameForAll } from "./result.js";
 import { plainRoute, type RouteQuery, type Router, type RouteSpec, routeKey } from "./routes.js";
 import { loadCredentials } from "./smarthost.js";
-import { deliverSmtp, type MessageSource, type SmtpDeliveryOptions, type SmtpEnvelope } from "./smtp.js";
+import {
+  deliverSmtp,
+  type MessageSource,
+  type SettledListener,
+  type SmtpDeliveryOptions,
+  type SmtpEnvelope,
+} from "./smtp.js";
 import { formatRouteTarget, parseRouteTarget, type RouteTarget } from "./target.js";
 
 export interface DeliveryOptions {
@@ -36,6 +42,8 @@ export interface DeliveryOptions {
   readonly mtaSts?: Pick<MtaStsCache, "policyFor">;
   /** Told each route's per-recipient outcomes (deliveries, deferrals, bounces by route). */
   readonly observer?: Pick<GatewayObserver, "delivery">;
+  /** Told each next hop's answer the moment it arrives, before anything else happens (`SettledListener`). */
+  readonly onSettled?: SettledListener;
 }
 
 /** One recipient with where it goes and its RFC 3461 parameters: what the queue stores per recipient. */
@@ -244,6 +252,7 @@ export async function deliverTo(
     timeoutMs: options.timeoutMs,
     signal: options.signal,
     pool: options.pool,
+    onSettled: options.onSettled,
     ...(route.tls ? { tls: route.tls.mode, rejectUnauthorized: route.tls.verify } : {}),
     ...(route.connections ? { connectionLimit: route.connections } : {}),
     ...(route.sourceAddress ? { localAddress: route.sourceAddress } : {}),
@@ -268,17 +277,29 @@ export async function deliverTo(
     case "mx":
       return deliverMxGroups(envelope, message, smtp, options);
     case "maildir":
-      return deliverMaildir(target.path, envelope, asStream(message()), { returnPath: envelope.from });
+      return settled(
+        await deliverMaildir(target.path, envelope, asStream(message()), { returnPath: envelope.from }),
+        options,
+      );
     case "discard":
-      return {
-        nextHop: "discard",
-        recipients: envelope.to.map((recipient) => ({
-          recipient,
-          status: "delivered" as const,
-          reply: { code: 250, enhanced: "2.0.0", text: "Discarded by route" },
-        })),
-      };
+      return settled(
+        {
+          nextHop: "discard",
+          recipients: envelope.to.map((recipient) => ({
+            recipient,
+            status: "delivered" as const,
+            reply: { code: 250, enhanced: "2.0.0", text: "Discarded by route" },
+          })),
+        },
+        options,
+      );
   }
+}
+
+/** Local routes have no next-hop reply to wait for: their outcome is settled when they return. */
+function settled(result: DeliveryResult, options: DeliveryOptions): DeliveryResult {
+  options.onSettled?.(result);
+  return result;
 }
 
 /** MX delivery goes per recipient domain: each domain has its own exchangers. */

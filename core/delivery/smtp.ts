@@ -68,7 +68,18 @@ export interface SmtpDeliveryOptions {
   readonly connectionLimit?: number;
   /** AUTH (PLAIN/LOGIN, whichever the server offers) after EHLO; needs tls required or implicit. */
   readonly auth?: SmarthostCredentials;
+  /** Told each transaction's outcome the moment it is known (see `SettledListener`). */
+  readonly onSettled?: SettledListener;
 }
+
+/**
+ * Called synchronously with a transaction's per-recipient outcome as soon as the next hop's reply
+ * (or the loss of the connection) decides it, before anything else is sent on that connection and
+ * before the attempt's promise resolves. The queue writes its "delivered" marks here: a crash in
+ * the gap between a next hop's 250 and a mark written later would deliver the message again. It
+ * must not throw.
+ */
+export type SettledListener = (result: DeliveryResult) => void;
 
 /** Outgoing commands are written on one line each; these would break a command or forge another. */
 const UNSAFE_ADDRESS = /[\r\n<>]/;
@@ -388,6 +399,7 @@ function transact(
     const finish = (result: DeliveryResult, reusable: boolean, envelopeOpen: boolean, stale = false) => {
       if (settled) return;
       settled = true;
+      options.onSettled?.(result);
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
       link.handler = null;

@@ -15,7 +15,10 @@
  * ignored.
  *
  * Durability: `store` resolves only when its record, the segment and (for a large message) the
- * renamed body and its directory are fsynced. Writes of concurrent callers share one writev and
+ * renamed body and its directory are fsynced. State lines are appended with a synchronous `write`
+ * on the caller's own turn: once written, the operating system keeps them even if this process is
+ * killed the next moment, which is what keeps a message the next hop has just taken from being
+ * delivered again after a crash (`recordSettled`). Their fsync is batched (`update` waits for it). Writes of concurrent callers share one writev and
  * one fdatasync per file (group commit, notes §12: batching costs nothing measurable, a file and
  * an fsync per message +60 % CPU). A process writes only to segments it created: after a crash a
  * torn tail stays where it is and reading a segment stops at the first bad record (never one that
@@ -25,7 +28,7 @@
  * record appears in two segments (none does today; kept for forward compatibility with compaction)
  * is taken from the newer one.
  */
-import { createReadStream, type ReadStream } from "node:fs";
+import { createReadStream, type ReadStream, writeSync } from "node:fs";
 import {
   constants,
   type FileHandle,
@@ -111,16 +114,26 @@ function segmentName(seq: number): string {
 interface Appendable {
   readonly path: string;
   readonly handle: FileHandle;
+  /** Where the next group-committed write goes (segments; state files are appended to with `appendNow`). */
   offset: number;
   broken: boolean;
+}
+
+/** Appends at once with a `write` syscall; a file that took a short or failed write takes no more. */
+function appendNow(file: Appendable, bytes: Buffer): void {
+  if (file.broken) throw new SpoolUnavailable(`${file.path} failed before`);
+  try {
+    if (writeSync(file.handle.fd, bytes) !== bytes.length) throw new SpoolUnavailable(`short write to ${file.path}`);
+  } catch (error) {
+    file.broken = true;
+    throw error instanceof SpoolUnavailable ? error : new SpoolUnavailable(`${file.path}: ${(error as Error).message}`);
+  }
 }
 
 interface Write {
   readonly file: Appendable;
   readonly buffers: Buffer[];
   readonly dirs: readonly string[];
-  /** False: written with the batch but not worth an fsync of its own (see `complete`). */
-  readonly sync: boolean;
   resolve(offset: number): void;
   reject(error: Error): void;
 }
@@ -136,11 +149,16 @@ class GroupCommit {
   /** Flushes done and writes they covered, for tests and measurements. */
   readonly stats = { flushes: 0, writes: 0 };
 
-  write(file: Appendable, buffers: Buffer[], dirs: readonly string[] = [], sync = true): Promise<number> {
+  write(file: Appendable, buffers: Buffer[], dirs: readonly string[] = []): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.#pending.push({ file, buffers, dirs, sync, resolve, reject });
+      this.#pending.push({ file, buffers, dirs, resolve, reject });
       this.#flushing ??= this.#run();
     });
+  }
+
+  /** Resolves once what was already written to `file` is on disk (an fdatasync shared with the batch). */
+  async sync(file: Appendable): Promise<void> {
+    await this.write(file, []);
   }
 
   async #run(): Promise<void> {
@@ -169,11 +187,15 @@ class GroupCommit {
             offsets.set(write, at);
             at += write.buffers.reduce((n, b) => n + b.length, 0);
           }
-          const buffers = writes.flatMap((write) => write.buffers);
-          const { bytesWritten } = await file.handle.writev(buffers, start);
-          if (bytesWritten !== at - start) throw new SpoolUnavailable(`short write to ${file.path}`);
-          if (writes.some((write) => write.sync)) await file.handle.datasync();
-          file.offset = at;
+          if (at > start) {
+            const { bytesWritten } = await file.handle.writev(
+              writes.flatMap((write) => write.buffers),
+              start,
+            );
+            if (bytesWritten !== at - start) throw new SpoolUnavailable(`short write to ${file.path}`);
+            file.offset = at;
+          }
+          await file.handle.datasync();
         } catch (error) {
           // The bytes may be half on disk: nothing more is appended to this file.
           file.broken = true;
@@ -282,6 +304,8 @@ export class Spool {
    * is gone or has moved since is skipped when it comes up.
    */
   readonly #due = new FlatQueue<string>();
+  /** Messages whose done line `recordSettled` already wrote, so `complete` need not write another. */
+  readonly #doneRecorded = new Set<string>();
   #active: Segment | null = null;
   #rotating: Promise<Segment> | null = null;
   #nextSeq = 1;
@@ -436,12 +460,30 @@ export class Spool {
     }
   }
 
-  /** Records the current per-recipient state of a message (group-committed). */
+  /** Records the current per-recipient state of a message; resolves once it is fsynced (group-committed). */
   async update(entry: QueueEntry): Promise<void> {
     this.#forgetFresh(entry);
     this.schedule(entry);
-    const segment = this.#segments.get(entry.location.segment)!;
-    await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, false)]);
+    const file = await this.#stateFile(this.#segments.get(entry.location.segment)!);
+    appendNow(file, stateLine(entry, false));
+    await this.#commit.sync(file);
+  }
+
+  /**
+   * Writes down at once, before the caller does anything else, the recipients a next hop has just
+   * answered for (`entry.state` already says so): the message done when every recipient is
+   * delivered, else its state. Only a write, no fsync: the operating system keeps it when the
+   * process dies, and losing it in a power loss means a duplicate, never lost mail. Throws
+   * SpoolUnavailable when it cannot be written now (the delivery's later bookkeeping tries again).
+   */
+  recordSettled(entry: QueueEntry): void {
+    const id = entry.envelope.id;
+    if (!this.#entries.has(id)) return;
+    const file = this.#segments.get(entry.location.segment)!.state;
+    if (!file || file.broken) throw new SpoolUnavailable(`the state file of ${id} is not open`);
+    const done = entry.state.every((s) => s.status === "delivered");
+    appendNow(file, stateLine(entry, done));
+    if (done) this.#doneRecorded.add(id);
   }
 
   /** Marks a message done and frees its space; its segment goes once nothing in it is live. */
@@ -450,16 +492,16 @@ export class Spool {
     this.#forgetFresh(entry);
     if (!this.#entries.delete(id)) return;
     const segment = this.#segments.get(entry.location.segment)!;
-    // Losing this line in a power loss means delivering again (a duplicate), never losing mail; so it
-    // is written with the next batch but fsynced only when a store or update shares the file's flush.
-    await this.#commit.write(await this.#stateFile(segment), [stateLine(entry, true)], [], false);
+    // Not fsynced, like `recordSettled`'s marks: a lost done line means a duplicate, never lost mail.
+    if (!this.#doneRecorded.delete(id)) appendNow(await this.#stateFile(segment), stateLine(entry, true));
     if (entry.location.large) {
       const size = (await stat(join(this.largeDir, id)).catch(() => ({ size: 0 }))).size;
       await rm(join(this.largeDir, id), { force: true });
       this.#bytes -= size;
     }
     segment.live--;
-    if (segment.live === 0 && segment !== this.#active) await this.#dropSegment(segment);
+    // A segment still taking records (the active one, or one being retired) is never dropped here.
+    if (segment.live === 0 && segment.data === null) await this.#dropSegment(segment);
   }
 
   #forgetFresh(entry: QueueEntry): void {
@@ -557,23 +599,40 @@ export class Spool {
     };
     this.#segments.set(seq, segment);
     this.#active = segment;
-    if (active) {
-      await active.data?.handle.close().catch(() => undefined);
-      active.data = null;
-      if (active.live === 0) await this.#dropSegment(active);
-    }
+    if (active) void this.#retire(active);
+    // Open now: `recordSettled` must be able to write without waiting for an open.
+    await this.#stateFile(segment);
     return segment;
   }
 
-  /** The segment's state file, opened once however many callers ask at the same time. */
+  /**
+   * A segment that takes no more records. Stores that chose it before the rotation may still have
+   * writes queued in the group commit, and a record is live only once its write returned: so the
+   * file is closed, and dropped when nothing in it is live, only after a flush queued behind those
+   * writes. Closing it earlier made their fdatasync fail (452 for mail already written) and could
+   * delete a segment under a record about to be acknowledged.
+   */
+  async #retire(segment: Segment): Promise<void> {
+    const data = segment.data;
+    if (data) {
+      await this.#commit.sync(data).catch(() => undefined);
+      segment.data = null;
+      await data.handle.close().catch(() => undefined);
+    }
+    if (segment.live === 0) await this.#dropSegment(segment);
+  }
+
+  /**
+   * The segment's state file (opened with the segment, again after a failed write), opened once
+   * however many callers ask at the same time.
+   */
   #stateFile(segment: Segment): Promise<Appendable> {
     if (segment.state && !segment.state.broken) return Promise.resolve(segment.state);
     segment.opening ??= (async () => {
       const path = join(this.queueDir, `${segmentName(segment.seq)}.state`);
-      const handle = await open(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
-      const { size } = await handle.stat();
+      const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND, 0o600);
       await segment.state?.handle.close().catch(() => undefined);
-      segment.state = { path, handle, offset: size, broken: false };
+      segment.state = { path, handle, offset: 0, broken: false };
       return segment.state;
     })().finally(() => {
       segment.opening = null;
@@ -582,7 +641,7 @@ export class Spool {
   }
 
   async #dropSegment(segment: Segment): Promise<void> {
-    this.#segments.delete(segment.seq);
+    if (!this.#segments.delete(segment.seq)) return;
     await segment.data?.handle.close().catch(() => undefined);
     await segment.state?.handle.close().catch(() => undefined);
     const base = join(this.queueDir, segmentName(segment.seq));
@@ -662,6 +721,7 @@ export class Spool {
     }
     for (const segment of [...this.#segments.values()]) {
       if (segment.live === 0) await this.#dropSegment(segment);
+      else await this.#stateFile(segment);
     }
     for (const entry of this.#entries.values()) this.schedule(entry);
     if (this.#entries.size > 0) log.info({ messages: this.#entries.size }, "spool recovered");

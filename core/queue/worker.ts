@@ -11,6 +11,7 @@ import type { Logger } from "pino";
 import type { Clock } from "../contract/api.js";
 import { formatReply, type Reply } from "../contract/decision.js";
 import { type DeliveryOptions, deliverPlanned } from "../delivery/forward.js";
+import type { RecipientOutcome } from "../delivery/result.js";
 import type { Router } from "../delivery/routes.js";
 import type { GatewayObserver } from "../observability/observe.js";
 import { type BounceSettings, bouncePlan } from "./bounce-policy.js";
@@ -121,15 +122,9 @@ export class DeliveryWorker {
       const result = await deliverPlanned(envelope.from, pending, envelope.dsn, () => spool.content(entry), {
         ...settings.delivery,
         signal,
+        onSettled: (settled) => this.#settled(entry, settled.recipients),
       });
-      const now = clock.now();
-      const byAddress = new Map(result.outcomes.map((o) => [o.recipient, o]));
-      entry.state = envelope.recipients.map((recipient, i): RecipientState => {
-        const outcome = entry.state[i].status === "pending" ? byAddress.get(recipient.address) : undefined;
-        if (!outcome) return entry.state[i];
-        const status = outcome.status === "deferred" ? "pending" : outcome.status;
-        return { status, reply: outcome.reply, at: now, ...(outcome.nextHop ? { remoteMta: outcome.nextHop } : {}) };
-      });
+      applyOutcomes(entry, result.outcomes, clock.now());
       if (!signal.aborted) entry.attempts++;
       log.info(
         {
@@ -157,6 +152,21 @@ export class DeliveryWorker {
       );
     }
     await this.finish(entry);
+  }
+
+  /**
+   * A next hop has just answered for some recipients: what it took or refused is written down before
+   * anything else happens, so a crash from here on cannot deliver them again.
+   */
+  #settled(entry: QueueEntry, outcomes: readonly RecipientOutcome[]): void {
+    if (!outcomes.some((o) => o.status !== "deferred")) return;
+    applyOutcomes(entry, outcomes, this.options.clock.now());
+    try {
+      this.options.spool.recordSettled(entry);
+    } catch (error) {
+      // The attempt's own bookkeeping writes the outcome again when it ends.
+      this.options.log.error({ id: entry.envelope.id, err: (error as Error).message }, "delivery mark not written");
+    }
   }
 
   /** Every recipient is final: the DSN for the failures (if any) is stored, then the message goes. */
@@ -256,6 +266,17 @@ export class DeliveryWorker {
     });
     this.options.log.info({ event: "dsn", id: envelope.id, dsn: stored.envelope.id, to: envelope.from }, "DSN queued");
   }
+}
+
+/** The outcomes of an attempt on the recipients still pending: deferred ones stay pending. */
+function applyOutcomes(entry: QueueEntry, outcomes: readonly RecipientOutcome[], now: number): void {
+  const byAddress = new Map(outcomes.map((o) => [o.recipient, o]));
+  entry.state = entry.envelope.recipients.map((recipient, i): RecipientState => {
+    const outcome = entry.state[i].status === "pending" ? byAddress.get(recipient.address) : undefined;
+    if (!outcome) return entry.state[i];
+    const status = outcome.status === "deferred" ? "pending" : outcome.status;
+    return { status, reply: outcome.reply, at: now, ...(outcome.nextHop ? { remoteMta: outcome.nextHop } : {}) };
+  });
 }
 
 /** A deferral that ran out of time: the last reply stays the diagnosis, the status says why it ended. */

@@ -11,9 +11,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type BenchOptions, CONFIGS, formatBench, runBench } from "./bench.js";
+import { type BenchOptions, type ConfigName, formatBench, runBench } from "./bench.js";
 import { runIdle } from "./idle.js";
+import { postfixAvailable } from "./postfix.js";
 import { startSink } from "./sink.js";
+
+/** The Postfix peer has a smoke test of its own (it needs Postfix and root). */
+const GATEWAY_CONFIGS: ConfigName[] = ["direct", "relay", "edge"];
 
 const tiny: BenchOptions = {
   sessions: 2,
@@ -23,7 +27,7 @@ const tiny: BenchOptions = {
   warmup: 0,
   load: "node",
   sink: "lean",
-  configs: CONFIGS,
+  configs: GATEWAY_CONFIGS,
   logLevel: "warn",
   workers: 1,
 };
@@ -31,7 +35,7 @@ const tiny: BenchOptions = {
 test("one run measures (a), (b) and (c), and every message reaches the sink", async () => {
   const result = JSON.parse(JSON.stringify(await runBench(tiny)));
   assert.deepEqual(Object.keys(result.runs), ["direct", "relay", "edge"]);
-  for (const config of CONFIGS) {
+  for (const config of GATEWAY_CONFIGS) {
     const run = result.runs[config];
     assert.equal(run.delivered, 20, `${config}: ${run.errors.join("; ")}`);
     assert.equal(run.failed, 0);
@@ -109,4 +113,19 @@ test("idle connections: held open and measured", async () => {
   assert.equal(result.connections, 20);
   assert.equal(typeof result.kbPerConnection, "number");
   assert.ok(result.baselineRssMb > 0);
+});
+
+test("the Postfix peer: a private instance relays every message to the sink, its DNSBL lookups reach the bench's DNS", async () => {
+  const missing = postfixAvailable();
+  assert.equal(missing, null, `the Postfix leg cannot run here: ${missing}`);
+  const result = await runBench({ ...tiny, configs: ["direct", "postfix"] });
+  const run = result.runs.postfix!;
+  assert.equal(run.delivered, 20, run.errors.join("; "));
+  assert.equal(run.failed, 0);
+  assert.match(
+    run.peer ?? "",
+    /^Postfix [\d.]+: postscreen \(pregreet test\), DNSBL bl\.bench\.test, bl2\.bench\.test \(([1-9]\d*) DNS queries relayed\)/,
+  );
+  assert.equal(typeof result.ratios.postfix, "number");
+  assert.match(formatBench(result), /Postfix peer: Postfix /);
 });

@@ -4,24 +4,29 @@
  * One run measures, under the same load and against the same sink:
  *   (a) client → sink, the ceiling (before each gateway run and after the last; the median counts);
  *   (b) client → gateway (plain relay, proxy mode) → sink;
- *   (c) client → gateway (the edge policy as far as it exists) → sink.
+ *   (c) client → gateway (the edge policy as far as it exists) → sink;
+ *   (p) client → a private Postfix (postscreen, DNSBL, FCrDNS, its fsynced queue) → sink, when
+ *       Postfix can run here (test/bench/postfix.ts): the peer (c) is measured against.
  * Throughput is end to end: the clock stops when the sink has counted every message, which also
  * holds once queue mode answers 250 before delivering.
  */
+import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import { startDnsServer } from "../../core/testing/dns-server.js";
-import { startGatewayProcess } from "./gateway-process.js";
+import { type ProcessStats, startGatewayProcess } from "./gateway-process.js";
 import { type LoadOptions, type LoadResult, runNodeLoad, runSmtpSource } from "./load.js";
 import { BENCH, benchMail } from "./mail.js";
 import { type EdgePart, edgePolicy, type PolicySettings, queuePart, relayPolicy } from "./policies.js";
+import { type PostfixPeer, postfixAvailable, startPostfixPeer } from "./postfix.js";
 import { type ProfileSummary, summarizeProfile } from "./profile.js";
 import { findProgram, type SinkKind, type SinkProcess, startSinkProcess } from "./sink-process.js";
 
-export type ConfigName = "direct" | "relay" | "edge";
-export const CONFIGS: readonly ConfigName[] = ["direct", "relay", "edge"];
+export type ConfigName = "direct" | "relay" | "edge" | "postfix";
+export const CONFIGS: readonly ConfigName[] = ["direct", "relay", "edge", "postfix"];
 
 export interface BenchOptions {
   readonly sessions: number;
@@ -40,6 +45,14 @@ export interface BenchOptions {
   readonly profileDir?: string;
   /** Gateway worker processes (`server.workers`); CPU and RSS are summed over all of them. */
   readonly workers: number;
+  /**
+   * CPUs (`taskset -c` lists) for the gateway (and the Postfix peer), and for everything else: the
+   * bench process with its load generator, the sink and smtp-source. Unset: the OS schedules.
+   */
+  readonly gatewayCpus?: string;
+  readonly loadCpus?: string;
+  /** Build the package (`npm run build`) and run the gateway from dist/, as production does. */
+  readonly compiled?: boolean;
 }
 
 export interface LatencySummary {
@@ -65,6 +78,8 @@ export interface RunResult {
     readonly cpuMsPerMessage: number;
   } | null;
   readonly edgePolicy?: EdgePart[];
+  /** (p) only: the Postfix version and what it checks. */
+  readonly peer?: string;
   readonly profile?: ProfileSummary;
   /** (a) only: msg/s of each of its measurements, in order; the run shown is the median one. */
   readonly samples?: number[];
@@ -79,8 +94,15 @@ export interface BenchResult {
   };
   readonly options: BenchOptions & { readonly messageBytes: number };
   readonly runs: Partial<Record<ConfigName, RunResult>>;
-  /** Throughput of (b) and (c) as a share of (a). */
-  readonly ratios: { readonly relay: number | null; readonly edge: number | null };
+  /** Throughput of (b), (c) and (p) as a share of (a), and of (c) as a multiple of (p). */
+  readonly ratios: {
+    readonly relay: number | null;
+    readonly edge: number | null;
+    readonly postfix: number | null;
+    readonly edgeToPostfix: number | null;
+  };
+  /** Why the Postfix peer was left out of a run that asked for it by default. */
+  readonly postfixSkipped?: string;
   /** Gateway runs' latency percentiles minus those of (a). */
   readonly addedLatencyMs: { readonly relay: LatencySummary | null; readonly edge: LatencySummary | null };
 }
@@ -89,6 +111,7 @@ const LABELS: Record<ConfigName, string> = {
   direct: "(a) client → sink",
   relay: "(b) client → gateway (plain relay, proxy) → sink",
   edge: "(c) client → gateway (edge policy) → sink",
+  postfix: "(p) client → Postfix peer → sink",
 };
 
 export async function runBench(
@@ -96,12 +119,21 @@ export async function runBench(
   progress: (line: string) => void = () => {},
 ): Promise<BenchResult> {
   const loadAtStart = loadavg()[0];
+  // Every thread of this process; the sink, smtp-source and the gateway inherit it unless pinned themselves.
+  if (options.loadCpus) execFileSync("taskset", ["-a", "-p", "-c", options.loadCpus, String(process.pid)]);
+  if (options.compiled) {
+    progress("building the package (npm run build) …");
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("../..", import.meta.url)) });
+  }
   const dir = await mkdtemp(join(tmpdir(), "portcullis-bench-"));
   const mail = await benchMail(options.size);
   const smtpSource = options.load === "smtp-source" ? findProgram("smtp-source") : null;
   if (options.load === "smtp-source" && !smtpSource)
     throw new Error("bench: --load smtp-source, but smtp-source is not installed");
   const dns = await startDnsServer(mail.zone);
+  const postfixSkipped = options.configs.includes("postfix") ? postfixAvailable() : null;
+  if (postfixSkipped) progress(`(p) Postfix peer left out: ${postfixSkipped}`);
+  const configs = postfixSkipped ? options.configs.filter((config) => config !== "postfix") : options.configs;
   let sink: SinkProcess | undefined;
   const runs: Partial<Record<ConfigName, RunResult>> = {};
   try {
@@ -126,9 +158,9 @@ export async function runBench(
     // (a) lasts about a second, so a passing disturbance moves it a lot: it is measured before each
     // gateway run and after the last, and the median is the baseline (the higher middle one of an
     // even count, which gives the smaller ratios).
-    const gatewayConfigs = options.configs.filter((config) => config !== "direct");
+    const gatewayConfigs = configs.filter((config) => config !== "direct");
     const baseline: RunResult[] = [];
-    const withDirect = options.configs.includes("direct");
+    const withDirect = configs.includes("direct");
     for (const config of gatewayConfigs) {
       if (withDirect) baseline.push(await measure("direct"));
       runs[config] = await measure(config);
@@ -145,8 +177,9 @@ export async function runBench(
     await rm(dir, { recursive: true, force: true });
   }
   const direct = runs.direct;
-  const ratio = (run: RunResult | undefined) =>
-    direct && run && direct.msgPerSec > 0 ? round(run.msgPerSec / direct.msgPerSec, 3) : null;
+  const share = (run: RunResult | undefined, of: RunResult | undefined) =>
+    of && run && of.msgPerSec > 0 ? round(run.msgPerSec / of.msgPerSec, 3) : null;
+  const ratio = (run: RunResult | undefined) => share(run, direct);
   const added = (run: RunResult | undefined): LatencySummary | null =>
     direct?.latencyMs && run?.latencyMs
       ? {
@@ -162,8 +195,14 @@ export async function runBench(
     },
     options: { ...options, messageBytes: mail.message.length },
     runs: Object.fromEntries(CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
-    ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge) },
+    ratios: {
+      relay: ratio(runs.relay),
+      edge: ratio(runs.edge),
+      postfix: ratio(runs.postfix),
+      edgeToPostfix: share(runs.edge, runs.postfix),
+    },
     addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge) },
+    ...(postfixSkipped ? { postfixSkipped } : {}),
   };
 }
 
@@ -178,13 +217,25 @@ interface RunContext {
 async function runConfig(config: ConfigName, options: BenchOptions, context: RunContext): Promise<RunResult> {
   const { sink } = context;
   let edgeParts: EdgePart[] | undefined;
-  let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
+  let gateway: { stats(): ProcessStats; stop(): Promise<void> } | undefined;
+  let postfixPeer: PostfixPeer | undefined;
   // One folder per run: every thread writes its own profile (tsx's loader runs in a worker).
   const profileDir = options.profileDir ? join(options.profileDir, `${config}-${process.pid}`) : undefined;
   const edgeSpool = join(context.dir, "spool-edge");
   try {
     let port = sink.port;
-    if (config !== "direct") {
+    if (config === "postfix") {
+      const postfix = await startPostfixPeer({
+        sinkPort: sink.port,
+        dns: context.settings.dns,
+        dnsblZones: BENCH.dnsblZones,
+        relayDomain: BENCH.recipientDomain,
+        cpus: options.gatewayCpus,
+      });
+      gateway = postfix;
+      port = postfix.port;
+      postfixPeer = postfix;
+    } else if (config !== "direct") {
       const policyFile = join(context.dir, `${config}.yaml`);
       let text: string;
       if (config === "edge") {
@@ -195,13 +246,16 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         text = relayPolicy(context.settings);
       }
       await writeFile(policyFile, text);
-      gateway = await startGatewayProcess({
+      const started = await startGatewayProcess({
         policyFile,
         dns: context.settings.dns,
         logFile: join(context.dir, `${config}.log`),
         profileDir,
+        cpus: options.gatewayCpus,
+        compiled: options.compiled,
       });
-      port = gateway.port;
+      gateway = started;
+      port = started.port;
     }
     const load = (messages: number): Promise<LoadResult> => {
       const loadOptions: LoadOptions = {
@@ -230,6 +284,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
     const elapsedMs = performance.now() - started;
     const delivered = (await sink.count()) - before;
     const stats = gateway?.stats();
+    const peer = postfixPeer?.description();
     return {
       config,
       label: LABELS[config],
@@ -246,7 +301,8 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
             cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
           }
         : null,
-      ...(await stopAndProfile(gateway, profileDir)),
+      ...(await stopAndProfile(gateway, config === "postfix" ? undefined : profileDir)),
+      ...(peer ? { peer } : {}),
       ...(edgeParts ? { edgePolicy: [...edgeParts, await queuePart(edgeSpool)] } : {}),
     };
   } finally {
@@ -298,8 +354,10 @@ export function formatRun(run: RunResult): string {
   const parts = [`${String(run.msgPerSec).padStart(6)} msg/s`];
   if (run.samples && run.samples.length > 1) parts.push(`(median of ${run.samples.join(", ")})`);
   if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
-  if (run.gateway)
-    parts.push(`gateway peak RSS ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+  if (run.gateway) {
+    const rss = run.config === "postfix" ? "RSS summed over its processes" : "gateway peak RSS";
+    parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+  }
   if (run.delivered !== run.messages || run.failed > 0) {
     parts.push(`PROBLEM: ${run.delivered}/${run.messages} delivered, ${run.failed} failed: ${run.errors.join("; ")}`);
   }
@@ -312,7 +370,10 @@ export function formatBench(result: BenchResult): string {
     `Portcullis relay benchmark: ${o.sessions} sessions, ${o.messages} messages of ${o.messageBytes} bytes, ` +
       `${o.perConnection === 1 ? "one message per connection" : `${o.perConnection} messages per connection`}, ` +
       `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}` +
-      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : ""),
+      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : "") +
+      (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
+      (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : "") +
+      `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}`,
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];
@@ -321,9 +382,16 @@ export function formatBench(result: BenchResult): string {
     if (run) lines.push(run.label, `    ${formatRun(run)}`);
   }
   lines.push("");
-  const ratio = (value: number | null, target: number) =>
-    value === null ? "n/a" : `${value.toFixed(3)} (target ≥ ${target})`;
-  lines.push(`ratios: b/a ${ratio(result.ratios.relay, 0.15)}, c/a ${ratio(result.ratios.edge, 0.1)}`);
+  const ratio = (value: number | null, target?: number) =>
+    value === null ? "n/a" : `${value.toFixed(3)}${target === undefined ? "" : ` (target ≥ ${target})`}`;
+  lines.push(`ratios: b/a ${ratio(result.ratios.relay, 0.25)}, c/a ${ratio(result.ratios.edge, 0.1)}`);
+  if (result.runs.postfix) {
+    lines.push(
+      `Postfix peer: ${result.runs.postfix.peer}; p/a ${ratio(result.ratios.postfix)}, c/p ${ratio(result.ratios.edgeToPostfix, 1.5)}`,
+    );
+  } else if (result.postfixSkipped) {
+    lines.push(`Postfix peer: left out (${result.postfixSkipped})`);
+  }
   const added = (value: LatencySummary | null) => (value ? `p50 +${value.p50} ms, p99 +${value.p99} ms` : "n/a");
   lines.push(
     `latency added by the gateway: (b) ${added(result.addedLatencyMs.relay)}; (c) ${added(result.addedLatencyMs.edge)}`,

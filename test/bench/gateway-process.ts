@@ -8,6 +8,8 @@ import { closeSync, openSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const CLI = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
+/** The CLI as the published package runs it: compiled by `npm run build`, no tsx in the process. */
+export const COMPILED_CLI = fileURLToPath(new URL("../../dist/app/cli.js", import.meta.url));
 const LISTENING = /^portcullis: listening on (\S+):(\d+)/m;
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 15_000;
@@ -21,6 +23,10 @@ export interface GatewayProcessOptions {
   readonly profileDir?: string;
   /** Extra environment, e.g. a larger libuv thread pool. */
   readonly env?: Record<string, string>;
+  /** Run on these CPUs only (`taskset -c`, e.g. "1" or "0,1"); its workers inherit them. */
+  readonly cpus?: string;
+  /** Run the compiled CLI (`COMPILED_CLI`) instead of the sources through tsx. */
+  readonly compiled?: boolean;
 }
 
 export interface ProcessStats {
@@ -43,11 +49,21 @@ export interface GatewayProcess {
 export async function startGatewayProcess(options: GatewayProcessOptions): Promise<GatewayProcess> {
   const profile = options.profileDir ? ["--cpu-prof", "--cpu-prof-dir", options.profileDir] : [];
   const log = openSync(options.logFile, "a");
-  const child = spawn(
+  const command = [
     process.execPath,
-    [...profile, CLI, "start", "--policy", options.policyFile, "--listen", "127.0.0.1:0", "--dns", options.dns],
-    { stdio: ["ignore", log, "pipe"], env: { ...process.env, ...options.env } },
-  );
+    ...profile,
+    options.compiled ? COMPILED_CLI : CLI,
+    "start",
+    "--policy",
+    options.policyFile,
+    "--listen",
+    "127.0.0.1:0",
+    "--dns",
+    options.dns,
+  ];
+  // taskset execs the command, so the child's pid is the gateway's.
+  const [program, ...args] = options.cpus ? ["taskset", "-c", options.cpus, ...command] : command;
+  const child = spawn(program, args, { stdio: ["ignore", log, "pipe"], env: { ...process.env, ...options.env } });
   closeSync(log);
   let stderr = "";
   const exited = once(child, "exit");

@@ -20,7 +20,10 @@ const USAGE = `usage: npm run bench -- [options]
   --quick              a small run (1000 messages, 200 warm-up)
   --json               print the result as JSON on stdout
   --idle N             instead: hold N idle connections and report RSS per connection
-  --workers N          run the gateway with server.workers: N (default 1)`;
+  --workers N          run the gateway with server.workers: N (default 1)
+  --gateway-cpus LIST  pin the gateway (and the Postfix peer) to these CPUs (taskset -c, e.g. 1)
+  --load-cpus LIST     pin the load generator and the sink to these CPUs (e.g. 0)
+  --compiled           build the package (npm run build) and run the gateway from dist/`;
 
 const { values } = parseArgs({
   options: {
@@ -38,6 +41,9 @@ const { values } = parseArgs({
     json: { type: "boolean", default: false },
     idle: { type: "string" },
     workers: { type: "string" },
+    "gateway-cpus": { type: "string" },
+    "load-cpus": { type: "string" },
+    compiled: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -53,6 +59,12 @@ function oneOf<T extends string>(name: string, text: string | undefined, allowed
   if (text === undefined) return fallback;
   if (!allowed.includes(text as T)) usage(`--${name} is one of ${allowed.join(", ")}, not "${text}"`);
   return text as T;
+}
+
+function cpuList(name: string, text: string | undefined): string | undefined {
+  if (text !== undefined && !/^\d+([-,]\d+)*$/.test(text))
+    usage(`--${name} needs a CPU list such as 1 or 0,1, not "${text}"`);
+  return text;
 }
 
 function usage(problem: string): never {
@@ -88,6 +100,9 @@ if (values.idle !== undefined) {
     logLevel: oneOf("log-level", values["log-level"], ["trace", "debug", "info", "warn", "error", "silent"], "info"),
     profileDir: values.profile,
     workers: Math.max(1, count("workers", values.workers, 1)),
+    gatewayCpus: cpuList("gateway-cpus", values["gateway-cpus"]),
+    loadCpus: cpuList("load-cpus", values["load-cpus"]),
+    compiled: values.compiled,
   };
   const result = await runBench(options, progress);
   if (values.json) {

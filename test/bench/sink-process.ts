@@ -113,7 +113,7 @@ async function startPostfixSink(): Promise<SinkProcess> {
   await waitForListener(
     port,
     () => child.exitCode !== null,
-    () => stderr,
+    () => `smtp-sink did not start: ${stderr}`,
   );
   return {
     port,
@@ -129,7 +129,7 @@ async function startPostfixSink(): Promise<SinkProcess> {
 }
 
 /** A port that was free a moment ago (smtp-sink cannot report one the OS picked). */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const server = createServer().listen(0, "127.0.0.1");
   await once(server, "listening");
   const { port } = server.address() as AddressInfo;
@@ -137,7 +137,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function waitForListener(port: number, dead: () => boolean, why: () => string): Promise<void> {
+export async function waitForListener(port: number, dead: () => boolean, why: () => string): Promise<void> {
   for (let attempt = 0; attempt < 100; attempt++) {
     if (dead()) break;
     const ok = await new Promise<boolean>((resolve) => {
@@ -150,7 +150,7 @@ async function waitForListener(port: number, dead: () => boolean, why: () => str
     if (ok) return;
     await new Promise((done) => setTimeout(done, 50));
   }
-  throw new Error(`bench: smtp-sink did not start: ${why().trim()}`);
+  throw new Error(`bench: nothing listens on 127.0.0.1:${port}: ${why().trim()}`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url) && process.send) {

@@ -175,4 +175,22 @@ describe("Spool", () => {
     await writeFile(join(dir, "lock"), `${process.ppid}\n`);
     await assert.rejects(Spool.open(dir, { log }), /in use by process/);
   });
+
+  it("rotates segments under a steady stream of stores without failing one, and keeps every record across a restart", async () => {
+    const dir = await spoolDir();
+    // Every flush fills a segment, so stores keep arriving while writes to the one just left are in flight.
+    const spool = await Spool.open(dir, { log, segmentBytes: 1 });
+    const stores: Array<Promise<unknown>> = [];
+    for (let n = 0; n < 200; n++) {
+      stores.push(spool.store(input(n)));
+      if (n % 10 === 9) await new Promise((resolve) => setImmediate(resolve));
+    }
+    const outcomes = await Promise.allSettled(stores);
+    const failures = outcomes.flatMap((o) => (o.status === "rejected" ? [(o.reason as Error).message] : []));
+    assert.deepEqual(failures, []);
+    await spool.close();
+    const reopened = await Spool.open(dir, { log });
+    assert.equal(reopened.entries().length, 200);
+    await reopened.close();
+  });
 });
