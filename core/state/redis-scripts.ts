@@ -63,7 +63,13 @@ return out
 export const REFUND = `${PRELUDE}
 local tat = tonumber(redis.call('HGET', KEYS[1], 'tat'))
 if not tat then return 0 end
-redis.call('HSET', KEYS[1], 'tat', fmt(tat - tonumber(ARGV[1]) * tonumber(ARGV[2])))
+tat = tat - tonumber(ARGV[1]) * tonumber(ARGV[2])
+-- A bucket full again is no record at all, as CONSUME lets it expire when full.
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+end
 return 1
 `;
 
