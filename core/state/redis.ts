@@ -205,11 +205,11 @@ export class RedisStore implements StateStore {
    * Waits for a connection attempt under way (the first one after start, typically), so a gateway
    * does not defer its first clients for nothing; between attempts of an outage it fails fast.
    */
-  #attempt(): Promise<unknown> | undefined {
-    const redis = this.#redis;
-    if (!redis) return this.#client;
+  async #attempt(): Promise<void> {
+    // The first operations may come before ioredis is loaded; the connection starts right after.
+    const redis = this.#redis ?? (await this.#client);
     const status = redis.status;
-    if (status !== "wait" && status !== "connecting" && status !== "connect") return undefined;
+    if (status !== "wait" && status !== "connecting" && status !== "connect") return;
     this.#connecting ??= once(redis, "ready", { signal: AbortSignal.timeout(this.#connectTimeoutMs) })
       .then(
         () => undefined,
@@ -218,7 +218,7 @@ export class RedisStore implements StateStore {
       .finally(() => {
         this.#connecting = null;
       });
-    return this.#connecting;
+    await this.#connecting;
   }
 
   /**
