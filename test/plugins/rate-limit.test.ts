@@ -513,8 +513,10 @@ describe("rate limits on a Redis Cluster", () => {
     cluster = await startRedisCluster();
     const nodes = `{ cluster: { nodes: [${cluster.nodes.map((url) => `"${url}"`).join(", ")}] } }`;
     // A second limit puts two buckets, on two slots, in every step's batch.
+    // A store timeout of a second: on a shared test machine a slow answer must not pass for an outage.
     const text = policy(nodes, {
       rate: `${L}/1h`,
+      timeout: "1s",
       also: `{ key: sender.domain, count: messages, rate: ${DOMAIN_RATE}/1h }`,
     });
     gateways = await Promise.all([startGateway(text), startGateway(text)]);
@@ -545,7 +547,7 @@ describe("rate limits on a Redis Cluster", () => {
     );
     // The sender's domain paid for accepted mail only: what a refused transaction's batch took
     // from it on its own slot was given back.
-    store = new RedisStore({ cluster: cluster.nodes, log: pino({ level: "silent" }) });
+    store = new RedisStore({ cluster: cluster.nodes, log: pino({ level: "silent" }), commandTimeoutMs: 1000 });
     const report = await store.inspect(`sender.domain/messages/${DOMAIN_RATE}/1h:sender.test`);
     assert.equal(report.bucket?.remaining, DOMAIN_RATE - L);
   });
@@ -565,7 +567,8 @@ describe("rate limits on a Sentinel-watched Redis", () => {
   test("the primary killed mid-run: 451 4.3.0 meanwhile, then the limit goes on from the promoted replica", async () => {
     const sentinels = sentinel.sentinels.map((address) => `"${address}"`).join(", ");
     const store = `{ sentinel: { sentinels: [${sentinels}], name: ${sentinel.name} } }`;
-    gw = await startGateway(policy(store, { rate: "5/1h", timeout: "300ms" }));
+    // A store timeout of a second: on a shared test machine a slow answer must not pass for an outage.
+    gw = await startGateway(policy(store, { rate: "5/1h", timeout: "1s" }));
     const port = gw.port;
     assert.deepEqual([await send(port, "203.0.113.30"), await send(port, "203.0.113.30")], [250, 250]);
     await sentinel.replicated();
