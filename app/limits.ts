@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { pino } from "pino";
-import { RedisStore } from "../core/state/create.js";
+import { RedisStore, redisTarget } from "../core/state/create.js";
 import { loadPolicy } from "./catalogue.js";
 
 const USAGE = "usage: portcullis limits show|reset KEY --policy FILE";
@@ -21,11 +21,15 @@ export async function limitsCommand(args: string[]): Promise<number> {
   if (config.state.store === "memory") {
     process.stderr.write(
       `portcullis: ${values.policy} keeps limits in memory, inside each gateway process; ` +
-        "`limits` reads a shared store (state.store: { redis: URL })\n",
+        "`limits` reads a shared store (state.store: { redis: URL }, { cluster: … } or { sentinel: … })\n",
     );
     return 1;
   }
-  const store = new RedisStore({ url: config.state.store.redis, log: pino({ level: "silent" }) });
+  const store = new RedisStore({
+    ...redisTarget(config.state.store),
+    log: pino({ level: "silent" }),
+    commandTimeoutMs: config.state.timeout,
+  });
   try {
     if (action === "reset") {
       const found = await store.reset(key);

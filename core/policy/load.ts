@@ -375,8 +375,30 @@ function reportIssues(
       }
       continue;
     }
+    const branch = issue.code === "invalid_union" ? onlyBranchOfItsKind(issue.errors) : undefined;
+    if (branch) {
+      const within = branch.map((inner) => ({ ...inner, path: [...issue.path, ...inner.path] }));
+      reportIssues(within, base, schema, doc, report, prefix, extraKeys);
+      continue;
+    }
     report(path, prefix + issueMessage(issue, path, doc));
   }
+}
+
+/**
+ * The one branch of a failed union that took the value's kind (the mapping of `{ sentinel: … }`
+ * against `"memory" | { … }`), whose own problems say more, and where, than "expected one of".
+ * Undefined when several or none did.
+ */
+function onlyBranchOfItsKind(
+  branches: readonly (readonly z.core.$ZodIssue[])[],
+): readonly z.core.$ZodIssue[] | undefined {
+  const rejectsKind = (issues: readonly z.core.$ZodIssue[]) =>
+    issues.length === 1 &&
+    issues[0].path.length === 0 &&
+    (issues[0].code === "invalid_type" || issues[0].code === "invalid_value");
+  const taken = branches.filter((issues) => !rejectsKind(issues));
+  return taken.length === 1 ? taken[0] : undefined;
 }
 
 function issueMessage(issue: z.core.$ZodIssue, path: readonly PathKey[], doc: Document): string {
@@ -425,8 +447,9 @@ function describeValue(value: unknown): string {
 
 /** The keys an object schema allows at `path`, looking through defaults, optionals and transforms. */
 function objectKeysAt(schema: z.core.$ZodType, path: readonly PathKey[]): string[] | undefined {
-  let current = unwrap(schema);
+  let current = onlyMapping(unwrap(schema));
   for (const key of path) {
+    current = onlyMapping(current);
     const def = current._zod.def as unknown as Record<string, unknown>;
     if (def.type === "object") {
       const next = (def.shape as Record<string, z.core.$ZodType>)[String(key)];
@@ -440,8 +463,16 @@ function objectKeysAt(schema: z.core.$ZodType, path: readonly PathKey[]): string
       return undefined;
     }
   }
-  const def = current._zod.def as unknown as Record<string, unknown>;
+  const def = onlyMapping(current)._zod.def as unknown as Record<string, unknown>;
   return def.type === "object" ? Object.keys(def.shape as object) : undefined;
+}
+
+/** A union with one mapping among its options (`"memory" | { redis, cluster, sentinel }`) stands for that mapping here. */
+function onlyMapping(schema: z.core.$ZodType): z.core.$ZodType {
+  const def = schema._zod.def as unknown as Record<string, unknown>;
+  if (def.type !== "union") return schema;
+  const mappings = (def.options as z.core.$ZodType[]).map(unwrap).filter((option) => option._zod.def.type === "object");
+  return mappings.length === 1 ? mappings[0] : schema;
 }
 
 function unwrap(schema: z.core.$ZodType): z.core.$ZodType {

@@ -321,13 +321,90 @@ const Dns = z.strictObject({
   cacheSize: z.int().nonnegative().default(50_000).describe("answers kept in the shared DNS cache (0 = no cache)"),
 });
 
+const RedisCluster = z
+  .strictObject({
+    nodes: z
+      .array(RedisUrl)
+      .min(1)
+      .describe(
+        'some nodes of the Redis Cluster as redis:// (rediss:// for TLS) URLs; the others are discovered, e.g. ["redis://10.0.2.5:6379"]',
+      ),
+  })
+  .superRefine(({ nodes }, ctx) => {
+    // One set of credentials and one scheme reach every node, discovered ones included.
+    const urls = nodes.map((text) => URL.parse(text));
+    const access = (url: URL) => `${url.protocol}//${url.username}:${url.password}`;
+    urls.forEach((url, index) => {
+      if (!url || !urls[0]) return;
+      if (access(url) !== access(urls[0])) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["nodes", index],
+          message: "every node needs the scheme and credentials of the first: the client uses one set for all",
+        });
+      }
+      if (!/^\/?0?$/.test(url.pathname)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["nodes", index],
+          message: `a Redis Cluster has only database 0: write "${url.protocol}//${url.host}"`,
+        });
+      }
+    });
+  });
+
+const RedisSentinel = z.strictObject({
+  sentinels: z
+    .array(HostPort)
+    .min(1)
+    .describe('the Sentinels as host:port, e.g. ["10.0.2.5:26379", "10.0.2.6:26379", "10.0.2.7:26379"]'),
+  name: z.string().min(1).describe('the name the Sentinels monitor the primary under, e.g. "mymaster"'),
+  db: z.int().nonnegative().default(0).describe("the database number on the primary"),
+});
+
+const SHARED_STORES = ["redis", "cluster", "sentinel"] as const;
+
+/**
+ * The shared store: exactly one of its keys. One object with optional keys rather than a union of
+ * three objects, so a mistake inside one (a typo, a bad address) is reported where it is, not as
+ * "matches none of the shapes".
+ */
+const SharedStore = z
+  .strictObject({
+    redis: RedisUrl.optional().describe("one Redis server: a redis:// or rediss:// URL"),
+    cluster: RedisCluster.optional().describe("a Redis Cluster"),
+    sentinel: RedisSentinel.optional().describe("a primary watched by Redis Sentinel, followed across failovers"),
+  })
+  .superRefine((store, ctx) => {
+    const given = SHARED_STORES.filter((key) => store[key] !== undefined);
+    if (given.length !== 1) {
+      ctx.addIssue({
+        code: "custom",
+        message: `give exactly one of redis, cluster or sentinel${given.length > 1 ? `, not ${given.join(" and ")}` : ""}`,
+      });
+    }
+  })
+  .transform(
+    (store) =>
+      store as
+        | { redis: string }
+        | { cluster: z.output<typeof RedisCluster> }
+        | { sentinel: z.output<typeof RedisSentinel> },
+  );
+
 const State = z.strictObject({
   store: z
-    .union([z.literal("memory"), z.strictObject({ redis: RedisUrl.describe("redis:// or rediss:// URL") })], {
-      error: 'expected "memory" or { redis: "redis://127.0.0.1:6379/0" }',
+    .union([z.literal("memory"), SharedStore], {
+      error:
+        'expected "memory", { redis: "redis://127.0.0.1:6379/0" }, { cluster: { nodes: [URL, …] } } or { sentinel: { sentinels: [HOST:PORT, …], name: NAME } }',
     })
     .default("memory")
-    .describe("where counters (rate limits, greylisting) live: memory (one gateway) or Redis (shared by a cluster)"),
+    .describe(
+      "where counters (rate limits, greylisting) live: memory (one gateway), or Redis shared by several gateways: one server, a Redis Cluster, or a Sentinel-watched primary",
+    ),
+  timeout: Duration.prefault("250ms").describe(
+    'how long a check waits for Redis before applying onStoreError, e.g. "250ms" (a failover takes longer: checks apply onStoreError meanwhile)',
+  ),
   onStoreError: z
     .enum(["defer", "allow"])
     .default("defer")

@@ -55,6 +55,24 @@ end
 return out
 `;
 
+/**
+ * KEYS[1]: a bucket. ARGV: intervalMs, cost. Gives back units a CONSUME took: on a cluster the
+ * buckets of one batch may sit in different slots, each consumed by its own script, and a blocking
+ * request refused in one slot takes back what the others wrote. Returns 1 when the bucket existed.
+ */
+export const REFUND = `${PRELUDE}
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat'))
+if not tat then return 0 end
+tat = tat - tonumber(ARGV[1]) * tonumber(ARGV[2])
+-- A bucket full again is no record at all, as CONSUME lets it expire when full.
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+end
+return 1
+`;
+
 /** KEYS[1]: counter. ARGV: by, windowMs. Returns { count, resetInMs }. */
 export const INCREMENT = `
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])

@@ -1,16 +1,23 @@
 /**
  * The shared store: state in Redis, so every gateway of a cluster enforces the same limits. Each
- * read-modify-write is one Lua script timed by the Redis server's clock.
+ * read-modify-write is one Lua script timed by the Redis server's clock. Redis is one server, a
+ * Sentinel-watched primary (the client follows failovers), or a Redis Cluster (keys carry hash
+ * tags, core/state/keys.ts, so each script's keys share a slot).
  *
  * An outage must never stall SMTP: the offline queue is off (a command fails at once while
  * disconnected), commands time out quickly, and ioredis keeps reconnecting in the background, so
  * the store recovers by itself when Redis is back. Failures surface as StoreUnavailableError.
+ *
+ * ioredis is imported when a store is created, not with this module: it costs tens of megabytes
+ * of memory, which a gateway on the memory store should not pay.
  */
 import { once } from "node:events";
-import { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "pino";
+import { parseHostPort } from "../toolkit/netaddr.js";
 import { gcra } from "./arithmetic.js";
-import { ACQUIRE_SLOT, CONSUME, GREYLIST, INCREMENT, INSPECT, RELEASE_SLOT } from "./redis-scripts.js";
+import { REDIS_KINDS, redisKey } from "./keys.js";
+import { ACQUIRE_SLOT, CONSUME, GREYLIST, INCREMENT, INSPECT, REFUND, RELEASE_SLOT } from "./redis-scripts.js";
 import {
   type BucketRequest,
   type BucketResult,
@@ -25,9 +32,11 @@ import {
 } from "./types.js";
 
 type Reply = string | number | null;
+type Client = Redis | Cluster;
 
 interface Scripts {
   pcConsume(numberOfKeys: number, ...keysAndArgs: Array<string | number>): Promise<Reply[][]>;
+  pcRefund(key: string, intervalMs: number, cost: number): Promise<number>;
   pcIncrement(key: string, by: number, windowMs: number): Promise<[number, number]>;
   pcAcquireSlot(key: string, holder: string, max: number, leaseMs: number): Promise<[number, number]>;
   pcReleaseSlot(key: string, holder: string): Promise<number>;
@@ -35,61 +44,151 @@ interface Scripts {
   pcInspect(...keys: string[]): Promise<Reply[]>;
 }
 
-export interface RedisStoreOptions {
-  readonly url: string;
+/** Where the Redis is: one server by URL, a Redis Cluster by some of its nodes, or a Sentinel-watched primary. */
+export type RedisTarget =
+  | { readonly url: string }
+  | {
+      /** redis:// or rediss:// URLs of some nodes (the client discovers the others); credentials and TLS are the first node's. */
+      readonly cluster: readonly string[];
+    }
+  | {
+      readonly sentinel: {
+        /** The Sentinels as host:port. */
+        readonly sentinels: readonly string[];
+        /** The name the Sentinels monitor the primary under. */
+        readonly name: string;
+        readonly db?: number;
+      };
+    };
+
+export type RedisStoreOptions = RedisTarget & {
   readonly log: Logger;
   readonly onStoreError?: StoreErrorPolicy;
-  /** Per-command deadline; a hook waits at most this long for the store. */
+  /** Per-operation deadline; a hook waits at most this long for the store. */
   readonly commandTimeoutMs?: number;
   /** Prepended to every key, so several deployments can share one Redis. */
   readonly keyPrefix?: string;
-}
+};
+
+/**
+ * Replies that mean "not now" rather than "wrong script": a cluster without a quorum, a slot being
+ * moved, a primary demoted by a failover and not yet left, a server still loading or busy.
+ */
+const UNAVAILABLE_REPLY = /^(CLUSTERDOWN|TRYAGAIN|READONLY|LOADING|MASTERDOWN|BUSY)\b/;
+
+const SCRIPTS = [
+  ["pcConsume", CONSUME, undefined],
+  ["pcRefund", REFUND, 1],
+  ["pcIncrement", INCREMENT, 1],
+  ["pcAcquireSlot", ACQUIRE_SLOT, 1],
+  ["pcReleaseSlot", RELEASE_SLOT, 1],
+  ["pcGreylist", GREYLIST, 1],
+  ["pcInspect", INSPECT, REDIS_KINDS.length],
+] as const;
 
 const num = (reply: Reply): number => Number(reply);
 
+/** The ioredis client for a target; ioredis itself is loaded here, on first use. */
+async function connectClient(target: RedisTarget, timeoutMs: number, connectTimeoutMs: number, keyPrefix: string) {
+  const { Cluster, Redis } = await import("ioredis");
+  const common = {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    commandTimeout: timeoutMs,
+    connectTimeout: connectTimeoutMs,
+    maxRetriesPerRequest: 1,
+    keyPrefix,
+  };
+  const retryStrategy = (attempt: number) => Math.min(50 * 2 ** attempt, 2000);
+  if ("url" in target) return new Redis(target.url, { ...common, retryStrategy });
+  if ("sentinel" in target) {
+    const { sentinels, name, db } = target.sentinel;
+    return new Redis({
+      ...common,
+      retryStrategy,
+      sentinels: sentinels.map((text) => {
+        const address = parseHostPort(text);
+        if (!address) throw new Error(`not a Sentinel host:port: ${text}`);
+        return { host: address.host, port: address.port };
+      }),
+      name,
+      db: db ?? 0,
+      sentinelCommandTimeout: timeoutMs,
+      // Sentinels announce a failover on a channel; listening to it moves the store to the new
+      // primary at once instead of when the old connection finally breaks.
+      failoverDetector: true,
+      sentinelRetryStrategy: retryStrategy,
+    });
+  }
+  const [first] = target.cluster.map((text) => new URL(text));
+  const { enableOfflineQueue, keyPrefix: _, ...redisOptions } = common;
+  return new Cluster(
+    target.cluster.map((text) => {
+      const url = new URL(text);
+      return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(url.port || 6379) };
+    }),
+    {
+      lazyConnect: true,
+      enableOfflineQueue,
+      keyPrefix,
+      clusterRetryStrategy: retryStrategy,
+      // A command the cluster redirects (a moved slot, a failover) is retried this long at most,
+      // within the operation's deadline.
+      retryDelayOnFailover: 50,
+      retryDelayOnClusterDown: 50,
+      slotsRefreshTimeout: connectTimeoutMs,
+      redisOptions: {
+        ...redisOptions,
+        username: decodeURIComponent(first.username) || undefined,
+        password: decodeURIComponent(first.password) || undefined,
+        tls: first.protocol === "rediss:" ? {} : undefined,
+      },
+    },
+  );
+}
+
 export class RedisStore implements StateStore {
   readonly onStoreError: StoreErrorPolicy;
-  readonly #redis: Redis;
-  readonly #scripts: Scripts;
+  readonly #client: Promise<Client>;
+  /** The client once ioredis is loaded; until then every operation waits for #client. */
+  #redis: Client | null = null;
+  readonly #cluster: boolean;
   readonly #log: Logger;
+  readonly #timeoutMs: number;
   readonly #connectTimeoutMs: number;
   #connecting: Promise<void> | null = null;
   #reachable = true;
+  #closed = false;
   #failures = 0;
 
   constructor(options: RedisStoreOptions) {
     this.onStoreError = options.onStoreError ?? "defer";
     this.#log = options.log;
-    const timeout = options.commandTimeoutMs ?? 250;
-    this.#connectTimeoutMs = Math.max(1000, timeout);
-    this.#redis = new Redis(options.url, {
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      commandTimeout: timeout,
-      connectTimeout: this.#connectTimeoutMs,
-      maxRetriesPerRequest: 1,
-      keyPrefix: options.keyPrefix ?? "portcullis:",
-      retryStrategy: (attempt) => Math.min(50 * 2 ** attempt, 2000),
-    });
+    this.#cluster = "cluster" in options;
+    this.#timeoutMs = options.commandTimeoutMs ?? 250;
+    this.#connectTimeoutMs = Math.max(1000, this.#timeoutMs);
+    this.#client = connectClient(options, this.#timeoutMs, this.#connectTimeoutMs, options.keyPrefix ?? "portcullis:");
+    this.#client.then(
+      (redis) => this.#start(redis),
+      (err: Error) => this.#down(err),
+    );
+  }
+
+  #start(redis: Client): void {
+    this.#redis = redis;
     // Without a listener ioredis writes every reconnect failure to stderr; one line per outage is enough.
-    this.#redis.on("error", (err: Error) => this.#down(err));
-    this.#redis.on("ready", () => {
+    redis.on("error", (err: Error) => this.#down(err));
+    redis.on("ready", () => {
       if (!this.#reachable) this.#log.info("state store reachable again");
       this.#reachable = true;
     });
-    for (const [name, lua, numberOfKeys] of [
-      ["pcConsume", CONSUME, undefined],
-      ["pcIncrement", INCREMENT, 1],
-      ["pcAcquireSlot", ACQUIRE_SLOT, 1],
-      ["pcReleaseSlot", RELEASE_SLOT, 1],
-      ["pcGreylist", GREYLIST, 1],
-      ["pcInspect", INSPECT, 5],
-    ] as const) {
-      this.#redis.defineCommand(name, numberOfKeys === undefined ? { lua } : { lua, numberOfKeys });
+    for (const [name, lua, numberOfKeys] of SCRIPTS) {
+      redis.defineCommand(name, numberOfKeys === undefined ? { lua } : { lua, numberOfKeys });
     }
-    this.#scripts = this.#redis as unknown as Scripts;
+    // A store closed while ioredis was still loading never connects.
+    if (this.#closed) return;
     // Not awaited: a gateway starts while Redis is down and applies onStoreError until it is back.
-    this.#redis.connect().catch(() => undefined);
+    redis.connect().catch(() => undefined);
   }
 
   /** Store operations that failed because the store was unreachable or slow, since start. */
@@ -106,10 +205,12 @@ export class RedisStore implements StateStore {
    * Waits for a connection attempt under way (the first one after start, typically), so a gateway
    * does not defer its first clients for nothing; between attempts of an outage it fails fast.
    */
-  #attempt(): Promise<void> | undefined {
-    const status = this.#redis.status;
-    if (status !== "wait" && status !== "connecting" && status !== "connect") return undefined;
-    this.#connecting ??= once(this.#redis, "ready", { signal: AbortSignal.timeout(this.#connectTimeoutMs) })
+  async #attempt(): Promise<void> {
+    // The first operations may come before ioredis is loaded; the connection starts right after.
+    const redis = this.#redis ?? (await this.#client);
+    const status = redis.status;
+    if (status !== "wait" && status !== "connecting" && status !== "connect") return;
+    this.#connecting ??= once(redis, "ready", { signal: AbortSignal.timeout(this.#connectTimeoutMs) })
       .then(
         () => undefined,
         () => undefined,
@@ -117,40 +218,52 @@ export class RedisStore implements StateStore {
       .finally(() => {
         this.#connecting = null;
       });
-    return this.#connecting;
+    await this.#connecting;
   }
 
-  /** Runs one command; connection trouble becomes StoreUnavailableError, a script error stays a bug. */
-  async #run<T>(command: () => Promise<T>): Promise<T> {
+  /**
+   * Runs one operation within the store's deadline; connection trouble and replies that mean
+   * "not now" become StoreUnavailableError, any other error reply stays a bug.
+   */
+  async #run<T>(operation: (redis: Client & Scripts) => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
     try {
       await this.#attempt();
-      return await command();
+      const redis = (await this.#client) as Client & Scripts;
+      // ioredis's own timeout covers one command; a cluster may redirect or retry it, so the
+      // operation as a whole gets the deadline too.
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${this.#timeoutMs} ms`)), this.#timeoutMs);
+      });
+      return await Promise.race([operation(redis), deadline]);
     } catch (err) {
-      if (err instanceof Error && err.name === "ReplyError") throw err;
+      if (err instanceof Error && err.name === "ReplyError" && !UNAVAILABLE_REPLY.test(err.message)) throw err;
       this.#failures++;
       const message = err instanceof Error ? err.message : String(err);
       this.#down(err instanceof Error ? err : new Error(message));
       throw new StoreUnavailableError(`state store unavailable: ${message}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
   async get(key: string): Promise<string | null> {
-    return this.#run(() => this.#redis.get(`kv:${key}`));
+    return this.#run((redis) => redis.get(redisKey("kv", key)));
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {
-    await this.#run(() => this.#redis.set(`kv:${key}`, value, "PX", Math.max(1, Math.ceil(ttlMs))));
+    await this.#run((redis) => redis.set(redisKey("kv", key), value, "PX", Math.max(1, Math.ceil(ttlMs))));
   }
 
   async delete(key: string): Promise<void> {
-    await this.#run(() => this.#redis.del(`kv:${key}`));
+    await this.#run((redis) => redis.del(redisKey("kv", key)));
   }
 
   async consume(requests: readonly BucketRequest[]): Promise<BucketResult[]> {
     if (requests.length === 0) return [];
-    const keys = requests.map((r) => `rl:${r.key}`);
-    const args = requests.flatMap((r) => [r.intervalMs, r.burst, r.cost, r.commit ? 1 : 0, r.blocking ? 1 : 0]);
-    const replies = await this.#run(() => this.#scripts.pcConsume(keys.length, ...keys, ...args));
+    const replies = await this.#run((redis) =>
+      this.#cluster ? consumeAcrossSlots(redis, requests) : consumeScript(redis, requests),
+    );
     return replies.map(([allowed, remaining, retry, reset]) => ({
       allowed: num(allowed) === 1,
       remaining: num(remaining),
@@ -160,28 +273,28 @@ export class RedisStore implements StateStore {
   }
 
   async increment(key: string, by: number, windowMs: number): Promise<{ count: number; resetInMs: number }> {
-    const [count, ttl] = await this.#run(() => this.#scripts.pcIncrement(`ct:${key}`, by, Math.ceil(windowMs)));
+    const [count, ttl] = await this.#run((redis) => redis.pcIncrement(redisKey("ct", key), by, Math.ceil(windowMs)));
     return { count, resetInMs: ttl };
   }
 
   async acquireSlot(key: string, holder: string, max: number, leaseMs: number): Promise<SlotResult> {
-    const [acquired, held] = await this.#run(() => this.#scripts.pcAcquireSlot(`cc:${key}`, holder, max, leaseMs));
+    const [acquired, held] = await this.#run((redis) => redis.pcAcquireSlot(redisKey("cc", key), holder, max, leaseMs));
     return { acquired: acquired === 1, held };
   }
 
   async releaseSlot(key: string, holder: string): Promise<number> {
-    return this.#run(() => this.#scripts.pcReleaseSlot(`cc:${key}`, holder));
+    return this.#run((redis) => redis.pcReleaseSlot(redisKey("cc", key), holder));
   }
 
   async greylist(key: string, params: GreylistParams): Promise<GreylistResult> {
-    const [status, retryIn] = await this.#run(() =>
-      this.#scripts.pcGreylist(`gl:${key}`, params.delayMs, params.retryWindowMs, params.lifetimeMs),
+    const [status, retryIn] = await this.#run((redis) =>
+      redis.pcGreylist(redisKey("gl", key), params.delayMs, params.retryWindowMs, params.lifetimeMs),
     );
     return { status: status as GreylistStatus, retryInMs: Number(retryIn) };
   }
 
   async inspect(key: string): Promise<KeyReport> {
-    const r = await this.#run(() => this.#scripts.pcInspect(...kindKeys(key)));
+    const r = await this.#run((redis) => redis.pcInspect(...kindKeys(key)));
     const [now, tat, interval, burst, count, countTtl, held, first, passed, greyTtl, value, valueTtl] = r;
     const report: { -readonly [K in keyof KeyReport]: KeyReport[K] } = {};
     if (tat !== null) {
@@ -199,16 +312,72 @@ export class RedisStore implements StateStore {
   }
 
   async reset(key: string): Promise<boolean> {
-    return (await this.#run(() => this.#redis.del(...kindKeys(key)))) > 0;
+    return (await this.#run((redis) => redis.del(...kindKeys(key)))) > 0;
   }
 
   async close(): Promise<void> {
-    this.#redis.removeAllListeners("ready");
-    this.#redis.disconnect();
+    this.#closed = true;
+    const redis = await this.#client.catch(() => null);
+    redis?.removeAllListeners("ready");
+    redis?.disconnect();
   }
 }
 
-/** The Redis keys of one state key, in the order the INSPECT script expects. */
+/** The Redis keys of one state key, in the order the INSPECT script expects (one hash tag, so one slot). */
 function kindKeys(key: string): string[] {
-  return ["rl", "ct", "cc", "gl", "kv"].map((kind) => `${kind}:${key}`);
+  return REDIS_KINDS.map((kind) => redisKey(kind, key));
+}
+
+/** One CONSUME script over some requests, whose keys must share a slot on a cluster. */
+function consumeScript(redis: Scripts, requests: readonly BucketRequest[]): Promise<Reply[][]> {
+  const keys = requests.map((r) => redisKey("rl", r.key));
+  const args = requests.flatMap((r) => [r.intervalMs, r.burst, r.cost, r.commit ? 1 : 0, r.blocking ? 1 : 0]);
+  return redis.pcConsume(keys.length, ...keys, ...args);
+}
+
+/**
+ * CONSUME on a cluster, where the buckets of one batch (one per limit: the client's address, the
+ * sender, the recipient…) live in different slots, so no one script can see them all. Each key's
+ * requests run as one script; when a blocking request was denied in one of them, what the others
+ * committed is taken back. Meanwhile another gateway may see those units taken and be refused
+ * where it would have passed, never the other way round: the limit is never exceeded.
+ */
+async function consumeAcrossSlots(redis: Scripts, requests: readonly BucketRequest[]): Promise<Reply[][]> {
+  const byKey = new Map<string, number[]>();
+  requests.forEach((request, index) => {
+    const positions = byKey.get(request.key);
+    if (positions) positions.push(index);
+    else byKey.set(request.key, [index]);
+  });
+  const groups = [...byKey.values()];
+  if (groups.length === 1) return consumeScript(redis, requests);
+  const answers = await Promise.all(
+    groups.map((positions) =>
+      consumeScript(
+        redis,
+        positions.map((i) => requests[i]),
+      ),
+    ),
+  );
+  const replies: Reply[][] = [];
+  groups.forEach((positions, g) => {
+    positions.forEach((index, j) => {
+      replies[index] = answers[g][j];
+    });
+  });
+  const deniedBlocking = (index: number) => requests[index].blocking && num(replies[index][0]) === 0;
+  if (!requests.some((_, index) => deniedBlocking(index))) return replies;
+  // A group with a denied blocking request of its own wrote nothing; the others wrote what they allowed.
+  const written = groups
+    .filter((positions) => !positions.some(deniedBlocking))
+    .flatMap((positions) =>
+      positions.filter((index) => requests[index].commit && requests[index].cost > 0 && num(replies[index][0]) === 1),
+    );
+  await Promise.all(
+    written.map((index) => {
+      const { key, intervalMs, cost } = requests[index];
+      return redis.pcRefund(redisKey("rl", key), intervalMs, cost);
+    }),
+  );
+  return replies;
 }

@@ -2,7 +2,8 @@
  * rate-limit: what a transaction costs (pure), limits through the test kit with an injected clock
  * and the memory store, the tarpit, disconnect and the hits metric through a real gateway, then
  * real gateways on one real Redis: two gateway processes sharing a limit exactly, and a Redis
- * outage in the middle of a run.
+ * outage in the middle of a run; two gateways sharing a real Redis Cluster exactly; a gateway on
+ * a Sentinel-watched primary that is killed mid-run.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -23,7 +24,14 @@ import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { CLI, type GatewayProcess, startGatewayProcess } from "../fixtures/gateway-process.js";
 import { closedPort } from "../fixtures/next-hop.js";
-import { startRedis, type TestRedis } from "../fixtures/redis.js";
+import {
+  startRedis,
+  startRedisCluster,
+  startRedisSentinel,
+  type TestRedis,
+  type TestRedisCluster,
+  type TestRedisSentinel,
+} from "../fixtures/redis.js";
 import { connectAs } from "../fixtures/smtp-client.js";
 import { type Scrape, scrape } from "../ops/scrape.js";
 
@@ -271,19 +279,26 @@ async function send(port: number, ip: string): Promise<number> {
   }
 }
 
-/** One limit on messages per client IP; `store` is the policy's YAML for it (`memory`, `{ redis: "URL" }`). */
-function policy(store: string, limit: { onStoreError?: string; rate?: string; action?: string } = {}): string {
+/**
+ * One limit on messages per client IP; `store` is the policy's YAML for it (`memory`, `{ redis: "URL" }`).
+ * `also` adds a limit (a YAML flow mapping), `timeout` sets the store's.
+ */
+function policy(
+  store: string,
+  limit: { onStoreError?: string; rate?: string; action?: string; also?: string; timeout?: string } = {},
+): string {
   const action = limit.action ? `, action: ${limit.action}` : "";
+  const timeout = limit.timeout ? `, timeout: ${limit.timeout}` : "";
   return `
 version: 1
 server: { hostname: gw.test, proxyProtocol: true }
-state: { store: ${store}, onStoreError: ${limit.onStoreError ?? "defer"} }
+state: { store: ${store}, onStoreError: ${limit.onStoreError ?? "defer"}${timeout} }
 relay: { domains: [example.test] }
 pipeline:
   - plugin: rate-limit
     limits:
       - { key: client.ip, count: messages, rate: ${limit.rate ?? "10/1h"}${action} }
-routes: [{ to: discard }]
+${limit.also ? `      - ${limit.also}\n` : ""}routes: [{ to: discard }]
 `;
 }
 
@@ -486,4 +501,97 @@ describe("rate limits on a shared Redis", () => {
       }
     });
   }
+});
+
+describe("rate limits on a Redis Cluster", () => {
+  const L = 10;
+  const DOMAIN_RATE = 1000;
+  let cluster: TestRedisCluster;
+  let gateways: TestGateway[] = [];
+  let store: RedisStore | undefined;
+  before(async () => {
+    cluster = await startRedisCluster();
+    const nodes = `{ cluster: { nodes: [${cluster.nodes.map((url) => `"${url}"`).join(", ")}] } }`;
+    // A second limit puts two buckets, on two slots, in every step's batch.
+    // A store timeout of a second: on a shared test machine a slow answer must not pass for an outage.
+    const text = policy(nodes, {
+      rate: `${L}/1h`,
+      timeout: "1s",
+      also: `{ key: sender.domain, count: messages, rate: ${DOMAIN_RATE}/1h }`,
+    });
+    gateways = await Promise.all([startGateway(text), startGateway(text)]);
+  });
+  after(async () => {
+    await store?.close();
+    await Promise.all(gateways.map((g) => g.stop()));
+    await cluster.stop();
+  });
+
+  test("two gateways sharing the cluster accept L in total from clients sent to both, interleaved", async () => {
+    const N = 40;
+    const codes: number[][] = [[], []];
+    for (let wave = 0; wave < N / 8; wave++) {
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, i) => {
+          const g = i % 2;
+          codes[g].push(await send(gateways[g].port, "198.51.100.20"));
+        }),
+      );
+    }
+    const accepted = codes.map((list) => list.filter((code) => code === 250).length);
+    assert.equal(accepted[0] + accepted[1], L, `accepted of ${N} per gateway: ${accepted.join(", ")}`);
+    assert.ok(accepted[0] > 0 && accepted[1] > 0, `both gateways accepted mail: ${accepted.join(", ")}`);
+    assert.deepEqual(
+      codes.flat().filter((code) => code !== 250),
+      Array(N - L).fill(451),
+    );
+    // The sender's domain paid for accepted mail only: what a refused transaction's batch took
+    // from it on its own slot was given back.
+    store = new RedisStore({ cluster: cluster.nodes, log: pino({ level: "silent" }), commandTimeoutMs: 1000 });
+    const report = await store.inspect(`sender.domain/messages/${DOMAIN_RATE}/1h:sender.test`);
+    assert.equal(report.bucket?.remaining, DOMAIN_RATE - L);
+  });
+});
+
+describe("rate limits on a Sentinel-watched Redis", () => {
+  let sentinel: TestRedisSentinel;
+  let gw: TestGateway | undefined;
+  before(async () => {
+    sentinel = await startRedisSentinel();
+  });
+  after(async () => {
+    await gw?.stop();
+    await sentinel.stop();
+  });
+
+  test("the primary killed mid-run: onStoreError (allow) meanwhile, then the limit goes on from the promoted replica", async () => {
+    const sentinels = sentinel.sentinels.map((address) => `"${address}"`).join(", ");
+    const store = `{ sentinel: { sentinels: [${sentinels}], name: ${sentinel.name} } }`;
+    // A store timeout of a second: on a shared test machine a slow answer must not pass for an outage.
+    // allow, not the default defer: the hooks' onError defers too, and must not pass for it.
+    gw = await startGateway(policy(store, { rate: "5/1h", timeout: "1s", onStoreError: "allow" }));
+    const port = gw.port;
+    assert.deepEqual([await send(port, "203.0.113.30"), await send(port, "203.0.113.30")], [250, 250]);
+    await sentinel.replicated();
+    await sentinel.killPrimary();
+    // The Sentinels wait down-after-milliseconds (500 ms) before they even start a failover.
+    const during = await Promise.all(Array.from({ length: 3 }, () => send(port, "203.0.113.30")));
+    assert.deepEqual(during, [250, 250, 250], "onStoreError: allow while there is no primary");
+    assert.ok(
+      gw.logs.some((line) => line.msg === "state store unreachable"),
+      "the gateway noticed the primary was gone",
+    );
+    await eventually(
+      async () => (await sentinel.currentPrimary()).endsWith(`:${sentinel.replicaPort}`),
+      "the Sentinels promoted the replica",
+    );
+    await eventually(
+      () => gw!.logs.some((line) => line.msg === "state store reachable again"),
+      "the gateway follows the Sentinels to the new primary",
+    );
+    const after = [];
+    for (let i = 0; i < 4; i++) after.push(await send(port, "203.0.113.30"));
+    // Mail let through unchecked during the outage counted nowhere.
+    assert.deepEqual(after, [250, 250, 250, 451], "two of five were taken before the failover, on the replica too");
+  });
 });

@@ -79,7 +79,7 @@ test("a policy setting every key comes out as written, normalised and with absol
       },
     },
     dns: { servers: ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"], timeout: 1500, cacheSize: 100 },
-    state: { store: { redis: "redis://127.0.0.1:6379/2" }, onStoreError: "allow" },
+    state: { store: { redis: "redis://127.0.0.1:6379/2" }, timeout: 500, onStoreError: "allow" },
     relay: {
       domains: ["example.test", "*.example.org", "bücher.example"],
       networks: ["192.0.2.0/24", "2001:db8::1"],
@@ -196,7 +196,7 @@ test("a minimal policy gets every default", async () => {
   assert.equal(config.server.longLines, "reject");
   assert.equal(config.server.auth, undefined);
   assert.deepEqual(config.dns, { timeout: 3000, cacheSize: 50_000 });
-  assert.deepEqual(config.state, { store: "memory", onStoreError: "defer" });
+  assert.deepEqual(config.state, { store: "memory", timeout: 250, onStoreError: "defer" });
   assert.deepEqual(config.relay, {
     domains: [],
     networks: [],

@@ -237,3 +237,53 @@ test("a policy made of several YAML documents is refused", async () => {
   const error = await policyError(parsePolicy("version: 1\n---\nversion: 1\n", "p.yaml"));
   assert.match(error.message, /^p\.yaml:2:1 a policy file holds one YAML document/);
 });
+
+test("a shared store's Redis Cluster or Sentinel mistakes are reported where they are, not as a shape mismatch", async () => {
+  const cluster = await policyError(
+    parsePolicy(
+      [
+        "version: 1",
+        "state:",
+        "  store:",
+        "    cluster:",
+        '      nodes: ["redis://10.0.2.5:6379/3", "redis://:secret@10.0.2.6:6379", "10.0.2.7:6379"]',
+        "      node: x",
+      ].join("\n"),
+      "cluster.yaml",
+    ),
+  );
+  const file = "cluster.yaml";
+  assertProblem(cluster, { file, line: 5, col: 15, path: "state.store.cluster.nodes.0" }, "only database 0");
+  assertProblem(cluster, { file, line: 5, col: 42, path: "state.store.cluster.nodes.1" }, "credentials of the first");
+  assertProblem(cluster, { file, line: 5, col: 75, path: "state.store.cluster.nodes.2" }, "not a Redis URL");
+  assertProblem(cluster, { file, line: 6, col: 7, path: "state.store.cluster.node" }, 'did you mean "nodes"');
+  assert.equal(cluster.problems.length, 4);
+
+  const sentinel = await policyError(
+    parsePolicy(
+      'version: 1\nstate:\n  store:\n    sentinel: { sentinels: ["10.0.2.5"], nme: mymaster }\n  timeout: soon\n',
+      "sentinel.yaml",
+    ),
+  );
+  const where = (line: number, col: number, path: string) => ({ file: "sentinel.yaml", line, col, path });
+  assertProblem(sentinel, where(4, 15, "state.store.sentinel.name"), 'missing required key "name"');
+  assertProblem(sentinel, where(4, 29, "state.store.sentinel.sentinels.0"), "not host:port");
+  assertProblem(sentinel, where(4, 42, "state.store.sentinel.nme"), 'did you mean "name"');
+  assertProblem(sentinel, where(5, 12, "state.timeout"), "not a duration");
+  assert.equal(sentinel.problems.length, 4);
+
+  const both = await policyError(
+    parsePolicy(
+      'version: 1\nstate:\n  store: { redis: "redis://10.0.2.5:6379", sentinel: { sentinels: ["10.0.2.5:26379"], name: m } }\n',
+      "both.yaml",
+    ),
+  );
+  assertProblem(
+    both,
+    { file: "both.yaml", line: 3, col: 10, path: "state.store" },
+    "exactly one of",
+    "redis and sentinel",
+  );
+  const typo = await policyError(parsePolicy("version: 1\nstate:\n  store: memroy\n", "typo.yaml"));
+  assertProblem(typo, { file: "typo.yaml", line: 3, col: 10, path: "state.store" }, 'expected "memory"', "sentinel");
+});

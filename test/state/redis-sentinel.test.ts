@@ -1,0 +1,64 @@
+/**
+ * The Redis store on a primary watched by three real Sentinels (quorum 2) started by this file:
+ * the store suite through Sentinel discovery, then the primary killed with SIGKILL: the store
+ * answers StoreUnavailableError (so hooks apply onStoreError) until the Sentinels have promoted the
+ * replica, then carries on there with the state the replica had.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { pino } from "pino";
+import { RedisStore, StoreUnavailableError } from "../../core/state/create.js";
+import { eventually } from "../fixtures/eventually.js";
+import { startRedisSentinel, type TestRedisSentinel } from "../fixtures/redis.js";
+import { bucket, reachable, storeSuite } from "./store-suite.js";
+
+const silent = pino({ level: "silent" });
+
+describe("redis sentinel", () => {
+  let sentinel: TestRedisSentinel;
+  const opened: RedisStore[] = [];
+  before(async () => {
+    sentinel = await startRedisSentinel();
+  });
+  after(async () => {
+    await Promise.all(opened.map((store) => store.close()));
+    await sentinel.stop();
+  });
+
+  const open = async () => {
+    // A second rather than the default 250 ms: the machine running the tests is shared, and these
+    // tests are about answers, not speed.
+    const store = new RedisStore({
+      sentinel: { sentinels: sentinel.sentinels, name: sentinel.name },
+      log: silent,
+      commandTimeoutMs: 1000,
+    });
+    opened.push(store);
+    await reachable(store);
+    return store;
+  };
+
+  storeSuite("redis sentinel", open);
+
+  test("the primary killed: unavailable until the replica is promoted, then the limit goes on from the replica's state", async () => {
+    const store = await open();
+    const limit = bucket(`failover-${process.pid}`, 5);
+    const taken = await store.consume([limit, limit]);
+    assert.ok(taken.every((r) => r.allowed));
+    await sentinel.replicated();
+    await sentinel.killPrimary();
+    await assert.rejects(store.consume([limit]), StoreUnavailableError, "the dead primary answers nothing");
+    await eventually(
+      async () => (await sentinel.currentPrimary()).endsWith(`:${sentinel.replicaPort}`),
+      "the Sentinels promoted the replica",
+    );
+    await reachable(store);
+    const after = await store.consume([limit, limit, limit, limit]);
+    assert.deepEqual(
+      after.map((r) => r.allowed),
+      [true, true, true, false],
+      "two of five were taken before the failover",
+    );
+    assert.ok(store.failures >= 1, `failures counted: ${store.failures}`);
+  });
+});
