@@ -187,19 +187,24 @@ test("plugin new: npm install and npm test against the installed package, build,
     await writeFile(policy, scaffoldPolicy(reference, "watch"));
     // The rule on the plugin's finding is held to the finding's declared schema.
     assert.equal(run(bin, ["check", "--strict", policy], home), `${policy}: ok\n`, form);
-    const gateway = await startChild(policy, { bin, cwd: home });
-    try {
-      const blocked = await send(gateway.port, "x@spam.example");
-      assert.equal(blocked.mail?.raw, "550 5.7.1 Mail from spam.example is not accepted here", form);
-      const watched = await send(gateway.port, "x@odd.example");
-      assert.equal(watched.mail?.raw, "550 5.7.1 watched odd.example", form);
-      const accepted = await send(gateway.port, "x@ham.example");
-      assert.equal(accepted.data?.code, 250, `${form}: ${JSON.stringify(accepted)}`);
-    } finally {
-      gateway.child.kill("SIGTERM");
-      await gateway.exited;
-    }
   }
+  // One gateway per form, side by side.
+  await Promise.all(
+    Object.keys(forms).map(async (form) => {
+      const gateway = await startChild(join(home, `plugin-${form}.yaml`), { bin, cwd: home });
+      try {
+        const blocked = await send(gateway.port, "x@spam.example");
+        assert.equal(blocked.mail?.raw, "550 5.7.1 Mail from spam.example is not accepted here", form);
+        const watched = await send(gateway.port, "x@odd.example");
+        assert.equal(watched.mail?.raw, "550 5.7.1 watched odd.example", form);
+        const accepted = await send(gateway.port, "x@ham.example");
+        assert.equal(accepted.data?.code, 250, `${form}: ${JSON.stringify(accepted)}`);
+      } finally {
+        gateway.child.kill("SIGTERM");
+        await gateway.exited;
+      }
+    }),
+  );
 
   // A value the finding cannot take is an error at the rule's line, not a rule that never matches.
   const misspelt = join(home, "plugin-misspelt.yaml");
