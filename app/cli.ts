@@ -10,16 +10,20 @@ import { PolicyError } from "../core/policy/load.js";
 import { parseDuration } from "../core/toolkit/units.js";
 import { builtinPlugins } from "../plugins/index.js";
 import { loadPolicy } from "./catalogue.js";
-import { checkPolicy } from "./check.js";
-import { DOCTOR_USAGE, doctorCommand } from "./doctor/doctor.js";
 import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
 import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
-import { testCommand } from "./policy-test.js";
-import { REPLAY_USAGE, ReplayUsageError, replayCommand } from "./replay.js";
-import { policyJsonSchemaWith } from "./schema.js";
-import { TRY_USAGE, TryUsageError, tryCommand } from "./try.js";
 
-const USAGE = `usage:
+// Each command's module is imported when that command runs: `check` and `start` do not load the
+// code (and the dependencies) of doctor, try, test and replay.
+
+/** The usage of every command; the modules that hold some of the lines load only to print it. */
+async function usageText(): Promise<string> {
+  const [{ DOCTOR_USAGE }, { REPLAY_USAGE }, { TRY_USAGE }] = await Promise.all([
+    import("./doctor/doctor.js"),
+    import("./replay.js"),
+    import("./try.js"),
+  ]);
+  return `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
   portcullis check FILE [--strict]
   ${INIT_USAGE}
@@ -33,14 +37,16 @@ const USAGE = `usage:
   portcullis schema
   portcullis --version
   ${DOCTOR_USAGE}`;
+}
 
 class UsageError extends Error {}
 
-const asUsageError = (error: unknown): never => {
-  throw error instanceof TryUsageError || error instanceof InitUsageError || error instanceof PluginUsageError
-    ? new UsageError(error.message)
-    : error;
-};
+/** Rethrows a command's own usage error as the CLI's (usage printed, exit 2), anything else as is. */
+const usageErrorsOf =
+  (...kinds: Array<new (message: string) => Error>) =>
+  (error: unknown): never => {
+    throw kinds.some((kind) => error instanceof kind) ? new UsageError((error as Error).message) : error;
+  };
 
 async function start(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -123,18 +129,21 @@ async function check(args: string[]): Promise<number> {
   // Validation, then the static checks of core/policy/static-checks.ts; --strict fails on warnings too.
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { strict: { type: "boolean" } } });
   if (positionals.length !== 1) throw new UsageError("check needs exactly one FILE");
+  const { checkPolicy } = await import("./check.js");
   const result = await checkPolicy(positionals[0], { strict: values.strict });
   process.stdout.write(`${result.lines.join("\n")}\n`);
   return result.code;
 }
 
 /** The usage lines of one command (all of them for none or an unknown one). */
-function usageOf(command: string | undefined): string {
-  const lines = USAGE.split("\n")
+async function usageOf(command: string | undefined): Promise<string> {
+  const usage = await usageText();
+  const lines = usage
+    .split("\n")
     .slice(1)
     .map((line) => line.trim())
     .filter((line) => command && (line === `portcullis ${command}` || line.startsWith(`portcullis ${command} `)));
-  return lines.length > 0 ? `usage:\n  ${lines.join("\n  ")}` : USAGE;
+  return lines.length > 0 ? `usage:\n  ${lines.join("\n  ")}` : usage;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -142,7 +151,7 @@ async function main(argv: string[]): Promise<number> {
   // --help or -h (before any "--") on any command: its usage on stdout, exit 0, nothing else done.
   const end = argv.indexOf("--");
   if ((end < 0 ? argv : argv.slice(0, end)).some((arg) => arg === "--help" || arg === "-h")) {
-    process.stdout.write(`${usageOf(command?.startsWith("-") ? undefined : command)}\n`);
+    process.stdout.write(`${await usageOf(command?.startsWith("-") ? undefined : command)}\n`);
     return 0;
   }
   try {
@@ -158,15 +167,19 @@ async function main(argv: string[]): Promise<number> {
       case "check":
         return await check(args);
       case "init": // a commented starter policy (app/init.ts)
-        return await initCommand(args, process.stdout, process.stderr).catch(asUsageError);
+        return await initCommand(args, process.stdout, process.stderr).catch(usageErrorsOf(InitUsageError));
       case "plugin": // a new plugin package (app/plugin-new.ts)
-        return await pluginCommand(args, process.stdout).catch(asUsageError);
-      case "try": // a dry run of one transaction (app/try.ts)
-        process.stdout.write(await tryCommand(args).catch(asUsageError));
+        return await pluginCommand(args, process.stdout).catch(usageErrorsOf(PluginUsageError));
+      case "try": {
+        // a dry run of one transaction (app/try.ts)
+        const { tryCommand, TryUsageError } = await import("./try.js");
+        process.stdout.write(await tryCommand(args).catch(usageErrorsOf(TryUsageError)));
         return 0;
+      }
       case "test": {
         // policy test files (app/policy-test.ts)
         if (args.length === 0) throw new UsageError("test needs at least one FILE.test.yaml");
+        const { testCommand } = await import("./policy-test.js");
         const result = await testCommand(args);
         process.stdout.write(result.output);
         return result.code;
@@ -176,16 +189,19 @@ async function main(argv: string[]): Promise<number> {
       case "queue": // the spool (app/queue.ts)
         return await (await import("./queue.js")).queueCommand(args, process.stdout, process.stderr);
       case "doctor": // deliverability self-check (app/doctor/doctor.ts)
-        return await doctorCommand(args, process.stdout, process.stderr);
+        return await (await import("./doctor/doctor.js")).doctorCommand(args, process.stdout, process.stderr);
       case "passwd": // A users-file hash (app/passwd.ts)
         return await (await import("./passwd.js")).passwdCommand(args, process.stdin, process.stdout);
-      case "replay": // A candidate policy over the transaction log (core/observability/replay.ts)
-        return await replayCommand(args, process.stdout).catch((error: unknown) => {
-          throw error instanceof ReplayUsageError ? new UsageError(error.message) : error;
-        });
-      case "schema":
+      case "replay": {
+        // A candidate policy over the transaction log (core/observability/replay.ts)
+        const { replayCommand, ReplayUsageError } = await import("./replay.js");
+        return await replayCommand(args, process.stdout).catch(usageErrorsOf(ReplayUsageError));
+      }
+      case "schema": {
+        const { policyJsonSchemaWith } = await import("./schema.js");
         process.stdout.write(`${JSON.stringify(await policyJsonSchemaWith(builtinPlugins), null, 2)}\n`);
         return 0;
+      }
       default:
         throw new UsageError(command ? `unknown command "${command}"` : "no command given");
     }
@@ -198,7 +214,7 @@ async function main(argv: string[]): Promise<number> {
       err instanceof UsageError ||
       (err instanceof Error && "code" in err && err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")
     ) {
-      process.stderr.write(`portcullis: ${err.message}\n${USAGE}\n`);
+      process.stderr.write(`portcullis: ${err.message}\n${await usageText()}\n`);
       return 2;
     }
     process.stderr.write(`portcullis: ${err instanceof Error ? err.message : String(err)}\n`);

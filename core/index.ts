@@ -47,6 +47,10 @@ export { isNegativeAnswer, reverseIpLabels } from "./dns/resolver.js";
 export { entryProblem, type ListKind } from "./policy/lists.js";
 // Shared state (ctx.state): counters, buckets, slots and greylisting on memory or Redis, the
 // key helpers that group clients the same way everywhere, and the policy's answer to an outage.
+// Taken from the modules that define them, not from the store factory, so that importing the API
+// does not load a Redis client.
+export { clientNet } from "./state/keys.js";
+export { storeFailure } from "./state/outage.js";
 export type {
   BucketRequest,
   BucketResult,
@@ -55,23 +59,34 @@ export type {
   GreylistStatus,
   SlotResult,
   StateStore,
-} from "./state/create.js";
-export { clientNet, StoreUnavailableError, storeFailure } from "./state/create.js";
+} from "./state/types.js";
+export { StoreUnavailableError } from "./state/types.js";
 // Addresses and networks: IDN/punycode domains, CIDR lists, list entries as policies write them.
 export { asciiDomain } from "./toolkit/address.js";
 // An ARC-Seal's tag list checked as RFC 6376 §3.2 defines tag lists, which mailauth does not.
 export { arcSealProblem } from "./toolkit/arc-seal.js";
 // Text a client controlled, made safe for a header field or a reply line we write.
 export { oneLine } from "./toolkit/client-text.js";
-// Sender authentication through mailauth, loaded once with the DKIM key cache in front of it.
+// Sender authentication through mailauth, loaded on the first call with the DKIM key cache in front of it.
 export type {
   ARCResult,
   DKIMVerifyResult,
+  DkimSigner,
+  DkimSignerOptions,
   DMARCResult,
   DNSResolver as MailauthResolver,
   SPFResult,
 } from "./toolkit/mailauth.js";
-export { arc, createSeal, dkimSign, dkimVerify, dmarc, sealMessage, spf } from "./toolkit/mailauth.js";
+export {
+  arc,
+  createDkimSigner,
+  createSeal,
+  dkimSign,
+  dkimVerify,
+  dmarc,
+  sealMessage,
+  spf,
+} from "./toolkit/mailauth.js";
 // The message parsed once, on the first hook that asks: decoded headers, addresses, bodies,
 // attachments (content size-capped) and URLs.
 export {

@@ -11,10 +11,11 @@
  */
 import { isIP } from "node:net";
 import type { Readable } from "node:stream";
-import SMTPConnection, {
-  type SMTPConnectionEnvelope,
-  type SMTPConnectionSendInfo,
-  type SMTPEnvelope,
+import type {
+  default as SMTPConnection,
+  SMTPConnectionEnvelope,
+  SMTPConnectionSendInfo,
+  SMTPEnvelope,
 } from "nodemailer/lib/smtp-connection";
 import type { Reply } from "../contract/decision.js";
 import { oneLine } from "../toolkit/client-text.js";
@@ -276,13 +277,15 @@ function resetThenRelease(pool: ConnectionPool, lease: Lease, link: Link): void 
 }
 
 /** Connects (and says EHLO, and STARTTLS per `mode`); a failure says why and whether TLS was the cause. */
-function open(
+async function open(
   target: SmtpTarget,
   c: Connection,
   options: SmtpDeliveryOptions,
   mode: TlsMode,
   deadline: number,
 ): Promise<{ link: Link } | { unreachable: string; tlsFailed: boolean; enhanced?: string }> {
+  // nodemailer's client (~10 MB) loads with the first connection to a next hop, not with the gateway.
+  const { default: SMTPConnection } = await import("nodemailer/lib/smtp-connection");
   const remaining = Math.max(1, deadline - Date.now());
   const tls = {
     rejectUnauthorized: c.rejectUnauthorized,

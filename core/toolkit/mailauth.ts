@@ -1,8 +1,13 @@
 /**
- * mailauth, as the gateway uses it: with the DKIM/ARC public key parse memoized and the header scan
- * of its message parser done with `indexOf` (both measured hot spots, see below), and two places
- * where it differs from RFC 6376 put right at the same seams: key records as dkim-key.ts reads them
- * (`s=`, PKCS#1 keys), and a message that ends in its header block (message-end.ts).
+ * mailauth, as the gateway uses it: loaded on the first call that needs it, with the DKIM/ARC public
+ * key parse memoized and the header scan of its message parser done with `indexOf` (both measured
+ * hot spots, see below), and two places where it differs from RFC 6376 put right at the same seams:
+ * key records as dkim-key.ts reads them (`s=`, PKCS#1 keys), and a message that ends in its header
+ * block (message-end.ts).
+ *
+ * Loading mailauth costs ~35 MB and ~0.4 s of CPU, so nothing loads it until a check calls one of
+ * the functions below: an idle gateway, `portcullis check` and a policy without sender
+ * authentication never pay for it. The functions keep mailauth's own names and signatures.
  *
  * mailauth 4.13 turns the key record into a key object on every signature it checks
  * (`createPublicKey`, a PEM export and a schema check: 8–10 % of the gateway's CPU under the edge
@@ -13,8 +18,8 @@
  *
  * The seam: mailauth's DKIM verifier and ARC code take `getPublicKey` from `lib/tools.js` when they
  * are first loaded, so the export is replaced before mailauth is loaded — which is why every module
- * of ours reaches mailauth through this one (a Biome rule says so) and why this file loads mailauth
- * with `require` after the patch instead of a hoisted `import`. `test/toolkit/mailauth.test.ts` fails if
+ * of ours reaches mailauth through this one (a Biome rule says so) and why mailauth is loaded with
+ * `require` after the patch instead of a hoisted `import`. `test/toolkit/mailauth.test.ts` fails if
  * an upgrade moves the seam, and holds the replaced header scan to mailauth's own on every split of
  * a set of messages.
  */
@@ -47,8 +52,6 @@ type GetPublicKey = (
 ) => Promise<PublicKeyAnswer>;
 
 const require = createRequire(import.meta.url);
-const tools = require("mailauth/lib/tools.js") as { getPublicKey: GetPublicKey };
-const verifierPath = require.resolve("mailauth/lib/dkim/dkim-verifier.js");
 
 /** Distinct key records kept parsed; a busy MX sees a few hundred signing keys a day. */
 const KEY_CACHE_ENTRIES = 2_000;
@@ -84,12 +87,6 @@ function pemKeyObject(pem: string): string {
   return Object.assign(key, { toString: () => pem }) as unknown as string;
 }
 
-/** False when mailauth was loaded before this module, so its verifier kept the unmemoized lookup. */
-export const keyCacheActive = require.cache[verifierPath] === undefined;
-/** mailauth's own key lookup, kept for the tests that show where it still differs from RFC 6376. */
-export const mailauthGetPublicKey: GetPublicKey = tools.getPublicKey;
-if (keyCacheActive) tools.getPublicKey = memoizedKeyLookup(tools.getPublicKey);
-
 /** How many key records have been parsed (not answered from the memo) in this process. */
 export function publicKeyParses(): number {
   return keyParses;
@@ -107,14 +104,6 @@ interface MessageParserState {
 }
 
 type ProcessChunk = (this: MessageParserState, chunk: Buffer) => Promise<void>;
-
-const { MessageParser } = require("mailauth/lib/dkim/message-parser.js") as {
-  MessageParser: { prototype: { processChunk: ProcessChunk; finish(this: EndingParser): Promise<void> } };
-};
-const { parseHeaders } = require("mailauth/lib/tools.js") as { parseHeaders(header: Buffer): unknown };
-
-/** mailauth's own header scan, kept for the test that holds ours to it. */
-export const mailauthProcessChunk: ProcessChunk = MessageParser.prototype.processChunk;
 
 /** Where the blank line that ends the header block ends (its LF) in `chunk`, or -1. */
 function headerEnd(carry: readonly number[], chunk: Buffer): number {
@@ -143,7 +132,7 @@ async function processChunk(this: MessageParserState, chunk: Buffer): Promise<vo
     this.state = "body";
     const last = end === chunk.length - 1;
     this.headerChunks.push(last ? chunk : chunk.subarray(0, end + 1));
-    this.headers = parseHeaders(Buffer.concat(this.headerChunks));
+    this.headers = mailauth().parseHeaders(Buffer.concat(this.headerChunks));
     await this.messageHeaders(this.headers);
     if (last) return;
     chunk = chunk.subarray(end + 1);
@@ -151,11 +140,106 @@ async function processChunk(this: MessageParserState, chunk: Buffer): Promise<vo
   await this.nextChunk(chunk);
 }
 
-MessageParser.prototype.processChunk = processChunk;
+/** The options of mailauth's DKIM signer that the gateway uses (mailauth declares no types for it). */
+export interface DkimSignerOptions {
+  readonly signatureData: ReadonlyArray<{
+    signingDomain: string;
+    selector: string;
+    privateKey: string;
+    canonicalization: string;
+  }>;
+  /** mailauth's parsed header block (its MessageParser's `headers`). */
+  readonly headers: unknown;
+  /** The body hash for the signatures' canonicalization, computed in an earlier pass. */
+  readonly bodyHash: string;
+  readonly signTime: Date;
+}
+
+/** mailauth's DKIM signer after `finalize()`: the signature header fields, or why a key failed. */
+export interface DkimSigner {
+  finalize(): Promise<void>;
+  readonly signatureHeaders: string[];
+  readonly errors: ReadonlyArray<{ signingDomain?: string; selector?: string; err: Error }>;
+}
+
+/** What this module takes from mailauth once loaded. */
+interface LoadedMailauth {
+  readonly api: typeof Mailauth;
+  readonly parseHeaders: (header: Buffer) => unknown;
+  readonly DkimSigner: new (options: DkimSignerOptions) => DkimSigner;
+  /** mailauth's own header scan, kept for the test that holds ours to it. */
+  readonly processChunk: ProcessChunk;
+  /** mailauth's own key lookup, kept for the tests that show where it still differs from RFC 6376. */
+  readonly getPublicKey: GetPublicKey;
+  /** mailauth's own end of a message, kept for the test that shows it still misses a header-only message. */
+  readonly finish: (this: EndingParser) => Promise<void>;
+  /** False when mailauth's verifier was loaded before this module loaded it, so it kept the unmemoized lookup. */
+  readonly keyCacheActive: boolean;
+}
+
+let loaded: LoadedMailauth | undefined;
+
+/** mailauth, loaded and patched on the first call (synchronously: `require` of a CommonJS package). */
+function mailauth(): LoadedMailauth {
+  if (loaded) return loaded;
+  const keyCacheActive = require.cache[require.resolve("mailauth/lib/dkim/dkim-verifier.js")] === undefined;
+  const tools = require("mailauth/lib/tools.js") as {
+    getPublicKey: GetPublicKey;
+    parseHeaders(header: Buffer): unknown;
+  };
+  const getPublicKey = tools.getPublicKey;
+  if (keyCacheActive) tools.getPublicKey = memoizedKeyLookup(getPublicKey);
+  const { MessageParser } = require("mailauth/lib/dkim/message-parser.js") as {
+    MessageParser: { prototype: { processChunk: ProcessChunk; finish(this: EndingParser): Promise<void> } };
+  };
+  const original = MessageParser.prototype.processChunk;
+  const finish = MessageParser.prototype.finish;
+  MessageParser.prototype.processChunk = processChunk;
+  MessageParser.prototype.finish = headerFirstFinish(tools.parseHeaders);
+  loaded = {
+    api: require("mailauth") as typeof Mailauth,
+    parseHeaders: tools.parseHeaders,
+    DkimSigner: (require("mailauth/lib/dkim/dkim-signer.js") as { DkimSigner: LoadedMailauth["DkimSigner"] })
+      .DkimSigner,
+    processChunk: original,
+    getPublicKey,
+    finish,
+    keyCacheActive,
+  };
+  return loaded;
+}
+
+/**
+ * Whether the key memo is in effect: loads mailauth if nothing has yet, and is false when its
+ * verifier had been loaded (by a `require` that bypassed this module) before.
+ */
+export function keyCacheActive(): boolean {
+  return mailauth().keyCacheActive;
+}
+
+/** mailauth's own header scan, kept for the test that holds ours to it. */
+export const mailauthProcessChunk: ProcessChunk = function (this: MessageParserState, chunk: Buffer) {
+  return mailauth().processChunk.call(this, chunk);
+};
+
+/** mailauth's own key lookup, kept for the tests that show where it still differs from RFC 6376. */
+export const mailauthGetPublicKey: GetPublicKey = (...args) => mailauth().getPublicKey(...args);
+
 /** mailauth's own end of a message, kept for the test that shows it still misses a header-only message. */
-export const mailauthFinish = MessageParser.prototype.finish;
-MessageParser.prototype.finish = headerFirstFinish(parseHeaders);
+export const mailauthFinish = function (this: EndingParser) {
+  return mailauth().finish.call(this);
+};
 
-const mailauth = require("mailauth") as typeof Mailauth;
+/** A DKIM signer over a header block and body hash already computed, as mailauth's ARC sealer uses it. */
+export function createDkimSigner(options: DkimSignerOptions): DkimSigner {
+  return new (mailauth().DkimSigner)(options);
+}
 
-export const { arc, authenticate, createSeal, dkimSign, dkimVerify, dmarc, sealMessage, spf } = mailauth;
+export const arc: typeof Mailauth.arc = (...args) => mailauth().api.arc(...args);
+export const authenticate: typeof Mailauth.authenticate = (...args) => mailauth().api.authenticate(...args);
+export const createSeal: typeof Mailauth.createSeal = (...args) => mailauth().api.createSeal(...args);
+export const dkimSign: typeof Mailauth.dkimSign = (...args) => mailauth().api.dkimSign(...args);
+export const dkimVerify: typeof Mailauth.dkimVerify = (...args) => mailauth().api.dkimVerify(...args);
+export const dmarc: typeof Mailauth.dmarc = (...args) => mailauth().api.dmarc(...args);
+export const sealMessage: typeof Mailauth.sealMessage = (...args) => mailauth().api.sealMessage(...args);
+export const spf: typeof Mailauth.spf = (...args) => mailauth().api.spf(...args);

@@ -7,8 +7,7 @@
 import { createPrivateKey } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
-import { DkimSigner } from "mailauth/lib/dkim/dkim-signer.js";
-import { createSeal, definePlugin, type HookContext } from "../../core/index.js";
+import { createDkimSigner, createSeal, definePlugin, type HookContext } from "../../core/index.js";
 import { arcVerification, parsedMessage } from "../shared/sender-auth/message.js";
 import { DkimSignOptions } from "./schema.js";
 
@@ -53,7 +52,7 @@ async function sign(ctx: HookContext<"queue">, keys: readonly SigningKey[]): Pro
   const address = parsed.headerFrom[0].toLowerCase();
   const chosen = keysFor(address.slice(address.lastIndexOf("@") + 1), keys);
   if (chosen.length === 0) return;
-  const signer = new DkimSigner({
+  const signer = createDkimSigner({
     // relaxed/relaxed with sha256: the body hash computed in the shared pass is exactly this one.
     signatureData: chosen.map((key) => ({
       signingDomain: key.domain,

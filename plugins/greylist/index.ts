@@ -3,7 +3,6 @@
  * after `delay` passes, and the triplet then passes for `lifetime`. Real MTAs retry; most bulk
  * senders do not. Records live in the state store, so every gateway of a cluster knows them.
  */
-import { getDomain } from "tldts";
 import {
   type Address,
   type ConnectionContext,
@@ -66,9 +65,12 @@ export default definePlugin({
     const senders = new Set(options.skip.senders);
     const recipients = new Set(options.skip.recipients);
 
-    const clientPart = (connection: ConnectionContext) => {
+    const clientPart = async (connection: ConnectionContext) => {
       const name = options.client === "ptr-domain" ? connection.verifiedName : null;
-      return (name && getDomain(name)) || clientNet(connection.client.ip);
+      if (!name) return clientNet(connection.client.ip);
+      // The public suffix list (~7 MB in memory) loads with the first client that has a verified name.
+      const { getDomain } = await import("tldts");
+      return getDomain(name) || clientNet(connection.client.ip);
     };
     const skipped = (connection: ConnectionContext, sender: Address, facts: Partial<Facts>) =>
       networks.has(connection.client.ip) ||
@@ -93,7 +95,7 @@ export default definePlugin({
         facts.greylist = { status: "skipped", retryIn: 0 };
         return undefined;
       }
-      const client = clientPart(connection);
+      const client = await clientPart(connection);
       const senderKey = sender.address.toLowerCase() || "<>";
       let results: Array<{ status: GreylistStatus; retryInMs: number }>;
       try {

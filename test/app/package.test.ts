@@ -1,18 +1,26 @@
 /**
- * Portcullis as an npm package, the way an operator meets it outside this checkout: `npm pack`,
- * installed into a fresh folder, then `--version`, `check` and `start` there; a TypeScript plugin
- * beside the operator's policy (a folder with no package.json) imports "portcullis" and gets the
- * running gateway's own module; editing the plugin and sending SIGHUP changes the gateway's replies
- * and the reload log line names the plugin. The same plugin and reload run from the checkout too.
+ * Portcullis as an npm package, the way an operator and a plugin author meet it outside this
+ * checkout: packed once (`npm pack`) and installed into a fresh folder, where
+ * - `--version`, and a TypeScript plugin beside a policy in a folder with no package.json (it imports
+ *   "portcullis" and gets the running gateway's own module; editing it and sending SIGHUP changes
+ *   the replies, and the reload log line names it) — also from the checkout;
+ * - `init` writes a policy that passes `check --strict` and, started, takes mail into `./mail`;
+ * - `plugin new` writes a package whose `npm install` takes portcullis from that install (not the
+ *   registry), whose `npm test` type-checks against the installed declarations and passes through
+ *   the installed test kit, and whose `npm run build` makes JS; a gateway loads it by path (source
+ *   and build) and by package name, and its typed finding works in a policy rule.
+ * Slow by nature (two `npm install`s from npm's cache, one build, several gateways): about a minute.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, test } from "node:test";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { startDnsServer } from "../../core/testing/dns-server.js";
+import { eventually } from "../fixtures/eventually.js";
 import { writeStampFolder } from "../fixtures/outside-plugin.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { type ChildGateway, startChild } from "../ops/child.js";
@@ -21,11 +29,25 @@ const root = fileURLToPath(new URL("../..", import.meta.url));
 const scratch = await mkdtemp(join(tmpdir(), "portcullis-package-"));
 after(() => rm(scratch, { recursive: true, force: true }));
 
+// node:test tells child processes through NODE_TEST_CONTEXT to report to it; a plugin's own
+// `npm test` must print its results as it would for its author.
+const { NODE_TEST_CONTEXT: _, ...authorEnv } = process.env;
+
+/** Runs a command to completion; its status and output. */
+function attempt(command: string, args: string[], cwd: string) {
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: authorEnv });
+  return { status: result.status, output: `${command} ${args.join(" ")}:\n${result.stdout}\n${result.stderr}` };
+}
+
+/** Runs a command that must succeed; its stdout. */
 function run(command: string, args: string[], cwd: string) {
-  const result = spawnSync(command, args, { cwd, encoding: "utf8" });
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: authorEnv });
   assert.equal(result.status, 0, `${command} ${args.join(" ")}:\n${result.stdout}\n${result.stderr}`);
   return result.stdout;
 }
+
+/** npm as an author runs it, taking packages from npm's cache where it can. */
+const npm = (args: string[], cwd: string) => run("npm", [...args, "--prefer-offline", "--no-audit", "--no-fund"], cwd);
 
 /** The reply to MAIL FROM:<x@domain>, and for other senders the DATA reply. */
 async function send(port: number, from: string) {
@@ -72,22 +94,125 @@ test("from the checkout, a .ts plugin beside a policy outside it loads, and SIGH
   await exercise(await startChild(policy), dir);
 });
 
-test("the packed tarball installs into a fresh folder and runs there: --version, check, start, plugins", async () => {
-  // `npm pack` runs `prepare`, which builds dist/ (incrementally) as an install from git would.
+// Packed and installed once for the tests below: `npm pack` runs `prepare`, which builds dist/
+// (incrementally) as an install from git would; the dependencies come from npm's cache.
+const home = join(scratch, "home");
+let tarball: string;
+let bin: string;
+
+before(async () => {
   const packed = join(scratch, "packed");
   await mkdir(packed);
   run("npm", ["pack", "--pack-destination", packed, "--silent"], root);
-  const [tarball] = await readdir(packed);
-  const home = join(scratch, "home");
+  tarball = join(packed, (await readdir(packed))[0]);
   await mkdir(home);
-  // The dependencies come from npm's cache, where installing this checkout left them.
-  run("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", join(packed, tarball)], home);
+  npm(["install", tarball], home);
+  bin = join(home, "node_modules/.bin/portcullis");
+});
 
-  const bin = join(home, "node_modules/.bin/portcullis");
+test("the installed package runs: --version, and a .ts plugin beside a policy outside any package", async () => {
   assert.equal(run(bin, ["--version"], home).trim(), "0.1.0");
-  const dir = join(home, "ops");
+  // Outside `home`: no package.json above the plugin, so "portcullis" can only be the gateway's own.
+  const dir = join(scratch, "ops");
   await mkdir(dir);
   const policy = await writeStampFolder(dir, "v1");
   assert.equal(run(bin, ["check", policy], home), `${policy}: ok\n`);
   await exercise(await startChild(policy, { bin, cwd: home }), dir);
+});
+
+test("init writes a policy that passes check --strict and, started, takes mail into ./mail", async () => {
+  run("npx", ["portcullis", "init", "--domain", "example.test", "--maildir", "./mail"], home);
+  assert.equal(run("npx", ["portcullis", "check", "--strict", "policy.yaml"], home), "policy.yaml: ok\n");
+  // Every name the policy's checks look up is unknown to this DNS server: no PTR, no listing, no SPF.
+  const dns = await startDnsServer({});
+  const gateway = await startChild(join(home, "policy.yaml"), { bin, cwd: home, args: ["--dns", dns.address] });
+  try {
+    const accepted = await send(gateway.port, "a@sender.test");
+    assert.equal(accepted.data?.code, 250, JSON.stringify(accepted));
+    const delivered = join(home, "mail/new");
+    await eventually(async () => (await readdir(delivered).catch(() => [])).length === 1, "the message in ./mail/new");
+    const [file] = await readdir(delivered);
+    assert.match(await readFile(join(delivered, file), "utf8"), /^Subject: package\r?$/m);
+    assert.ok(dns.count("1.0.0.127.in-addr.arpa", "PTR") > 0, "the policy's checks asked the test DNS server");
+  } finally {
+    gateway.child.kill("SIGTERM");
+    await gateway.exited;
+    await dns.close();
+  }
+});
+
+/** A policy beside `home`'s node_modules loading `plugin` and refusing senders it finds watched. */
+function scaffoldPolicy(plugin: string, listed: string): string {
+  return `version: 1
+server: { hostname: gw.test }
+relay: { domains: [example.test], postmaster: "maildir:./plugin-mail" }
+pipeline:
+  - plugin: ${plugin}
+    block: [spam.example]
+    watch: [odd.example]
+rules:
+  - name: watched
+    when: { subject-filter.listed: ${listed} }
+    action: { reject: "550 5.7.1 watched {subject-filter.domain}" }
+routes: [{ to: "maildir:./plugin-mail" }]
+`;
+}
+
+test("plugin new: npm install and npm test against the installed package, build, load by path and by name", async () => {
+  run("npx", ["portcullis", "plugin", "new", "subject-filter"], home);
+  const plugin = join(home, "subject-filter");
+  // portcullis is the scaffold's peer: the tarball satisfies it, so npm never asks the registry
+  // for it; its own dependencies (typescript, tsx, @types/node) come from npm's cache or registry.
+  npm(["install", "--no-save", tarball], plugin);
+  const installed = JSON.parse(await readFile(join(plugin, "node_modules/.package-lock.json"), "utf8"));
+  const source: string = installed.packages["node_modules/portcullis"].resolved;
+  assert.equal(resolve(plugin, source.replace(/^file:/, "")), tarball, source);
+  // tsc --noEmit against the installed .d.ts (typing ctx.facts["subject-filter"] by declaration
+  // merging), then the plugin's three tests through the installed portcullis/testkit.
+  const tested = attempt("npm", ["test"], plugin);
+  assert.equal(tested.status, 0, tested.output);
+  assert.match(tested.output, /# pass 3\n# fail 0/);
+  run("npm", ["run", "build"], plugin);
+  assert.match(await readFile(join(plugin, "dist/index.js"), "utf8"), /definePlugin/);
+  // Installed beside the gateway, as an operator adds a plugin from npm.
+  npm(["install", "./subject-filter"], home);
+
+  const forms = {
+    source: "./subject-filter/src/index.ts",
+    build: "./subject-filter/dist/index.js",
+    package: "subject-filter",
+  };
+  for (const [form, reference] of Object.entries(forms)) {
+    const policy = join(home, `plugin-${form}.yaml`);
+    await writeFile(policy, scaffoldPolicy(reference, "watch"));
+    // The rule on the plugin's finding is held to the finding's declared schema.
+    assert.equal(run(bin, ["check", "--strict", policy], home), `${policy}: ok\n`, form);
+  }
+  // One gateway per form, side by side.
+  await Promise.all(
+    Object.keys(forms).map(async (form) => {
+      const gateway = await startChild(join(home, `plugin-${form}.yaml`), { bin, cwd: home });
+      try {
+        const blocked = await send(gateway.port, "x@spam.example");
+        assert.equal(blocked.mail?.raw, "550 5.7.1 Mail from spam.example is not accepted here", form);
+        const watched = await send(gateway.port, "x@odd.example");
+        assert.equal(watched.mail?.raw, "550 5.7.1 watched odd.example", form);
+        const accepted = await send(gateway.port, "x@ham.example");
+        assert.equal(accepted.data?.code, 250, `${form}: ${JSON.stringify(accepted)}`);
+      } finally {
+        gateway.child.kill("SIGTERM");
+        await gateway.exited;
+      }
+    }),
+  );
+
+  // A value the finding cannot take is an error at the rule's line, not a rule that never matches.
+  const misspelt = join(home, "plugin-misspelt.yaml");
+  await writeFile(misspelt, scaffoldPolicy("subject-filter", "watching"));
+  const refused = attempt(bin, ["check", "--strict", misspelt], home);
+  assert.equal(refused.status, 1, refused.output);
+  assert.match(
+    refused.output,
+    /plugin-misspelt\.yaml:10:36 rules\.0\.when\.subject-filter\.listed: error: .* is block \| watch or null, never "watching"/,
+  );
 });

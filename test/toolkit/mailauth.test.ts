@@ -76,7 +76,7 @@ routes:
   }
 
   test("is in effect: mailauth is loaded after the patch in the gateway's import order", () => {
-    assert.equal(keyCacheActive, true);
+    assert.equal(keyCacheActive(), true);
   });
 
   test("three messages signed with one key: all pass, the key is parsed once", async () => {
