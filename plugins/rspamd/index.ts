@@ -116,7 +116,7 @@ export default definePlugin({
     const send = secure ? httpsRequest : httpRequest;
     const where = `rspamd at ${url.host}`;
 
-    /** One POST of the whole message; `reused` says whether it went over a kept-open connection. */
+    /** One POST of the whole message, streamed from where the gateway holds it. */
     function post(ctx: DataContext): Promise<{ status: number; body: Buffer }> {
       return new Promise((resolve, reject) => {
         const request = send(url, {
@@ -128,8 +128,7 @@ export default definePlugin({
         request.once("response", (response) => {
           readReply(response).then((body) => resolve({ status: response.statusCode ?? 0, body }), reject);
         });
-        // Rspamd may close a kept-open connection just as we reuse it; that one attempt is retried.
-        request.once("error", (error) => reject(Object.assign(error, { reusedSocket: request.reusedSocket })));
+        request.once("error", reject);
         pipeline(ctx.message.stream(), request, (error) => {
           if (error) reject(error);
         });
@@ -139,10 +138,7 @@ export default definePlugin({
     async function scan(ctx: DataContext): Promise<CheckReply> {
       let answer: { status: number; body: Buffer };
       try {
-        answer = await post(ctx).catch((error: NodeJS.ErrnoException & { reusedSocket?: boolean }) => {
-          if (error.reusedSocket && error.code === "ECONNRESET" && !ctx.signal.aborted) return post(ctx);
-          throw error;
-        });
+        answer = await post(ctx);
       } catch (error) {
         const reason = ctx.signal.aborted ? "no reply before the hook's deadline" : (error as Error).message;
         throw new Error(`${where}: ${reason}`);

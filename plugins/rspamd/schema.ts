@@ -34,7 +34,10 @@ export const RspamdOptions = z.strictObject({
     .int()
     .positive()
     .default(32)
-    .describe("connections to Rspamd kept open and reused (HTTP keep-alive); more scans at once wait for one"),
+    .describe(
+      "scans in flight at once (more wait for a connection); connections are kept open for reuse where the " +
+        "server allows it (a proxy in front of Rspamd; Rspamd's own workers close after each reply)",
+    ),
 });
 
 export type RspamdOptions = z.output<typeof RspamdOptions>;

@@ -19,6 +19,15 @@ import { readRecords } from "../observability/helpers.js";
 const GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 const GTUBE_REWRITE_SUBJECT = `Z${GTUBE.slice(1)}`;
 
+/**
+ * A routine of Rspamd's milter_headers that plays a rule echoing what a client wrote, line break
+ * included, and a module naming a field badly; only for messages that carry X-Test-Echo.
+ */
+const ECHO_ROUTINE = `return function(task)
+  if not task:get_header('X-Test-Echo') then return nil, {}, {}, {} end
+  return nil, { ['X-Echo'] = 'what the client wrote\\r\\nBcc: injected@example.test', ['Bad Name'] = 'refused' }, {}, {}
+end`;
+
 let dns: TestDnsServer;
 let rspamd: TestRspamd;
 let hop: NextHop;
@@ -44,7 +53,7 @@ observability: { transactionLog: { path: ./log/tx.jsonl } }
 
 before(async () => {
   dns = await startDnsServer({});
-  rspamd = await startRspamd({ dns: dns.address });
+  rspamd = await startRspamd({ dns: dns.address, customRoutines: { "echo-test": ECHO_ROUTINE } });
   hop = await startNextHop();
   strict = await startGateway(policy(""), { dnsServers: [dns.address] });
   tagging = await startGateway(
@@ -163,6 +172,18 @@ test("rewrite subject replaces the Subject; what Rspamd echoes of the client's s
   assert.match(subjects[0], /^Subject: \*\*\* SPAM \*\*\* /);
   assert.doesNotMatch(head, /^Bcc:/m);
   assert.match(head, /^X-Spam: Yes\r$/m);
+});
+
+test("a field Rspamd adds cannot smuggle in a header line, and a field with an invalid name is left out", async () => {
+  const { id, data } = message("Hello Bob", "Subject: echo\r\nX-Test-Echo: 1\r\n");
+  const replies = await send(strict, data);
+  assert.equal(replies.data?.code, 250, replies.data?.raw);
+  const head = headerSection(await delivered(id));
+  assert.match(head, /^X-Echo: what the client wrote +Bcc: injected@example\.test\r$/m);
+  assert.doesNotMatch(head, /^Bcc:/m);
+  assert.doesNotMatch(head, /Bad Name/);
+  const warning = strict.logs.find((line) => line.msg === "rspamd: header fields with invalid names left out");
+  assert.deepEqual(warning?.fields, ["Bad Name"]);
 });
 
 test("a message over maxSize is delivered unscanned, and the finding says so", async () => {
