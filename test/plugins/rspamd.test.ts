@@ -33,8 +33,9 @@ let rspamd: TestRspamd;
 let hop: NextHop;
 let strict: TestGateway;
 let tagging: TestGateway;
+let trusting: TestGateway;
 
-function policy(entry: string): string {
+function policy(entry: string, more = ""): string {
   return `
 version: 1
 server: { hostname: mx.gateway.test }
@@ -45,6 +46,7 @@ pipeline:
     url: "${rspamd.url}"
     timeout: 20s
 ${entry}
+${more}
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
 delivery: { mode: proxy }
 observability: { transactionLog: { path: ./log/tx.jsonl } }
@@ -61,8 +63,18 @@ before(async () => {
     on: { reject: ignore }`),
     { dnsServers: [dns.address] },
   );
+  // As policies/edge-mx-content.yaml does it: our own networks are trusted and not scanned.
+  trusting = await startGateway(
+    policy(
+      "",
+      `rules: [{ name: trusted-not-scanned, when: { trusted: true }, action: { skip: [rspamd] } }]
+relay: { domains: [example.test], networks: [127.0.0.0/8] }`,
+    ).replace("relay: { domains: [example.test] }\n", ""),
+    { dnsServers: [dns.address] },
+  );
 });
 after(async () => {
+  await trusting?.stop();
   await tagging?.stop();
   await strict?.stop();
   await hop?.close();
@@ -105,8 +117,8 @@ function headerSection(raw: string): string {
   return raw.slice(0, raw.indexOf("\r\n\r\n") + 2);
 }
 
-/** The rspamd finding the transaction log recorded for the transaction whose reply or message matches. */
-async function recordedFinding(gw: TestGateway, count: number) {
+/** The data step of the gateway's `count`th transaction log record, once it is written. */
+async function recordedDataStep(gw: TestGateway, count: number) {
   const file = join(gw.dir, "log", "tx.jsonl");
   let records: TransactionRecord[] = [];
   await eventually(async () => {
@@ -115,6 +127,12 @@ async function recordedFinding(gw: TestGateway, count: number) {
   }, `${count} records in the transaction log`);
   const data = records[count - 1].steps.find((step) => step.phase === "data");
   assert.ok(data, "the record has a data step");
+  return data;
+}
+
+/** The rspamd finding of the gateway's `count`th transaction log record. */
+async function recordedFinding(gw: TestGateway, count: number) {
+  const data = await recordedDataStep(gw, count);
   return data.findings.rspamd as Record<string, unknown> & { symbols: Array<{ name: string; score: number }> };
 }
 
@@ -195,6 +213,16 @@ test("a message over maxSize is delivered unscanned, and the finding says so", a
   const finding = await recordedFinding(tagging, 2);
   assert.equal(finding.skipped, "too-large");
   assert.equal(finding.action, null);
+});
+
+test("a trusted client's message is not scanned when a rule skips rspamd for trusted clients", async () => {
+  const { id, data } = message(GTUBE);
+  const replies = await send(trusting, data);
+  assert.equal(replies.data?.code, 250, replies.data?.raw);
+  assert.doesNotMatch(headerSection(await delivered(id)), /^X-Spam/m);
+  const dataStep = await recordedDataStep(trusting, 1);
+  assert.deepEqual(dataStep.skipped, ["rspamd"]);
+  assert.equal(dataStep.findings.rspamd, undefined);
 });
 
 test("Rspamd stopped: 451 and a log line naming rspamd; started again: scanning resumes", async () => {
