@@ -13,15 +13,18 @@ import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { startDnsServer } from "../../core/testing/dns-server.js";
-import { startGatewayProcess } from "./gateway-process.js";
+import { startRspamd, type TestRspamd } from "../fixtures/rspamd.js";
+import { processStats, startGatewayProcess } from "./gateway-process.js";
 import { type LoadOptions, type LoadResult, runNodeLoad, runSmtpSource } from "./load.js";
 import { BENCH, benchMail } from "./mail.js";
 import { type EdgePart, edgePolicy, type PolicySettings, queuePart, relayPolicy } from "./policies.js";
 import { type ProfileSummary, summarizeProfile } from "./profile.js";
 import { findProgram, type SinkKind, type SinkProcess, startSinkProcess } from "./sink-process.js";
 
-export type ConfigName = "direct" | "relay" | "edge";
+export type ConfigName = "direct" | "relay" | "edge" | "rspamd";
+/** What a run measures unless told otherwise: (d) needs Rspamd installed, so it is asked for by name. */
 export const CONFIGS: readonly ConfigName[] = ["direct", "relay", "edge"];
+export const ALL_CONFIGS: readonly ConfigName[] = [...CONFIGS, "rspamd"];
 
 export interface BenchOptions {
   readonly sessions: number;
@@ -65,6 +68,8 @@ export interface RunResult {
     readonly cpuMsPerMessage: number;
   } | null;
   readonly edgePolicy?: EdgePart[];
+  /** (d) only: what Rspamd's processes spent during the measurement, per message. */
+  readonly scanner?: { readonly peakRssMb: number; readonly cpuMsPerMessage: number };
   readonly profile?: ProfileSummary;
   /** (a) only: msg/s of each of its measurements, in order; the run shown is the median one. */
   readonly samples?: number[];
@@ -79,16 +84,34 @@ export interface BenchResult {
   };
   readonly options: BenchOptions & { readonly messageBytes: number };
   readonly runs: Partial<Record<ConfigName, RunResult>>;
-  /** Throughput of (b) and (c) as a share of (a). */
-  readonly ratios: { readonly relay: number | null; readonly edge: number | null };
+  /** Throughput of (b), (c) and (d) as a share of (a). */
+  readonly ratios: { readonly relay: number | null; readonly edge: number | null; readonly rspamd: number | null };
   /** Gateway runs' latency percentiles minus those of (a). */
-  readonly addedLatencyMs: { readonly relay: LatencySummary | null; readonly edge: LatencySummary | null };
+  readonly addedLatencyMs: {
+    readonly relay: LatencySummary | null;
+    readonly edge: LatencySummary | null;
+    readonly rspamd: LatencySummary | null;
+  };
+  /** What (d) costs per message beyond (c): the same edge policy, with the rspamd scan after it. */
+  readonly rspamdCost: RspamdCost | null;
+}
+
+export interface RspamdCost {
+  /** Gateway CPU per message in (d) minus that in (c). */
+  readonly gatewayCpuMs: number;
+  /** Rspamd's own CPU per message in (d). */
+  readonly scannerCpuMs: number;
+  /** Latency percentiles of (d) minus those of (c). */
+  readonly latencyMs: LatencySummary | null;
+  /** Throughput of (d) as a share of (c). */
+  readonly throughput: number;
 }
 
 const LABELS: Record<ConfigName, string> = {
   direct: "(a) client → sink",
   relay: "(b) client → gateway (plain relay, proxy) → sink",
   edge: "(c) client → gateway (edge policy) → sink",
+  rspamd: "(d) client → gateway (edge policy, then rspamd) → sink",
 };
 
 export async function runBench(
@@ -103,9 +126,11 @@ export async function runBench(
     throw new Error("bench: --load smtp-source, but smtp-source is not installed");
   const dns = await startDnsServer(mail.zone);
   let sink: SinkProcess | undefined;
+  let rspamd: TestRspamd | undefined;
   const runs: Partial<Record<ConfigName, RunResult>> = {};
   try {
     sink = await startSinkProcess(options.sink);
+    if (options.configs.includes("rspamd")) rspamd = await startRspamd({ dns: dns.address });
     const settings: PolicySettings = {
       sinkPort: sink.port,
       dns: dns.address,
@@ -116,7 +141,7 @@ export async function runBench(
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
-    const context: RunContext = { dir, settings, sink, message: mail.message, smtpSource };
+    const context: RunContext = { dir, settings, sink, message: mail.message, smtpSource, rspamd };
     const measure = async (config: ConfigName): Promise<RunResult> => {
       progress(`${LABELS[config]} …`);
       const result = await runConfig(config, options, context);
@@ -141,6 +166,7 @@ export async function runBench(
     }
   } finally {
     await sink?.close();
+    await rspamd?.close();
     await dns.close();
     await rm(dir, { recursive: true, force: true });
   }
@@ -162,8 +188,25 @@ export async function runBench(
     },
     options: { ...options, messageBytes: mail.message.length },
     runs: Object.fromEntries(CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
-    ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge) },
-    addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge) },
+    ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge), rspamd: ratio(runs.rspamd) },
+    addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge), rspamd: added(runs.rspamd) },
+    rspamdCost: rspamdCost(runs.edge, runs.rspamd),
+  };
+}
+
+function rspamdCost(edge: RunResult | undefined, scanned: RunResult | undefined): RspamdCost | null {
+  if (!edge?.gateway || !scanned?.gateway || !scanned.scanner || edge.msgPerSec === 0) return null;
+  return {
+    gatewayCpuMs: round(scanned.gateway.cpuMsPerMessage - edge.gateway.cpuMsPerMessage, 3),
+    scannerCpuMs: scanned.scanner.cpuMsPerMessage,
+    latencyMs:
+      edge.latencyMs && scanned.latencyMs
+        ? {
+            p50: round(scanned.latencyMs.p50 - edge.latencyMs.p50, 2),
+            p99: round(scanned.latencyMs.p99 - edge.latencyMs.p99, 2),
+          }
+        : null,
+    throughput: round(scanned.msgPerSec / edge.msgPerSec, 3),
   };
 }
 
@@ -173,6 +216,8 @@ interface RunContext {
   readonly sink: SinkProcess;
   readonly message: Buffer;
   readonly smtpSource: string | null;
+  /** The private Rspamd of (d), when it runs. */
+  readonly rspamd: TestRspamd | undefined;
 }
 
 async function runConfig(config: ConfigName, options: BenchOptions, context: RunContext): Promise<RunResult> {
@@ -181,14 +226,15 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
   let gateway: Awaited<ReturnType<typeof startGatewayProcess>> | undefined;
   // One folder per run: every thread writes its own profile (tsx's loader runs in a worker).
   const profileDir = options.profileDir ? join(options.profileDir, `${config}-${process.pid}`) : undefined;
-  const edgeSpool = join(context.dir, "spool-edge");
+  const edgeSpool = join(context.dir, `spool-${config}`);
   try {
     let port = sink.port;
     if (config !== "direct") {
       const policyFile = join(context.dir, `${config}.yaml`);
       let text: string;
-      if (config === "edge") {
-        const edge = await edgePolicy({ ...context.settings, spool: edgeSpool }, policyFile);
+      if (config === "edge" || config === "rspamd") {
+        const scanners = config === "rspamd" ? [{ plugin: "rspamd", url: rspamdOf(context).url }] : [];
+        const edge = await edgePolicy({ ...context.settings, spool: edgeSpool }, policyFile, scanners);
         text = edge.text;
         edgeParts = edge.parts;
       } else {
@@ -224,12 +270,15 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
     }
     const before = await sink.count();
     const cpuBefore = gateway?.stats().cpuMs ?? 0;
+    const scannerPid = config === "rspamd" ? rspamdOf(context).pid() : null;
+    const scannerCpuBefore = scannerPid === null ? 0 : processStats(scannerPid).cpuMs;
     const started = performance.now();
     const result = await load(options.messages);
     await settle(sink, before + result.sent);
     const elapsedMs = performance.now() - started;
     const delivered = (await sink.count()) - before;
     const stats = gateway?.stats();
+    const scannerStats = scannerPid === null ? null : processStats(scannerPid);
     return {
       config,
       label: LABELS[config],
@@ -246,12 +295,25 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
             cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
           }
         : null,
+      ...(scannerStats
+        ? {
+            scanner: {
+              peakRssMb: round(scannerStats.peakRssKb / 1024, 1),
+              cpuMsPerMessage: round((scannerStats.cpuMs - scannerCpuBefore) / Math.max(1, delivered), 3),
+            },
+          }
+        : {}),
       ...(await stopAndProfile(gateway, profileDir)),
       ...(edgeParts ? { edgePolicy: [...edgeParts, await queuePart(edgeSpool)] } : {}),
     };
   } finally {
     await gateway?.stop();
   }
+}
+
+function rspamdOf(context: RunContext): TestRspamd {
+  if (!context.rspamd) throw new Error("bench: (d) runs without its Rspamd");
+  return context.rspamd;
 }
 
 /** How long the sink may lag behind the last 250 (queue mode delivers after answering). */
@@ -300,6 +362,7 @@ export function formatRun(run: RunResult): string {
   if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
   if (run.gateway)
     parts.push(`gateway peak RSS ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+  if (run.scanner) parts.push(`rspamd peak RSS ${run.scanner.peakRssMb} MB, CPU ${run.scanner.cpuMsPerMessage} ms/msg`);
   if (run.delivered !== run.messages || run.failed > 0) {
     parts.push(`PROBLEM: ${run.delivered}/${run.messages} delivered, ${run.failed} failed: ${run.errors.join("; ")}`);
   }
@@ -316,22 +379,38 @@ export function formatBench(result: BenchResult): string {
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];
-  for (const config of CONFIGS) {
+  for (const config of ALL_CONFIGS) {
     const run = result.runs[config];
     if (run) lines.push(run.label, `    ${formatRun(run)}`);
   }
   lines.push("");
   const ratio = (value: number | null, target: number) =>
     value === null ? "n/a" : `${value.toFixed(3)} (target ≥ ${target})`;
-  lines.push(`ratios: b/a ${ratio(result.ratios.relay, 0.15)}, c/a ${ratio(result.ratios.edge, 0.1)}`);
+  lines.push(
+    `ratios: b/a ${ratio(result.ratios.relay, 0.15)}, c/a ${ratio(result.ratios.edge, 0.1)}` +
+      (result.ratios.rspamd === null ? "" : `, d/a ${result.ratios.rspamd.toFixed(3)}`),
+  );
   const added = (value: LatencySummary | null) => (value ? `p50 +${value.p50} ms, p99 +${value.p99} ms` : "n/a");
   lines.push(
     `latency added by the gateway: (b) ${added(result.addedLatencyMs.relay)}; (c) ${added(result.addedLatencyMs.edge)}`,
   );
-  const edge = result.runs.edge?.edgePolicy;
-  if (edge) {
-    lines.push("edge policy of (c):");
-    for (const part of edge) lines.push(`  ${part.present ? "present" : "ABSENT "}  ${part.part}: ${part.note}`);
+  const cost = result.rspamdCost;
+  if (cost) {
+    lines.push(
+      `rspamd per message, (d) beside (c): gateway CPU ${signed(cost.gatewayCpuMs)} ms, rspamd CPU ` +
+        `${cost.scannerCpuMs} ms, latency ${cost.latencyMs ? `p50 ${signed(cost.latencyMs.p50)} ms, p99 ${signed(cost.latencyMs.p99)} ms` : "n/a"}, ` +
+        `throughput d/c ${cost.throughput.toFixed(3)}`,
+    );
+  }
+  for (const config of ["edge", "rspamd"] as const) {
+    const parts = result.runs[config]?.edgePolicy;
+    if (!parts) continue;
+    lines.push(`edge policy of ${config === "edge" ? "(c)" : "(d)"}:`);
+    for (const part of parts) lines.push(`  ${part.present ? "present" : "ABSENT "}  ${part.part}: ${part.note}`);
   }
   return lines.join("\n");
+}
+
+function signed(value: number): string {
+  return value >= 0 ? `+${value}` : String(value);
 }
