@@ -187,7 +187,7 @@ export async function runBench(
       loadAverage: { start: round(loadAtStart, 2), end: round(loadavg()[0], 2) },
     },
     options: { ...options, messageBytes: mail.message.length },
-    runs: Object.fromEntries(CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
+    runs: Object.fromEntries(ALL_CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
     ratios: { relay: ratio(runs.relay), edge: ratio(runs.edge), rspamd: ratio(runs.rspamd) },
     addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge), rspamd: added(runs.rspamd) },
     rspamdCost: rspamdCost(runs.edge, runs.rspamd),
