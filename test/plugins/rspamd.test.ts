@@ -28,14 +28,18 @@ const ECHO_ROUTINE = `return function(task)
   return nil, { ['X-Echo'] = 'what the client wrote\\r\\nBcc: injected@example.test', ['Bad Name'] = 'refused' }, {}, {}
 end`;
 
+const CONTROLLER_PASSWORD = "controller-secret";
+
 let dns: TestDnsServer;
 let rspamd: TestRspamd;
 let hop: NextHop;
 let strict: TestGateway;
 let tagging: TestGateway;
 let trusting: TestGateway;
+let viaController: TestGateway;
+let wrongPassword: TestGateway;
 
-function policy(entry: string, more = ""): string {
+function policy(entry: string, more = "", url = rspamd.url): string {
   return `
 version: 1
 server: { hostname: mx.gateway.test }
@@ -43,7 +47,7 @@ dns: { timeout: 500ms }
 relay: { domains: [example.test] }
 pipeline:
   - plugin: rspamd
-    url: "${rspamd.url}"
+    url: "${url}"
     timeout: 20s
 ${entry}
 ${more}
@@ -55,7 +59,11 @@ observability: { transactionLog: { path: ./log/tx.jsonl } }
 
 before(async () => {
   dns = await startDnsServer({});
-  rspamd = await startRspamd({ dns: dns.address, customRoutines: { "echo-test": ECHO_ROUTINE } });
+  rspamd = await startRspamd({
+    dns: dns.address,
+    customRoutines: { "echo-test": ECHO_ROUTINE },
+    controllerPassword: CONTROLLER_PASSWORD,
+  });
   hop = await startNextHop();
   strict = await startGateway(policy(""), { dnsServers: [dns.address] });
   tagging = await startGateway(
@@ -72,8 +80,17 @@ relay: { domains: [example.test], networks: [127.0.0.0/8] }`,
     ).replace("relay: { domains: [example.test] }\n", ""),
     { dnsServers: [dns.address] },
   );
+  // The controller scans too, for clients that give its password.
+  viaController = await startGateway(policy(`    password: ${CONTROLLER_PASSWORD}`, "", rspamd.controllerUrl!), {
+    dnsServers: [dns.address],
+  });
+  wrongPassword = await startGateway(policy("    password: not-the-password", "", rspamd.controllerUrl!), {
+    dnsServers: [dns.address],
+  });
 });
 after(async () => {
+  await wrongPassword?.stop();
+  await viaController?.stop();
   await trusting?.stop();
   await tagging?.stop();
   await strict?.stop();
@@ -223,6 +240,17 @@ test("a trusted client's message is not scanned when a rule skips rspamd for tru
   const dataStep = await recordedDataStep(trusting, 1);
   assert.deepEqual(dataStep.skipped, ["rspamd"]);
   assert.equal(dataStep.findings.rspamd, undefined);
+});
+
+test("through the controller with its password, GTUBE is rejected; with a wrong one, 451 naming rspamd", async () => {
+  const scanned = await send(viaController, message(GTUBE).data);
+  assert.equal(scanned.data?.code, 554, scanned.data?.raw);
+
+  const refused = await send(wrongPassword, message(GTUBE).data);
+  assert.match(refused.data?.raw ?? "", /^451 4\.3\.0 /);
+  const failure = wrongPassword.logs.find((line) => line.msg === "hook failed; applying onError");
+  assert.equal(failure?.plugin, "rspamd");
+  assert.match(String(failure?.err), /^rspamd at [\d.]+:\d+: HTTP 401: Unauthorized$/);
 });
 
 test("Rspamd stopped: 451 and a log line naming rspamd; started again: scanning resumes", async () => {
