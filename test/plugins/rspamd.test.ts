@@ -5,6 +5,7 @@
  * (XJS…: reject, ZJS…: rewrite subject), an ordinary note for ham.
  */
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import type { TransactionRecord } from "../../core/observability/transaction-log.js";
@@ -38,8 +39,9 @@ let tagging: TestGateway;
 let trusting: TestGateway;
 let viaController: TestGateway;
 let wrongPassword: TestGateway;
+let impatient: TestGateway;
 
-function policy(entry: string, more = "", url = rspamd.url): string {
+function policy(entry: string, more = "", url = rspamd.url, timeout = "20s"): string {
   return `
 version: 1
 server: { hostname: mx.gateway.test }
@@ -48,7 +50,7 @@ relay: { domains: [example.test] }
 pipeline:
   - plugin: rspamd
     url: "${url}"
-    timeout: 20s
+    timeout: ${timeout}
 ${entry}
 ${more}
 routes: [{ to: "smtp://127.0.0.1:${hop.port}" }]
@@ -84,11 +86,13 @@ relay: { domains: [example.test], networks: [127.0.0.0/8] }`,
   viaController = await startGateway(policy(`    password: ${CONTROLLER_PASSWORD}`, "", rspamd.controllerUrl!), {
     dnsServers: [dns.address],
   });
+  impatient = await startGateway(policy("", "", rspamd.url, "1s"), { dnsServers: [dns.address] });
   wrongPassword = await startGateway(policy("    password: not-the-password", "", rspamd.controllerUrl!), {
     dnsServers: [dns.address],
   });
 });
 after(async () => {
+  await impatient?.stop();
   await wrongPassword?.stop();
   await viaController?.stop();
   await trusting?.stop();
@@ -251,6 +255,34 @@ test("through the controller with its password, GTUBE is rejected; with a wrong 
   const failure = wrongPassword.logs.find((line) => line.msg === "hook failed; applying onError");
   assert.equal(failure?.plugin, "rspamd");
   assert.match(String(failure?.err), /^rspamd at [\d.]+:\d+: HTTP 401: Unauthorized$/);
+});
+
+/** Client sockets to `host:port` that are still open (ESTABLISHED), from the kernel's table. */
+async function openConnectionsTo(host: string, port: number): Promise<number> {
+  const hex = (octets: number[]) => octets.map((octet) => octet.toString(16).padStart(2, "0").toUpperCase()).join("");
+  const remote = `${hex(host.split(".").map(Number).reverse())}:${hex([port >> 8, port & 255])}`;
+  const table = await readFile("/proc/net/tcp", "utf8");
+  return table.split("\n").filter((line) => {
+    const [, , rem, state] = line.trim().split(/\s+/);
+    return rem === remote && state === "01";
+  }).length;
+}
+
+test("Rspamd that does not answer: the scan is abandoned at the hook's deadline, 451", async () => {
+  rspamd.freeze();
+  try {
+    const replies = await send(impatient, message("Hello while the scanner hangs").data);
+    assert.match(replies.data?.raw ?? "", /^451 4\.3\.0 /);
+    const failure = impatient.logs.find((line) => line.msg === "hook failed; applying onError");
+    assert.deepEqual([failure?.plugin, failure?.err], ["rspamd", "timeout"]);
+    // The request was aborted with the deadline, not left hanging on a connection nobody reads.
+    await eventually(
+      async () => (await openConnectionsTo(rspamd.host, rspamd.port)) === 0,
+      "no open connection to rspamd",
+    );
+  } finally {
+    rspamd.thaw();
+  }
 });
 
 test("Rspamd stopped: 451 and a log line naming rspamd; started again: scanning resumes", async () => {
