@@ -140,8 +140,7 @@ export default definePlugin({
       try {
         answer = await post(ctx);
       } catch (error) {
-        const reason = ctx.signal.aborted ? "no reply before the hook's deadline" : (error as Error).message;
-        throw new Error(`${where}: ${reason}`);
+        throw new Error(`${where}: ${(error as Error).message}`);
       }
       if (answer.status !== 200) throw new Error(`${where}: ${statusProblem(answer.status, answer.body)}`);
       let json: unknown;
