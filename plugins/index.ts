@@ -21,6 +21,7 @@ export const builtinPlugins: PluginCatalogue = Object.freeze({
   greylist: () => import("./greylist/index.js").then((module) => module.default),
   helo: () => import("./helo/index.js").then((module) => module.default),
   "rate-limit": () => import("./rate-limit/index.js").then((module) => module.default),
+  rspamd: () => import("./rspamd/index.js").then((module) => module.default),
   spf: () => import("./spf/index.js").then((module) => module.default),
 });
 

@@ -87,8 +87,12 @@ export interface Pregreet {
 export interface HeaderEdits {
   /** Header fields to prepend, each `Name: value` without the trailing CRLF. */
   readonly prepend: string[];
-  /** Incoming header fields for which a predicate is true are removed before delivery. */
-  readonly remove: Array<(name: string, value: string) => boolean>;
+  /**
+   * Incoming header fields for which a predicate is true are removed before delivery. `index` is the
+   * field's position in `Message.headers`, so one occurrence of a repeated field can be removed
+   * (the second `Received`, the last `DKIM-Signature`) and not every field with its name and value.
+   */
+  readonly remove: Array<(name: string, value: string, index: number) => boolean>;
 }
 
 export interface TransactionContext {

@@ -86,7 +86,9 @@ function asStream(content: Readable | Buffer): Readable {
 export function composeMessage(message: SpooledMessage, tx: TransactionContext, received: string): OutgoingMessage {
   const added = headerFieldBytes([received, ...tx.headers.prepend]);
   const removals = tx.headers.remove;
-  const kept = message.headers.filter((field) => !removals.some((remove) => remove(field.name, field.value)));
+  const kept = message.headers.filter(
+    (field, index) => !removals.some((remove) => remove(field.name, field.value, index)),
+  );
   const rewriteHeader = kept.length !== message.headers.length;
   // Kept fields are copied as bytes from the header section received, never re-encoded from text.
   const head = rewriteHeader

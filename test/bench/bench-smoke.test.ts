@@ -75,6 +75,21 @@ test("many messages per connection, the smtp-server sink and a CPU profile of th
   }
 });
 
+test("(d) scans every message with a private Rspamd and reports its cost beside (c)", async () => {
+  const result = await runBench({ ...tiny, configs: ["edge", "rspamd"] });
+  for (const config of ["edge", "rspamd"] as const) {
+    const run = result.runs[config]!;
+    assert.equal(run.delivered, 20, `${config}: ${run.errors.join("; ")}`);
+    assert.equal(run.failed, 0);
+  }
+  const parts = result.runs.rspamd!.edgePolicy!.map((part) => part.part);
+  assert.equal(parts.at(-2), "rspamd", parts.join(", "));
+  assert.ok(result.runs.rspamd!.scanner!.cpuMsPerMessage > 0, "Rspamd worked on the messages");
+  assert.equal(typeof result.rspamdCost?.gatewayCpuMs, "number");
+  assert.equal(typeof result.rspamdCost?.throughput, "number");
+  assert.match(formatBench(result), /rspamd per message, \(d\) beside \(c\): /);
+});
+
 test("the lean sink finds the end of DATA across reads and counts empty messages", async () => {
   const sink = await startSink("lean");
   const socket = connect({ host: "127.0.0.1", port: sink.port });

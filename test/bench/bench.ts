@@ -17,7 +17,8 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { startDnsServer } from "../../core/testing/dns-server.js";
-import { type ProcessStats, startGatewayProcess } from "./gateway-process.js";
+import { startRspamd, type TestRspamd } from "../fixtures/rspamd.js";
+import { type ProcessStats, processStats, startGatewayProcess } from "./gateway-process.js";
 import { type LoadOptions, type LoadResult, runNodeLoad, runSmtpSource } from "./load.js";
 import { BENCH, benchMail } from "./mail.js";
 import { type EdgePart, edgePolicy, type PolicySettings, queuePart, relayPolicy } from "./policies.js";
@@ -25,8 +26,10 @@ import { type PostfixPeer, postfixAvailable, startPostfixPeer } from "./postfix.
 import { type ProfileSummary, summarizeProfile } from "./profile.js";
 import { findProgram, type SinkKind, type SinkProcess, startSinkProcess } from "./sink-process.js";
 
-export type ConfigName = "direct" | "relay" | "edge" | "postfix";
+export type ConfigName = "direct" | "relay" | "edge" | "postfix" | "rspamd";
+/** What a run measures unless told otherwise: (d) needs Rspamd installed, so it is asked for by name. */
 export const CONFIGS: readonly ConfigName[] = ["direct", "relay", "edge", "postfix"];
+export const ALL_CONFIGS: readonly ConfigName[] = [...CONFIGS, "rspamd"];
 
 export interface BenchOptions {
   readonly sessions: number;
@@ -80,6 +83,8 @@ export interface RunResult {
   readonly edgePolicy?: EdgePart[];
   /** (p) only: the Postfix version and what it checks. */
   readonly peer?: string;
+  /** (d) only: what Rspamd's processes spent during the measurement, per message. */
+  readonly scanner?: { readonly peakRssMb: number; readonly cpuMsPerMessage: number };
   readonly profile?: ProfileSummary;
   /** (a) only: msg/s of each of its measurements, in order; the run shown is the median one. */
   readonly samples?: number[];
@@ -94,17 +99,35 @@ export interface BenchResult {
   };
   readonly options: BenchOptions & { readonly messageBytes: number };
   readonly runs: Partial<Record<ConfigName, RunResult>>;
-  /** Throughput of (b), (c) and (p) as a share of (a), and of (c) as a multiple of (p). */
+  /** Throughput of (b), (c), (p) and (d) as a share of (a), and of (c) as a multiple of (p). */
   readonly ratios: {
     readonly relay: number | null;
     readonly edge: number | null;
     readonly postfix: number | null;
     readonly edgeToPostfix: number | null;
+    readonly rspamd: number | null;
   };
   /** Why the Postfix peer was left out of a run that asked for it by default. */
   readonly postfixSkipped?: string;
   /** Gateway runs' latency percentiles minus those of (a). */
-  readonly addedLatencyMs: { readonly relay: LatencySummary | null; readonly edge: LatencySummary | null };
+  readonly addedLatencyMs: {
+    readonly relay: LatencySummary | null;
+    readonly edge: LatencySummary | null;
+    readonly rspamd: LatencySummary | null;
+  };
+  /** What (d) costs per message beyond (c): the same edge policy, with the rspamd scan after it. */
+  readonly rspamdCost: RspamdCost | null;
+}
+
+export interface RspamdCost {
+  /** Gateway CPU per message in (d) minus that in (c). */
+  readonly gatewayCpuMs: number;
+  /** Rspamd's own CPU per message in (d). */
+  readonly scannerCpuMs: number;
+  /** Latency percentiles of (d) minus those of (c). */
+  readonly latencyMs: LatencySummary | null;
+  /** Throughput of (d) as a share of (c). */
+  readonly throughput: number;
 }
 
 const LABELS: Record<ConfigName, string> = {
@@ -112,6 +135,7 @@ const LABELS: Record<ConfigName, string> = {
   relay: "(b) client → gateway (plain relay, proxy) → sink",
   edge: "(c) client → gateway (edge policy) → sink",
   postfix: "(p) client → Postfix peer → sink",
+  rspamd: "(d) client → gateway (edge policy, then rspamd) → sink",
 };
 
 export async function runBench(
@@ -135,9 +159,11 @@ export async function runBench(
   if (postfixSkipped) progress(`(p) Postfix peer left out: ${postfixSkipped}`);
   const configs = postfixSkipped ? options.configs.filter((config) => config !== "postfix") : options.configs;
   let sink: SinkProcess | undefined;
+  let rspamd: TestRspamd | undefined;
   const runs: Partial<Record<ConfigName, RunResult>> = {};
   try {
     sink = await startSinkProcess(options.sink);
+    if (options.configs.includes("rspamd")) rspamd = await startRspamd({ dns: dns.address });
     const settings: PolicySettings = {
       sinkPort: sink.port,
       dns: dns.address,
@@ -148,7 +174,7 @@ export async function runBench(
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
-    const context: RunContext = { dir, settings, sink, message: mail.message, smtpSource };
+    const context: RunContext = { dir, settings, sink, message: mail.message, smtpSource, rspamd };
     const measure = async (config: ConfigName): Promise<RunResult> => {
       progress(`${LABELS[config]} …`);
       const result = await runConfig(config, options, context);
@@ -173,6 +199,7 @@ export async function runBench(
     }
   } finally {
     await sink?.close();
+    await rspamd?.close();
     await dns.close();
     await rm(dir, { recursive: true, force: true });
   }
@@ -194,15 +221,33 @@ export async function runBench(
       loadAverage: { start: round(loadAtStart, 2), end: round(loadavg()[0], 2) },
     },
     options: { ...options, messageBytes: mail.message.length },
-    runs: Object.fromEntries(CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
+    runs: Object.fromEntries(ALL_CONFIGS.filter((config) => runs[config]).map((config) => [config, runs[config]])),
     ratios: {
       relay: ratio(runs.relay),
       edge: ratio(runs.edge),
       postfix: ratio(runs.postfix),
       edgeToPostfix: share(runs.edge, runs.postfix),
+      rspamd: ratio(runs.rspamd),
     },
-    addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge) },
+    addedLatencyMs: { relay: added(runs.relay), edge: added(runs.edge), rspamd: added(runs.rspamd) },
+    rspamdCost: rspamdCost(runs.edge, runs.rspamd),
     ...(postfixSkipped ? { postfixSkipped } : {}),
+  };
+}
+
+function rspamdCost(edge: RunResult | undefined, scanned: RunResult | undefined): RspamdCost | null {
+  if (!edge?.gateway || !scanned?.gateway || !scanned.scanner || edge.msgPerSec === 0) return null;
+  return {
+    gatewayCpuMs: round(scanned.gateway.cpuMsPerMessage - edge.gateway.cpuMsPerMessage, 3),
+    scannerCpuMs: scanned.scanner.cpuMsPerMessage,
+    latencyMs:
+      edge.latencyMs && scanned.latencyMs
+        ? {
+            p50: round(scanned.latencyMs.p50 - edge.latencyMs.p50, 2),
+            p99: round(scanned.latencyMs.p99 - edge.latencyMs.p99, 2),
+          }
+        : null,
+    throughput: round(scanned.msgPerSec / edge.msgPerSec, 3),
   };
 }
 
@@ -212,6 +257,8 @@ interface RunContext {
   readonly sink: SinkProcess;
   readonly message: Buffer;
   readonly smtpSource: string | null;
+  /** The private Rspamd of (d), when it runs. */
+  readonly rspamd: TestRspamd | undefined;
 }
 
 async function runConfig(config: ConfigName, options: BenchOptions, context: RunContext): Promise<RunResult> {
@@ -221,7 +268,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
   let postfixPeer: PostfixPeer | undefined;
   // One folder per run: every thread writes its own profile (tsx's loader runs in a worker).
   const profileDir = options.profileDir ? join(options.profileDir, `${config}-${process.pid}`) : undefined;
-  const edgeSpool = join(context.dir, "spool-edge");
+  const edgeSpool = join(context.dir, `spool-${config}`);
   try {
     let port = sink.port;
     if (config === "postfix") {
@@ -238,8 +285,9 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
     } else if (config !== "direct") {
       const policyFile = join(context.dir, `${config}.yaml`);
       let text: string;
-      if (config === "edge") {
-        const edge = await edgePolicy({ ...context.settings, spool: edgeSpool }, policyFile);
+      if (config === "edge" || config === "rspamd") {
+        const scanners = config === "rspamd" ? [{ plugin: "rspamd", url: rspamdOf(context).url }] : [];
+        const edge = await edgePolicy({ ...context.settings, spool: edgeSpool }, policyFile, scanners);
         text = edge.text;
         edgeParts = edge.parts;
       } else {
@@ -278,6 +326,8 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
     }
     const before = await sink.count();
     const cpuBefore = gateway?.stats().cpuMs ?? 0;
+    const scannerPid = config === "rspamd" ? rspamdOf(context).pid() : null;
+    const scannerCpuBefore = scannerPid === null ? 0 : processStats(scannerPid).cpuMs;
     const started = performance.now();
     const result = await load(options.messages);
     await settle(sink, before + result.sent);
@@ -285,6 +335,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
     const delivered = (await sink.count()) - before;
     const stats = gateway?.stats();
     const peer = postfixPeer?.description();
+    const scannerStats = scannerPid === null ? null : processStats(scannerPid);
     return {
       config,
       label: LABELS[config],
@@ -301,6 +352,14 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
             cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
           }
         : null,
+      ...(scannerStats
+        ? {
+            scanner: {
+              peakRssMb: round(scannerStats.peakRssKb / 1024, 1),
+              cpuMsPerMessage: round((scannerStats.cpuMs - scannerCpuBefore) / Math.max(1, delivered), 3),
+            },
+          }
+        : {}),
       ...(await stopAndProfile(gateway, config === "postfix" ? undefined : profileDir)),
       ...(peer ? { peer } : {}),
       ...(edgeParts ? { edgePolicy: [...edgeParts, await queuePart(edgeSpool)] } : {}),
@@ -308,6 +367,11 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
   } finally {
     await gateway?.stop();
   }
+}
+
+function rspamdOf(context: RunContext): TestRspamd {
+  if (!context.rspamd) throw new Error("bench: (d) runs without its Rspamd");
+  return context.rspamd;
 }
 
 /** How long the sink may lag behind the last 250 (queue mode delivers after answering). */
@@ -358,6 +422,7 @@ export function formatRun(run: RunResult): string {
     const rss = run.config === "postfix" ? "RSS summed over its processes" : "gateway peak RSS";
     parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
   }
+  if (run.scanner) parts.push(`rspamd peak RSS ${run.scanner.peakRssMb} MB, CPU ${run.scanner.cpuMsPerMessage} ms/msg`);
   if (run.delivered !== run.messages || run.failed > 0) {
     parts.push(`PROBLEM: ${run.delivered}/${run.messages} delivered, ${run.failed} failed: ${run.errors.join("; ")}`);
   }
@@ -377,14 +442,17 @@ export function formatBench(result: BenchResult): string {
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];
-  for (const config of CONFIGS) {
+  for (const config of ALL_CONFIGS) {
     const run = result.runs[config];
     if (run) lines.push(run.label, `    ${formatRun(run)}`);
   }
   lines.push("");
   const ratio = (value: number | null, target?: number) =>
     value === null ? "n/a" : `${value.toFixed(3)}${target === undefined ? "" : ` (target ≥ ${target})`}`;
-  lines.push(`ratios: b/a ${ratio(result.ratios.relay, 0.25)}, c/a ${ratio(result.ratios.edge, 0.1)}`);
+  lines.push(
+    `ratios: b/a ${ratio(result.ratios.relay, 0.25)}, c/a ${ratio(result.ratios.edge, 0.1)}` +
+      (result.ratios.rspamd === null ? "" : `, d/a ${ratio(result.ratios.rspamd)}`),
+  );
   if (result.runs.postfix) {
     lines.push(
       `Postfix peer: ${result.runs.postfix.peer}; p/a ${ratio(result.ratios.postfix)}, c/p ${ratio(result.ratios.edgeToPostfix, 1.5)}`,
@@ -396,10 +464,23 @@ export function formatBench(result: BenchResult): string {
   lines.push(
     `latency added by the gateway: (b) ${added(result.addedLatencyMs.relay)}; (c) ${added(result.addedLatencyMs.edge)}`,
   );
-  const edge = result.runs.edge?.edgePolicy;
-  if (edge) {
-    lines.push("edge policy of (c):");
-    for (const part of edge) lines.push(`  ${part.present ? "present" : "ABSENT "}  ${part.part}: ${part.note}`);
+  const cost = result.rspamdCost;
+  if (cost) {
+    lines.push(
+      `rspamd per message, (d) beside (c): gateway CPU ${signed(cost.gatewayCpuMs)} ms, rspamd CPU ` +
+        `${cost.scannerCpuMs} ms, latency ${cost.latencyMs ? `p50 ${signed(cost.latencyMs.p50)} ms, p99 ${signed(cost.latencyMs.p99)} ms` : "n/a"}, ` +
+        `throughput d/c ${cost.throughput.toFixed(3)}`,
+    );
+  }
+  for (const config of ["edge", "rspamd"] as const) {
+    const parts = result.runs[config]?.edgePolicy;
+    if (!parts) continue;
+    lines.push(`edge policy of ${config === "edge" ? "(c)" : "(d)"}:`);
+    for (const part of parts) lines.push(`  ${part.present ? "present" : "ABSENT "}  ${part.part}: ${part.note}`);
   }
   return lines.join("\n");
+}
+
+function signed(value: number): string {
+  return value >= 0 ? `+${value}` : String(value);
 }

@@ -90,8 +90,15 @@ const EDGE_CHECKS: ReadonlyArray<{ name: string; candidates: Array<Record<string
   },
 ];
 
-/** The edge policy with every part that the tree supports today; `file` is where it will be written. */
-export async function edgePolicy(settings: PolicySettings, file: string): Promise<EdgePolicy> {
+/**
+ * The edge policy with every part that the tree supports today; `file` is where it will be written.
+ * `after` are pipeline entries added after the edge checks (the content scanners of (d)).
+ */
+export async function edgePolicy(
+  settings: PolicySettings,
+  file: string,
+  after: ReadonlyArray<Record<string, unknown>> = [],
+): Promise<EdgePolicy> {
   const builtin = new Set(builtinPluginNames());
   const parts: EdgePart[] = [];
   const pipeline: Array<Record<string, unknown>> = [];
@@ -120,8 +127,15 @@ export async function edgePolicy(settings: PolicySettings, file: string): Promis
       parts.push({ part: check.name, present: false, note: `options refused: ${firstProblem}` });
     }
   }
+  for (const entry of after) {
+    const { plugin, ...options } = entry;
+    parts.push({ part: String(plugin), present: true, note: `with ${JSON.stringify(options)}` });
+  }
   // Whether the gateway really queued shows only after the run (see `queuePart`); asking costs nothing.
-  const text = relayPolicy(settings, { pipeline, delivery: { mode: "queue", spool: settings.spool } });
+  const text = relayPolicy(settings, {
+    pipeline: [...pipeline, ...after],
+    delivery: { mode: "queue", spool: settings.spool },
+  });
   const problem = await policyProblem(text, file);
   if (problem !== undefined) throw new Error(`bench: the edge policy does not load: ${problem}`);
   return { text, parts };

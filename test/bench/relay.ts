@@ -2,7 +2,7 @@
  * `npm run bench [-- options]`: the side-by-side relay benchmark. See test/bench/README.md.
  */
 import { parseArgs } from "node:util";
-import { type BenchOptions, CONFIGS, type ConfigName, formatBench, runBench } from "./bench.js";
+import { ALL_CONFIGS, type BenchOptions, CONFIGS, type ConfigName, formatBench, runBench } from "./bench.js";
 import { formatIdle, runIdle } from "./idle.js";
 import { formatProfile } from "./profile.js";
 
@@ -12,7 +12,8 @@ const USAGE = `usage: npm run bench -- [options]
   --size BYTES         message size, headers included (default 5120)
   --per-connection N   messages per connection before QUIT (default 1)
   --warmup N           messages sent before each measurement (default 500)
-  --configs LIST       which of direct,relay,edge to run (default all three)
+  --configs LIST       which of direct,relay,edge,rspamd to run (default direct,relay,edge;
+                       rspamd: the edge policy with the rspamd plugin after it, against a private Rspamd)
   --load node|smtp-source   load generator (default node)
   --sink lean|smtp-server|smtp-sink   next-hop sink (default lean; smtp-sink is Postfix's)
   --log-level LEVEL    gateway log level (default info; the log goes to a file)
@@ -87,7 +88,7 @@ if (values.idle !== undefined) {
 } else {
   const configs = (values.configs ?? CONFIGS.join(","))
     .split(",")
-    .map((name) => oneOf("configs", name, CONFIGS, "direct"));
+    .map((name) => oneOf("configs", name, ALL_CONFIGS, "direct"));
   const options: BenchOptions = {
     sessions: Math.max(1, count("sessions", values.sessions, values.quick ? 10 : 20)),
     messages: Math.max(1, count("messages", values.messages, values.quick ? 1000 : 5000)),
