@@ -20,7 +20,9 @@ export const builtinPlugins: PluginCatalogue = Object.freeze({
   fcrdns: () => import("./fcrdns/index.js").then((module) => module.default),
   greylist: () => import("./greylist/index.js").then((module) => module.default),
   helo: () => import("./helo/index.js").then((module) => module.default),
+  clamav: () => import("./clamav/index.js").then((module) => module.default),
   "rate-limit": () => import("./rate-limit/index.js").then((module) => module.default),
+  spamassassin: () => import("./spamassassin/index.js").then((module) => module.default),
   spf: () => import("./spf/index.js").then((module) => module.default),
 });
 
