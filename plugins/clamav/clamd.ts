@@ -34,7 +34,7 @@ export function parseClamdReply(reply: Buffer): ClamdResult | Error {
   if (lines.length === 0) return new Error("clamd closed the connection without a reply");
   const signatures: string[] = [];
   for (const line of lines) {
-    const found = /^stream: (.+) FOUND$/.exec(line);
+    const found = /^stream: (.+) FOUND$/s.exec(line);
     if (found) signatures.push(oneLine(found[1], 200));
     else if (line.endsWith(" ERROR")) return { status: "error", reason: oneLine(line.slice(0, -" ERROR".length), 200) };
     else if (line !== "stream: OK") return new Error(`not a clamd reply: ${JSON.stringify(oneLine(line, 80))}`);

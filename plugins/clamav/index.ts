@@ -24,12 +24,17 @@ const MAX_REPLY_BYTES = 64 * 1024;
 
 const END_OF_STREAM = frameHead(0);
 
-const finding = (status: ClamavFacts["status"], signatures: readonly string[], reason: string | null) => ({
-  status,
-  signatures,
-  signature: signatures[0] ?? null,
-  reason,
-});
+/** Records the finding, and logs it for whoever follows the gateway's decisions. */
+function record(
+  ctx: HookContext<"data">,
+  status: ClamavFacts["status"],
+  signatures: readonly string[],
+  reason: string | null,
+): void {
+  const clamav: ClamavFacts = { status, signatures, signature: signatures[0] ?? null, reason };
+  ctx.facts.clamav = clamav;
+  ctx.log.debug({ event: "finding", plugin: "clamav", clamav }, "clamav");
+}
 
 export default definePlugin({
   name: "clamav",
@@ -60,29 +65,25 @@ export default definePlugin({
       data: async (ctx) => {
         const { size } = ctx.message;
         if (size > options.streamMaxLength) {
-          ctx.facts.clamav = finding(
-            "skipped",
-            [],
-            `${size} bytes, larger than streamMaxLength ${options.streamMaxLength}`,
-          );
+          record(ctx, "skipped", [], `${size} bytes, larger than streamMaxLength ${options.streamMaxLength}`);
           return verdict("skipped");
         }
         let result: ClamdResult;
         try {
           result = await scan(ctx);
         } catch (error) {
-          ctx.facts.clamav = finding("error", [], error instanceof Error ? error.message : String(error));
+          record(ctx, "error", [], error instanceof Error ? error.message : String(error));
           throw error;
         }
         switch (result.status) {
           case "clean":
-            ctx.facts.clamav = finding("clean", [], null);
+            record(ctx, "clean", [], null);
             return undefined;
           case "infected":
-            ctx.facts.clamav = finding("infected", result.signatures, null);
+            record(ctx, "infected", result.signatures, null);
             return verdict("infected");
           case "error":
-            ctx.facts.clamav = finding("error", [], result.reason);
+            record(ctx, "error", [], result.reason);
             ctx.log.warn({ plugin: "clamav", err: result.reason }, `${where} answered with an error`);
             return verdict("error");
         }

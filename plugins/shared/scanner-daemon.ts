@@ -50,6 +50,9 @@ export interface Daemon {
 /** A failure to reach or understand a scanning daemon; the message names the daemon and its address. */
 export class DaemonError extends Error {}
 
+/** The daemon answered before the request ended: the rest is not written, the answer is read. */
+class AnsweredEarly extends Error {}
+
 /**
  * Connects, runs `send` to write the request, half-closes, and returns everything the daemon sent
  * until it closed. When the daemon closes while the request is still being written (clamd does so
@@ -92,11 +95,17 @@ export async function exchange(
       socket.once("close", () => reject(failure ?? new Error("closed before connecting")));
     });
     try {
-      await send({ write: (...parts) => write(socket, parts) });
+      await send({
+        write: (...parts) => (receivedBytes > 0 ? Promise.reject(new AnsweredEarly()) : write(socket, parts)),
+      });
       socket.end();
     } catch (writeFailure) {
-      failure ??= writeFailure instanceof Error ? writeFailure : new Error(String(writeFailure));
-      socket.destroy();
+      if (writeFailure instanceof AnsweredEarly) {
+        socket.end();
+      } else {
+        failure ??= writeFailure instanceof Error ? writeFailure : new Error(String(writeFailure));
+        socket.destroy();
+      }
     }
     await closed;
     // A daemon that stops reading may have answered why (a size limit), and one that resets after
@@ -112,14 +121,18 @@ export async function exchange(
   }
 }
 
-/** Writes `parts` as one batch, resolving once the socket takes more (or rejecting when it is gone). */
-function write(socket: Socket, parts: readonly Buffer[]): Promise<void> {
-  if (socket.destroyed) return Promise.reject(new Error("connection closed by the daemon"));
+/**
+ * Writes `parts` as one batch, then lets the event loop run before the next: a daemon that answers
+ * before the request ends (clamd past its StreamMaxLength) is heard before a write into its closed
+ * socket loses the answer. Resolves once the socket takes more; rejects when it is gone.
+ */
+async function write(socket: Socket, parts: readonly Buffer[]): Promise<void> {
+  if (socket.destroyed) throw new Error("connection closed by the daemon");
   socket.cork();
   let room = true;
   for (const part of parts) room = socket.write(part);
   socket.uncork();
-  if (room) return Promise.resolve();
+  if (room) return new Promise<void>((resolve) => setImmediate(resolve));
   return new Promise<void>((resolve, reject) => {
     const settle = () => {
       socket.off("drain", onDrain);

@@ -25,6 +25,12 @@ const MAX_REPLY_BYTES = 64 * 1024;
 const SPAM_HEADERS = new Set(SPAM_HEADER_NAMES.map((name) => name.toLowerCase()));
 const isSpamHeader = (name: string) => SPAM_HEADERS.has(name.toLowerCase());
 
+/** Records the finding, and logs it for whoever follows the gateway's decisions. */
+function record(ctx: HookContext<"data">, spamassassin: SpamassassinFacts): void {
+  ctx.facts.spamassassin = spamassassin;
+  ctx.log.debug({ event: "finding", plugin: "spamassassin", spamassassin }, "spamassassin");
+}
+
 const unscanned = (status: "skipped" | "error", reason: string): SpamassassinFacts => ({
   status,
   reason,
@@ -64,17 +70,17 @@ export default definePlugin({
         ctx.transaction.headers.remove.push(isSpamHeader);
         const { size } = ctx.message;
         if (size > options.maxSize) {
-          ctx.facts.spamassassin = unscanned("skipped", `${size} bytes, larger than maxSize ${options.maxSize}`);
+          record(ctx, unscanned("skipped", `${size} bytes, larger than maxSize ${options.maxSize}`));
           return verdict("skipped");
         }
         let result: SpamdResult;
         try {
           result = await scan(ctx);
         } catch (error) {
-          ctx.facts.spamassassin = unscanned("error", error instanceof Error ? error.message : String(error));
+          record(ctx, unscanned("error", error instanceof Error ? error.message : String(error)));
           throw error;
         }
-        ctx.facts.spamassassin = { status: "scanned", reason: null, ...result };
+        record(ctx, { status: "scanned", reason: null, ...result });
         ctx.transaction.headers.prepend.push(...spamHeaderFields(result));
         if (options.rejectAbove !== undefined && result.score >= options.rejectAbove) return verdict("high-score");
         return result.spam ? verdict("spam") : undefined;
