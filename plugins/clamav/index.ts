@@ -7,7 +7,14 @@
  * clamd is an error of the hook, so the entry's `onError` decides (default: defer).
  */
 import { definePlugin, type HookContext, verdict } from "../../core/index.js";
-import { DaemonError, describeAddress, exchange, messagePieces, PIECE_BYTES } from "../shared/scanner-daemon.js";
+import {
+  DaemonClosedEarly,
+  DaemonError,
+  describeAddress,
+  exchange,
+  messagePieces,
+  PIECE_BYTES,
+} from "../shared/scanner-daemon.js";
 import { type ClamdResult, frameHead, INSTREAM_COMMAND, parseClamdReply } from "./clamd.js";
 import { type ClamavFacts, ClamavFindings, ClamavOptions } from "./schema.js";
 
@@ -50,12 +57,20 @@ export default definePlugin({
     const daemon = { name: "clamd", address: options.address, maxReplyBytes: MAX_REPLY_BYTES };
 
     async function scan(ctx: HookContext<"data">): Promise<ClamdResult> {
-      const reply = await exchange(daemon, ctx.signal, async (request) => {
-        await request.write(INSTREAM_COMMAND);
-        for await (const piece of messagePieces(ctx.message, PIECE_BYTES))
-          await request.write(frameHead(piece.length), piece);
-        await request.write(END_OF_STREAM);
-      });
+      let reply: Buffer;
+      try {
+        reply = await exchange(daemon, ctx.signal, async (request) => {
+          await request.write(INSTREAM_COMMAND);
+          for await (const piece of messagePieces(ctx.message, PIECE_BYTES)) {
+            await request.write(frameHead(piece.length), piece);
+          }
+          await request.write(END_OF_STREAM);
+        });
+      } catch (error) {
+        // clamd stops reading past its StreamMaxLength, and its answer saying so may be lost with the connection.
+        if (!(error instanceof DaemonClosedEarly)) throw error;
+        return { status: "error", reason: `${error.message}; is streamMaxLength above clamd's StreamMaxLength?` };
+      }
       const result = parseClamdReply(reply);
       if (result instanceof Error) throw new DaemonError(`${where}: ${result.message}`);
       return result;
@@ -84,7 +99,7 @@ export default definePlugin({
             return verdict("infected");
           case "error":
             record(ctx, "error", [], result.reason);
-            ctx.log.warn({ plugin: "clamav", err: result.reason }, `${where} answered with an error`);
+            ctx.log.warn({ plugin: "clamav", err: result.reason }, `${where} could not scan the message`);
             return verdict("error");
         }
       },

@@ -50,14 +50,18 @@ export interface Daemon {
 /** A failure to reach or understand a scanning daemon; the message names the daemon and its address. */
 export class DaemonError extends Error {}
 
+/** The daemon closed the connection while the request was being written, and no reply was read. */
+export class DaemonClosedEarly extends DaemonError {}
+
 /** The daemon answered before the request ended: the rest is not written, the answer is read. */
 class AnsweredEarly extends Error {}
 
 /**
  * Connects, runs `send` to write the request, half-closes, and returns everything the daemon sent
  * until it closed. When the daemon closes while the request is still being written (clamd does so
- * past its StreamMaxLength), what it said by then is its reply. Rejects when the daemon cannot be
- * reached, resets without a reply, or says more than `maxReplyBytes`, and when `signal` aborts.
+ * past its StreamMaxLength), what it said by then is its reply; with nothing said, the rejection is a
+ * DaemonClosedEarly. Rejects with a DaemonError when the daemon cannot be reached, resets without a
+ * reply, or says more than `maxReplyBytes`, and when `signal` aborts.
  */
 export async function exchange(
   daemon: Daemon,
@@ -94,23 +98,43 @@ export async function exchange(
       socket.once("connect", resolve);
       socket.once("close", () => reject(failure ?? new Error("closed before connecting")));
     });
+    let written = 0;
+    let writeFailed = false;
     try {
       await send({
-        write: (...parts) => (receivedBytes > 0 ? Promise.reject(new AnsweredEarly()) : write(socket, parts)),
+        write: async (...parts) => {
+          if (receivedBytes > 0) throw new AnsweredEarly();
+          try {
+            await write(socket, parts);
+          } catch (error) {
+            writeFailed = true;
+            throw error;
+          }
+          for (const part of parts) written += part.length;
+        },
       });
       socket.end();
-    } catch (writeFailure) {
-      if (writeFailure instanceof AnsweredEarly) {
+    } catch (sendFailure) {
+      if (sendFailure instanceof AnsweredEarly) {
         socket.end();
       } else {
-        failure ??= writeFailure instanceof Error ? writeFailure : new Error(String(writeFailure));
+        failure ??= sendFailure instanceof Error ? sendFailure : new Error(String(sendFailure));
         socket.destroy();
       }
     }
     await closed;
+    if (failure instanceof DaemonError) throw failure;
     // A daemon that stops reading may have answered why (a size limit), and one that resets after
     // answering has still answered: what it said is the reply, for its parser to judge whole.
-    if (failure instanceof DaemonError || (failure && receivedBytes === 0)) throw failure;
+    if (receivedBytes > 0) return Buffer.concat(received);
+    // Its answer may also be lost: a write into a socket the daemon closed resets the connection
+    // before the answer is read.
+    if (writeFailed) {
+      throw new DaemonClosedEarly(
+        `${where}: closed the connection after ${written} bytes of the request, without a reply`,
+      );
+    }
+    if (failure) throw failure;
     return Buffer.concat(received);
   } catch (error) {
     socket.destroy();

@@ -90,10 +90,12 @@ describe("clamav", () => {
     assert.match(reply.raw, /^451 4\.7\.1 /);
     const finding = lastFinding<ClamavFacts>(gw, "clamav");
     assert.equal(finding.status, "error");
-    assert.match(finding.reason ?? "", /INSTREAM size limit exceeded/);
+    // clamd's answer, or the connection it closed when its answer was lost to the reset.
+    const refusal = /INSTREAM size limit exceeded|closed the connection after \d+ bytes/;
+    assert.match(finding.reason ?? "", refusal);
     assert.ok(
-      gw.logs.some((line) => line.plugin === "clamav" && line.level === 40 && /size limit/.test(String(line.err))),
-      "a warning names clamav and says what clamd answered",
+      gw.logs.some((line) => line.plugin === "clamav" && line.level === 40 && refusal.test(String(line.err))),
+      "a warning names clamav and says what clamd did",
     );
   });
 
@@ -149,8 +151,9 @@ describe("clamav", () => {
       `20 MB message, gateway process peak RSS growth: ${kib(scanned.peak)} with clamav, ` +
         `${kib(baseline.peak)} without (scan pieces of 64 KiB; RSS before: ${kib(scanned.rss)})`,
     );
+    // Garbage collection timing moves either figure by about a megabyte; holding the message moves it by 20.
     assert.ok(
-      scanned.peak - baseline.peak < 32 * 64 * 1024,
+      scanned.peak - baseline.peak < 64 * 64 * 1024,
       `scanning added ${kib(scanned.peak - baseline.peak)} of peak memory: the message was held, not streamed`,
     );
   });
