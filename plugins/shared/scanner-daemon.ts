@@ -57,8 +57,10 @@ export class DaemonClosedEarly extends DaemonError {}
 class AnsweredEarly extends Error {}
 
 /**
- * Connects, runs `send` to write the request, half-closes, and returns everything the daemon sent
- * until it closed. When the daemon closes while the request is still being written (clamd does so
+ * Connects, runs `send` to write the request, and returns everything the daemon sent until it
+ * closed the connection (spamd and clamd answer one request per connection). The request is not
+ * ended by a half-close: each protocol says where it ends, and a connection left open both ways
+ * until the daemon closes it is one whose end the daemon sees when the deadline destroys it. When the daemon closes while the request is still being written (clamd does so
  * past its StreamMaxLength), what it said by then is its reply; with nothing said, the rejection is a
  * DaemonClosedEarly. Rejects with a DaemonError when the daemon cannot be reached, resets without a
  * reply, or says more than `maxReplyBytes`, and when `signal` aborts.
@@ -113,11 +115,8 @@ export async function exchange(
           for (const part of parts) written += part.length;
         },
       });
-      socket.end();
     } catch (sendFailure) {
-      if (sendFailure instanceof AnsweredEarly) {
-        socket.end();
-      } else {
+      if (!(sendFailure instanceof AnsweredEarly)) {
         failure ??= sendFailure instanceof Error ? sendFailure : new Error(String(sendFailure));
         socket.destroy();
       }

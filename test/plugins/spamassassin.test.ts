@@ -6,10 +6,13 @@
  * yields the declared onError and a log line naming the scanner, and scanning resumes when it is back.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { before, describe, test } from "node:test";
 import type { SpamassassinFacts } from "../../plugins/spamassassin/index.js";
 import { parseSpamdReply, spamHeaderFields } from "../../plugins/spamassassin/spamd.js";
 import { cleanupAfterAll } from "../fixtures/cleanups.js";
+import { eventually } from "../fixtures/eventually.js";
 import type { NextHop } from "../fixtures/next-hop.js";
 import { fieldValues } from "../fixtures/sender-auth.js";
 import { GTUBE, startSpamd, type TestSpamd } from "../fixtures/spamd.js";
@@ -125,6 +128,38 @@ describe("spamassassin", () => {
     }
     const raw = await deliver(gw.port, gtube());
     assert.deepEqual(fieldValues(raw, "X-Spam-Flag"), ["YES"]);
+  });
+});
+
+describe("a spamd that never answers", () => {
+  test("the deadline yields onError, and the connection to the daemon is closed then, not left open", async () => {
+    const held = new Set<Socket>();
+    let closed = 0;
+    const silent = createServer((socket) => {
+      held.add(socket);
+      socket.resume(); // reads the request, answers nothing
+      socket.on("error", () => undefined);
+      socket.on("close", () => closed++);
+    });
+    silent.listen(0, "127.0.0.1");
+    await once(silent, "listening");
+    cleanups.add(async () => {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    });
+    const hop = await cleanups.hop();
+    const { port } = silent.address() as AddressInfo;
+    const gw = await cleanups.gateway(
+      scanPolicy(hop.port, `  - plugin: spamassassin\n    timeout: 300ms\n    address: "127.0.0.1:${port}"\n`),
+    );
+    const reply = await send(gw.port, gtube());
+    assert.match(reply.raw, /^451 4\.3\.0 /);
+    const failure = gw.logs.find(
+      (line) => line.plugin === "spamassassin" && line.msg === "hook failed; applying onError",
+    );
+    assert.equal(failure?.err, "timeout");
+    assert.equal(held.size, 1, "spamd was asked");
+    await eventually(() => closed === 1, "the gateway closes its connection to the hung spamd");
   });
 });
 
