@@ -11,6 +11,7 @@ import type { PluginCatalogue } from "../core/index.js";
 export const builtinPlugins: PluginCatalogue = Object.freeze({
   arc: () => import("./arc/index.js").then((module) => module.default),
   "auth-results": () => import("./auth-results/index.js").then((module) => module.default),
+  clamav: () => import("./clamav/index.js").then((module) => module.default),
   concurrency: () => import("./concurrency/index.js").then((module) => module.default),
   dkim: () => import("./dkim/index.js").then((module) => module.default),
   "dkim-sign": () => import("./dkim-sign/index.js").then((module) => module.default),
@@ -22,6 +23,7 @@ export const builtinPlugins: PluginCatalogue = Object.freeze({
   helo: () => import("./helo/index.js").then((module) => module.default),
   "rate-limit": () => import("./rate-limit/index.js").then((module) => module.default),
   rspamd: () => import("./rspamd/index.js").then((module) => module.default),
+  spamassassin: () => import("./spamassassin/index.js").then((module) => module.default),
   spf: () => import("./spf/index.js").then((module) => module.default),
 });
 
