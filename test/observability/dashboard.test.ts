@@ -48,12 +48,28 @@ relay: { domains: [example.test, dead.test] }
 pipeline:
   - plugin: dnsbl
     zones: [{ zone: bl.test }]
+rules:
+  - { name: watch-helo, when: { helo: three.sender.test }, action: reject, mode: observe }
 routes:
   - { match: { recipientDomain: dead.test }, to: "smtp://127.0.0.1:${deadPort}" }
   - { to: "smtp://127.0.0.1:${livePort}" }
 delivery: { mode: queue, spool: ./spool, retry: { schedule: [1h], maxAge: 5d } }
 observability:
   dashboard: ${dashboard}
+shadow: ./candidate.yaml
+`;
+
+/** The shadow candidate: would refuse the message for the dead next hop. */
+const candidate = `
+version: 1
+server: { hostname: mx.gateway.test }
+relay: { domains: [example.test, dead.test] }
+pipeline:
+  - plugin: dnsbl
+    zones: [{ zone: bl.test }]
+rules:
+  - { name: no-dead-hop, when: { recipient: user@dead.test }, action: reject }
+routes: [{ to: discard }]
 `;
 
 const message = (subject: string) =>
@@ -76,7 +92,10 @@ describe("the dashboard in a browser", () => {
     });
     hop = await startNextHop();
     deadPort = await closedPort();
-    gw = await startGateway(policy(hop.port, deadPort, '{ listen: "127.0.0.1:0" }'), { dnsServers: [dns.address] });
+    gw = await startGateway(policy(hop.port, deadPort, '{ listen: "127.0.0.1:0" }'), {
+      dnsServers: [dns.address],
+      files: { "candidate.yaml": candidate },
+    });
     dashboard = new DashboardListener(gw.gateway);
     await dashboard.follow();
     base = `http://127.0.0.1:${dashboard.address!.port}`;
@@ -244,8 +263,19 @@ describe("the dashboard in a browser", () => {
     assert.equal(await text("message-attempts"), "1");
     await shot("queue-entry");
 
+    // The observe-mode rule matched once (one HELO), the shadow would have refused the dead hop's message.
     await open("#/policy", "pipeline");
     assert.equal(await text("last-reload"), "none since start");
+    const observed = await rows("observed");
+    assert.deepEqual(
+      observed.map((cells) => [cells[0], cells[2]]),
+      [["watch-helo", "1"]],
+    );
+    // One transaction, two differences: its outcome, and its recipient by the rule that refuses it.
+    assert.deepEqual((await rows("shadow")).sort(), [
+      ["(none)", "accepted", "rejected", "1"],
+      ["no-dead-hop", "recipient-accepted", "recipient-rejected", "1"],
+    ]);
     await shot("policy");
   });
 

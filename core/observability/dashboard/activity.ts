@@ -36,6 +36,8 @@ export interface ActivityEntry {
   /** Lower-cased: what filters match. */
   readonly recipients: readonly string[];
   readonly senderDomain: string | null;
+  /** The client's /24 or /64, where refusals are counted. */
+  readonly network: string;
   /** The DNSBL zone whose listing counted, when one did. */
   readonly zone: string | null;
   readonly auth: Readonly<Record<AuthCheck, string | null>>;
@@ -202,6 +204,7 @@ export class Activity implements GatewayObserver {
       facts: flat,
       declared: this.#declared(),
       zone: listedZone(flat),
+      network: clientNetwork(summary.client.ip),
       auth: { spf: result(flat.spf), dkim: result(flat.dkim), dmarc: result(flat.dmarc) },
       ...derived,
     };
@@ -296,7 +299,7 @@ export class Activity implements GatewayObserver {
       const { summary } = entry;
       if (REFUSED.has(summary.outcome)) {
         if (summary.decidedBy) bump(deciders, summary.decidedBy);
-        bump(networks, clientNetwork(summary.client.ip));
+        bump(networks, entry.network);
       }
       if (entry.zone) bump(zones, entry.zone);
       if (entry.senderDomain !== null) {
