@@ -40,6 +40,8 @@ export interface BenchOptions {
   readonly profileDir?: string;
   /** Gateway worker processes (`server.workers`); CPU and RSS are summed over all of them. */
   readonly workers: number;
+  /** The gateway runs with its dashboard on (`observability.dashboard`). */
+  readonly dashboard?: boolean;
 }
 
 export interface LatencySummary {
@@ -113,6 +115,7 @@ export async function runBench(
       logLevel: options.logLevel,
       maxConnections: Math.max(1000, options.sessions * 4),
       workers: options.workers,
+      dashboard: options.dashboard,
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
@@ -312,7 +315,8 @@ export function formatBench(result: BenchResult): string {
     `Portcullis relay benchmark: ${o.sessions} sessions, ${o.messages} messages of ${o.messageBytes} bytes, ` +
       `${o.perConnection === 1 ? "one message per connection" : `${o.perConnection} messages per connection`}, ` +
       `load: ${o.load}, sink: ${o.sink}, gateway log: ${o.logLevel}` +
-      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : ""),
+      (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : "") +
+      (o.dashboard ? ", dashboard on" : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

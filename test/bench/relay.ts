@@ -20,7 +20,8 @@ const USAGE = `usage: npm run bench -- [options]
   --quick              a small run (1000 messages, 200 warm-up)
   --json               print the result as JSON on stdout
   --idle N             instead: hold N idle connections and report RSS per connection
-  --workers N          run the gateway with server.workers: N (default 1)`;
+  --workers N          run the gateway with server.workers: N (default 1)
+  --dashboard          run the gateway with observability.dashboard on`;
 
 const { values } = parseArgs({
   options: {
@@ -38,6 +39,7 @@ const { values } = parseArgs({
     json: { type: "boolean", default: false },
     idle: { type: "string" },
     workers: { type: "string" },
+    dashboard: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -88,6 +90,7 @@ if (values.idle !== undefined) {
     logLevel: oneOf("log-level", values["log-level"], ["trace", "debug", "info", "warn", "error", "silent"], "info"),
     profileDir: values.profile,
     workers: Math.max(1, count("workers", values.workers, 1)),
+    dashboard: values.dashboard,
   };
   const result = await runBench(options, progress);
   if (values.json) {
