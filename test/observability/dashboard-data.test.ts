@@ -15,6 +15,7 @@ import type { ConnectionSummary, TransactionSummary } from "../../core/observabi
 import { manualClock } from "../fixtures/clock.js";
 import { eventually } from "../fixtures/eventually.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
+import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { startRedis, type TestRedis } from "../fixtures/redis.js";
 
 function transaction(overrides: Partial<TransactionSummary> = {}): TransactionSummary {
@@ -223,5 +224,54 @@ observability:
     assert.ok((await health()).state?.detail, "with what failed");
     await redis.start();
     await eventually(async () => (await health()).state?.ok === true, "Redis reported back");
+  });
+});
+
+describe("portcullis start with a dashboard", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "portcullis-dashboard-start-"));
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  const policy = (dashboard: string) => `version: 1
+server: { hostname: mx.gateway.test }
+relay: { domains: [example.test] }
+routes: [{ to: discard }]
+delivery: { mode: queue, spool: ./spool }
+observability:${dashboard}
+`;
+
+  test("refuses to start when the dashboard is reachable from other hosts without auth, naming the line", async () => {
+    const file = join(dir, "open.yaml");
+    await writeFile(file, policy('\n  dashboard: { listen: "0.0.0.0:0" }'));
+    await assert.rejects(startGatewayProcess(file), (error: Error) =>
+      error.message.includes(`${file}:7:24 observability.dashboard.listen: 0.0.0.0:0 is reachable from other hosts`),
+    );
+  });
+
+  test("serves it on loopback, and a reload that removes it stops it", async () => {
+    const file = join(dir, "loopback.yaml");
+    await writeFile(file, policy('\n  dashboard: { listen: "127.0.0.1:0" }'));
+    const gateway = await startGatewayProcess(file);
+    try {
+      const listening = () => gateway.logs.find((line) => line.msg === "dashboard listening");
+      await eventually(() => listening() !== undefined, "a log line says where the dashboard listens");
+      const base = `http://${listening()!.dashboard}`;
+      const page = await fetch(`${base}/`);
+      assert.equal(page.status, 200);
+      assert.match(await page.text(), /<script src="\/app\.js" defer><\/script>/);
+      assert.match(page.headers.get("content-security-policy") ?? "", /default-src 'none'/);
+
+      await writeFile(file, policy(" {}"));
+      gateway.send("SIGHUP");
+      await eventually(
+        () => gateway.logs.some((line) => line.msg === "policy reload applied" && line.dashboard === "stopped"),
+        "the reload says the dashboard stopped",
+      );
+      await assert.rejects(fetch(`${base}/`), "nothing listens there any more");
+    } finally {
+      await gateway.stop();
+    }
   });
 });

@@ -1,15 +1,15 @@
 /**
  * What the dashboard shows of the gateway's recent past, kept in memory: a ring of the latest
  * transaction and connection summaries (with their findings), per-minute counts over the last hour,
- * and the policy reloads. It is a GatewayObserver fed by the same summary lines the log gets, so the
- * dashboard never disagrees with the log; nothing here is written to disk.
+ * and the policy reloads. It is fed the same summary lines the log gets, so the dashboard never
+ * disagrees with the log; nothing here is written to disk.
  */
 import { isIP } from "node:net";
 import type { Clock } from "../../contract/api.js";
 import type { ActivePlugin } from "../../engine/pipeline.js";
 import { clientGroup, NetworkList, normalizeIp, parseCidr } from "../../toolkit/netaddr.js";
 import { type DeclaredFindings, declaredFindings, type HookReport, hookReport } from "../hook-report.js";
-import type { ConnectionSummary, GatewayObserver, TransactionSummary } from "../observe.js";
+import type { ConnectionSummary, TransactionSummary } from "../observe.js";
 
 /** The four lines of the overview chart. */
 export const CHARTED = ["accepted", "rejected", "deferred", "refusedAtConnect"] as const;
@@ -105,7 +105,8 @@ const TOP = 10;
 
 const REFUSED = new Set(["rejected", "deferred", "refused"]);
 
-export class Activity implements GatewayObserver {
+/** Fed by the gateway's observer (core/smtp/gateway.ts) with what it reports to the metrics too. */
+export class Activity {
   readonly #ring: Array<ActivityEntry | undefined>;
   /** Where the next entry goes. */
   #head = 0;
@@ -165,13 +166,6 @@ export class Activity implements GatewayObserver {
     this.#lastReload = { at: new Date(now).toISOString(), ok };
     if (ok) this.#loadedAt = now;
   }
-
-  connectionOpened(): void {}
-  connectionClosed(): void {}
-  phase(): void {}
-  refused(): void {}
-  delivery(): void {}
-  bounceSuppressed(): void {}
 
   /** When the running policy was loaded, and what the last reload came to (null: none tried). */
   policyState(): { loadedAt: string; lastReload: ReloadResult | null } {

@@ -263,7 +263,9 @@ async function transactionsPage(params) {
   const results = h("div", { "data-testid": "results" });
   const refresh = async () => results.replaceChildren(...(await transactionRows(params)));
   await refresh();
-  return { nodes: [form, results], refresh };
+  // New entries arrive at the top: only the first page follows them, a later one stays where the reader is.
+  const following = Number(params.get("offset") ?? 0) === 0;
+  return { nodes: [form, results], refresh: following ? refresh : null };
 }
 
 async function transactionRows(params) {
@@ -313,8 +315,10 @@ async function transactionRows(params) {
 
 async function transactionPage(seq) {
   const data = await api(`/api/transactions/${encodeURIComponent(seq)}`);
-  if (data.error) return { nodes: [h("p", {}, data.error)] };
+  // A detail stays as it was opened: no refresh.
+  if (data.error) return { nodes: [h("p", {}, data.error)], refresh: null };
   return {
+    refresh: null,
     nodes: [
       h("h2", {}, data.kind === "connection" ? "Refused connection" : "Transaction"),
       table(
@@ -396,7 +400,7 @@ async function queuePage() {
 
 async function messagePage(id) {
   const data = await api(`/api/queue/${encodeURIComponent(id)}`);
-  if (!data.ok) return { nodes: [h("p", { "data-testid": "queue-gone" }, data.error)] };
+  if (!data.ok) return { nodes: [h("p", { "data-testid": "queue-gone" }, data.error)], refresh: null };
   const { message } = data;
   const outcome = h("p", { "data-testid": "action-result" });
   const act = async (action) => {
@@ -409,6 +413,7 @@ async function messagePage(id) {
     outcome.textContent = response.ok ? `${action}: done` : `${action}: ${body.error}`;
   };
   return {
+    refresh: null,
     nodes: [
       h("h2", {}, `Queued message ${message.id}`),
       h(
@@ -525,8 +530,8 @@ async function show() {
     main.replaceChildren(...[page.nodes].flat(Infinity).filter(Boolean));
     main.dataset.page = name;
     page.after?.();
-    // Detail pages stay as they were opened; lists follow the traffic.
-    current = { name, refresh: page.refresh ?? (name === "transaction" || name === "message" ? null : show) };
+    // Lists follow the traffic; a page that says how (or says null) knows better.
+    current = { name, refresh: "refresh" in page ? page.refresh : show };
   } catch (error) {
     if (attempt !== shown) return;
     main.replaceChildren(h("p", { class: "bad" }, `Could not load: ${error.message}`));
