@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { get } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -262,6 +263,10 @@ observability:${dashboard}
       assert.equal(page.status, 200);
       assert.match(await page.text(), /<script src="\/app\.js" defer><\/script>/);
       assert.match(page.headers.get("content-security-policy") ?? "", /default-src 'none'/);
+      // A web page that pointed its own name at 127.0.0.1 (DNS rebinding) gets nothing.
+      const { port } = new URL(base);
+      assert.equal(await statusFor(Number(port), "rebound.example.net"), 403);
+      assert.equal(await statusFor(Number(port), `localhost:${port}`), 200);
 
       await writeFile(file, policy(" {}"));
       gateway.send("SIGHUP");
@@ -275,3 +280,13 @@ observability:${dashboard}
     }
   });
 });
+
+/** The status of GET / on 127.0.0.1:port sent with the given Host header (fetch does not let one set it). */
+function statusFor(port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    get({ host: "127.0.0.1", port, path: "/", headers: { host } }, (response) => {
+      response.resume();
+      resolve(response.statusCode ?? 0);
+    }).on("error", reject);
+  });
+}

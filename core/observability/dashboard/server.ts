@@ -120,6 +120,9 @@ async function handle(
   response: ServerResponse,
 ): Promise<void> {
   const url = new URL(request.url ?? "/", "http://dashboard");
+  if (settings.auth.credentials.kind === "none" && !isLoopbackHost(request.headers.host)) {
+    return sendJson(response, 403, { error: "without auth the dashboard answers only to a loopback host name" });
+  }
   const who = await settings.auth.who(request.headers.authorization, gateway.clock.now());
   if (who === null) {
     response.writeHead(401, { ...SECURITY_HEADERS, "www-authenticate": settings.auth.challenge });
@@ -227,6 +230,17 @@ function openStream(activity: Activity, streams: Set<ServerResponse>, response: 
     unsubscribe();
     streams.delete(response);
   });
+}
+
+/**
+ * A page of any web site can make the browser send requests to a name it points at 127.0.0.1 (DNS
+ * rebinding), and then read the answers as its own. Such requests carry that site's name in Host:
+ * without credentials to stop them, only loopback names and addresses are answered.
+ */
+function isLoopbackHost(host: string | undefined): boolean {
+  if (!host) return false;
+  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.replace(/:\d+$/, "");
+  return isLoopbackAddress(`${name}:0`);
 }
 
 function sendJson(response: ServerResponse, status: number, body: unknown): void {
