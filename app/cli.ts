@@ -66,13 +66,15 @@ async function start(args: string[]): Promise<number> {
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
   // The listener and its services load only here, so `check` and the other commands start without them.
-  const [{ createLogger }, { PolicyReloader }, { Gateway }, { formatHostPort }, workers] = await Promise.all([
-    import("../core/observability/log.js"),
-    import("../core/policy/reload.js"),
-    import("../core/smtp/gateway.js"),
-    import("../core/toolkit/netaddr.js"),
-    import("./workers.js"),
-  ]);
+  const [{ createLogger }, { PolicyReloader }, { Gateway }, { formatHostPort }, workers, { DashboardListener }] =
+    await Promise.all([
+      import("../core/observability/log.js"),
+      import("../core/policy/reload.js"),
+      import("../core/smtp/gateway.js"),
+      import("../core/toolkit/netaddr.js"),
+      import("./workers.js"),
+      import("../core/observability/dashboard/server.js"),
+    ]);
   const { startOperations, superviseWorkers, workerCount, workerPolicy } = workers;
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
@@ -86,6 +88,8 @@ async function start(args: string[]): Promise<number> {
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // /metrics, /healthz, /readyz
+  const dashboard = new DashboardListener(gateway); // observability.dashboard
+  await dashboard.follow();
   // The first signal drains; a second one means the operator will not wait, so the process exits at
   // once (acknowledged mail is already on disk; a message still being received was not acknowledged).
   let stops = 0;
@@ -94,7 +98,7 @@ async function start(args: string[]): Promise<number> {
     if (stops > 1) process.exit(0);
     gateway
       .stop(graceMs)
-      .then(() => ops.close())
+      .then(() => Promise.all([ops.close(), dashboard.close()]))
       .then(() => process.exit(0));
   };
   process.on("SIGTERM", stop);
@@ -112,9 +116,14 @@ async function start(args: string[]): Promise<number> {
         const metrics = await ops
           .follow(gateway.runtime.config.observability.metrics)
           .catch((error: Error) => `not listening: ${error.message}`);
-        return metrics ? { ...changes, metrics } : changes;
+        const dashboardChange = await dashboard.follow().catch((error: Error) => `not listening: ${error.message}`);
+        return {
+          ...changes,
+          ...(metrics ? { metrics } : {}),
+          ...(dashboardChange ? { dashboard: dashboardChange } : {}),
+        };
       },
-      onLoadRefused: () => gateway.metrics.policyReload(false), // gateway.reload counts the rest
+      onLoadRefused: () => gateway.observer.policyReload(false), // gateway.reload counts the rest
     },
     gateway.runtime.policy,
   );

@@ -9,9 +9,10 @@
  */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import type { HookKind, Phase } from "../core/contract/api.js";
+import type { Phase } from "../core/contract/api.js";
 import { formatReply } from "../core/contract/decision.js";
 import type { Runtime } from "../core/engine/runtime.js";
+import { declaredFindings, type HookStep, hookReport } from "../core/observability/hook-report.js";
 import { loadPolicy } from "./catalogue.js";
 import { policyRuntime, type SimulatedTransaction, type SimulationResult, simulate } from "./testkit.js";
 
@@ -21,16 +22,7 @@ export const TRY_USAGE =
   "portcullis try --policy FILE --ip IP [--helo NAME] --from ADDR --to ADDR [--to ADDR…] [--auth USER] [--submission] [MESSAGE.eml] [--dns HOST:PORT] [--json]";
 
 /** One hook run or rule match, with the findings of the hook's plugin (those it declares). */
-export interface TryStep {
-  readonly phase: HookKind;
-  readonly kind: "hook" | "rule";
-  readonly name: string;
-  readonly verdict: string | null;
-  readonly decision: string;
-  readonly ms: number;
-  readonly error?: string;
-  readonly findings?: Readonly<Record<string, unknown>>;
-}
+export type TryStep = HookStep;
 
 export interface TryReport {
   readonly policy: string;
@@ -51,30 +43,7 @@ export interface TryReport {
 
 /** Groups a simulation's trace and findings by who made them. */
 export function tryReport(runtime: Runtime, input: SimulatedTransaction, result: SimulationResult): TryReport {
-  const declared = new Map<string, string[]>();
-  for (const plugin of runtime.plugins) {
-    const roots = Object.keys(plugin.entry.definition.findings ?? {});
-    declared.set(plugin.entry.name, roots);
-  }
-  const shown = new Set<string>();
-  const steps = result.trace.map((entry): TryStep => {
-    const kind = entry.source === "rule" ? "rule" : "hook";
-    const step: TryStep = {
-      phase: entry.phase,
-      kind,
-      name: entry.plugin,
-      verdict: entry.verdict,
-      decision: entry.decision,
-      ms: entry.ms,
-      ...(entry.error ? { error: entry.error } : {}),
-    };
-    if (kind === "rule") return step;
-    // A plugin's findings are shown once, at its first step that has them.
-    const roots = (declared.get(entry.plugin) ?? []).filter((root) => !shown.has(root) && root in result.facts);
-    for (const root of roots) shown.add(root);
-    return roots.length > 0 ? { ...step, findings: Object.fromEntries(roots.map((r) => [r, result.facts[r]])) } : step;
-  });
-  const otherFindings = Object.fromEntries(Object.entries(result.facts).filter(([key]) => !shown.has(key)));
+  const { steps, otherFindings } = hookReport(declaredFindings(runtime.plugins), result.trace, result.facts);
   return {
     policy: runtime.policy.file,
     input,

@@ -59,8 +59,8 @@ export function slotSpool(spool: string, slot: number): string {
 }
 
 /**
- * The policy as this process runs it. In a worker: its slot's own spool, and no ops listener (the
- * supervisor serves it). Elsewhere the policy unchanged. Applied at start and at every reload.
+ * The policy as this process runs it. In a worker: its slot's own spool, no ops listener (the
+ * supervisor serves it) and no dashboard. Elsewhere the policy unchanged. Applied at start and at every reload.
  */
 export function workerPolicy(policy: LoadedPolicy): LoadedPolicy {
   const slot = workerSlot();
@@ -71,7 +71,8 @@ export function workerPolicy(policy: LoadedPolicy): LoadedPolicy {
     config: {
       ...config,
       delivery: { ...config.delivery, spool: slotSpool(config.delivery.spool, slot) },
-      observability: { ...config.observability, metrics: undefined },
+      // The supervisor serves the summed metrics; a dashboard shows one process, so workers have none.
+      observability: { ...config.observability, metrics: undefined, dashboard: undefined },
     },
   };
 }

@@ -413,7 +413,7 @@ export class Session {
     };
     this.#summaries++;
     tx.services.log.info(summary, "transaction");
-    this.observer.transaction(summary);
+    this.observer.transaction(summary, context.facts);
     this.recorder?.finish(context, summary, tx.services.log);
   }
 

@@ -98,7 +98,8 @@ export interface GatewayObserver {
   phase(phase: HookKind, runs: readonly TraceEntry[], facts: Partial<Facts>): void;
   /** A refusal was answered to the client (a connect-phase refusal once per MAIL it answers). */
   refused(decision: RefusingDecision): void;
-  transaction(summary: TransactionSummary): void;
+  /** `facts`: the findings the transaction ended with (its own and its connection's, by prototype). */
+  transaction(summary: TransactionSummary, facts: Readonly<Partial<Facts>>): void;
   /** A connection that wrote no transaction line closed; its summary line was written. */
   connection(summary: ConnectionSummary): void;
   /** One delivery attempt to one route ended (queue worker or proxy mode), per recipient. */

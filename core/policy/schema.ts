@@ -11,7 +11,7 @@ import { z } from "zod";
 import { ActionSchema } from "../contract/actions.js";
 import { SmarthostAuthSchema, smarthostRouteProblems } from "../delivery/smarthost.js";
 import { asciiDomain } from "../toolkit/address.js";
-import { formatHostPort, parseCidr, parseHostPort } from "../toolkit/netaddr.js";
+import { formatHostPort, NetworkList, parseCidr, parseHostPort } from "../toolkit/netaddr.js";
 import { Duration, Size } from "../toolkit/units.js";
 import { ListOption } from "./lists.js";
 import { rulesSchema } from "./rules/schema.js";
@@ -646,6 +646,66 @@ const Delivery = z.strictObject({
     .describe("MTA-STS for MX delivery"),
 });
 
+/** Queue actions the dashboard may offer (core/queue/admin.ts does them, as `portcullis queue` does). */
+export const DASHBOARD_QUEUE_ACTIONS = ["flush", "delete", "bounce"] as const;
+
+const LOOPBACK = new NetworkList(LOOPBACK_NETWORKS);
+
+/** Only this host can reach the address: `localhost` or a loopback IP. */
+export function isLoopbackAddress(listen: string): boolean {
+  const host = parseHostPort(listen)?.host;
+  return host === "localhost" || (host !== undefined && LOOPBACK.has(host));
+}
+
+// The read-only web dashboard (core/observability/dashboard/).
+const Dashboard = z
+  .strictObject({
+    listen: HostPort.default("127.0.0.1:9465").describe(
+      'host:port of the dashboard, e.g. "127.0.0.1:9465"; any other than loopback needs auth',
+    ),
+    auth: z
+      .strictObject({
+        users: z
+          .string()
+          .min(1)
+          .optional()
+          .describe(
+            "users file, relative to the policy file: `name:scrypt-hash` lines as `portcullis passwd` prints (HTTP Basic)",
+          ),
+        tokenFile: z
+          .string()
+          .min(1)
+          .optional()
+          .describe("a file holding one token (at least 32 characters), relative to the policy file: HTTP Bearer"),
+      })
+      .superRefine((auth, ctx) => {
+        if ((auth.users === undefined) === (auth.tokenFile === undefined)) {
+          ctx.addIssue({ code: "custom", message: "name exactly one of users or tokenFile" });
+        }
+      })
+      .optional()
+      .describe("who may look: required unless the dashboard listens on loopback only"),
+    queueActions: z
+      .array(z.enum(DASHBOARD_QUEUE_ACTIONS))
+      .default([])
+      .describe("queue actions offered (flush, delete, bounce); none by default: the dashboard only shows"),
+    recent: z
+      .int()
+      .min(100)
+      .max(1_000_000)
+      .default(10_000)
+      .describe("transactions and refused connections kept in memory for the dashboard"),
+  })
+  .superRefine((dashboard, ctx) => {
+    if (!dashboard.auth && !isLoopbackAddress(dashboard.listen)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["listen"],
+        message: `${dashboard.listen} is reachable from other hosts: add auth { users } or { tokenFile }, or listen on loopback`,
+      });
+    }
+  });
+
 const Observability = z.strictObject({
   log: z
     .strictObject({
@@ -674,6 +734,9 @@ const Observability = z.strictObject({
     .describe("structured log"),
   metrics: HostPort.optional().describe(
     'host:port serving Prometheus /metrics, /healthz and /readyz, e.g. "127.0.0.1:9464"',
+  ),
+  dashboard: Dashboard.optional().describe(
+    "a web dashboard of recent decisions, the queue and the running policy; off unless present",
   ),
   transactionLog: z
     .strictObject({

@@ -17,8 +17,10 @@ import { receivedHeader } from "../delivery/received.js";
 import { type PregreetRun, pregreetRefusal, runClose, runPregreet } from "../engine/pipeline.js";
 import { buildRuntime, type Runtime } from "../engine/runtime.js";
 import { connectionContext, Session } from "../engine/session.js";
+import { Activity } from "../observability/dashboard/activity.js";
 import { createLogger, moduleLogger } from "../observability/log.js";
 import { GatewayMetrics } from "../observability/metrics.js";
+import type { GatewayObserver } from "../observability/observe.js";
 import { Rollout } from "../observability/shadow.js";
 import type { LoadedPolicy } from "../policy/load.js";
 import type { PolicyConfig } from "../policy/schema.js";
@@ -160,6 +162,10 @@ export class Gateway {
   readonly metrics: GatewayMetrics;
   /** The transaction log and the shadow policy, following the policy across reloads. */
   readonly #rollout: Rollout;
+  /** The dashboard's memory of recent decisions; null while the policy has no `observability.dashboard`. */
+  #activity: Activity | null = null;
+  /** Where sessions, deliveries and reloads report: the metrics, and the dashboard's activity when there is one. */
+  readonly observer: GatewayObserver;
 
   /** `--listen`/`--dns` from the command line: they hold for every policy version, reloads included. */
   readonly #overrides: GatewayOptions;
@@ -180,13 +186,35 @@ export class Gateway {
       state: () => this.#runtime.services.state, // store outages
       clock,
     });
+    const metrics = this.metrics;
+    this.observer = {
+      connectionOpened: (connection) => metrics.connectionOpened(connection),
+      connectionClosed: (connection) => metrics.connectionClosed(connection),
+      phase: (phase, runs, facts) => metrics.phase(phase, runs, facts),
+      refused: (decision) => metrics.refused(decision),
+      transaction: (summary, facts) => {
+        metrics.transaction(summary);
+        this.#activity?.transaction(summary, facts);
+      },
+      connection: (summary) => {
+        metrics.connection(summary);
+        this.#activity?.connection(summary);
+      },
+      delivery: (route, outcomes) => metrics.delivery(route, outcomes),
+      policyReload: (ok) => {
+        metrics.policyReload(ok);
+        this.#activity?.policyReload(ok);
+      },
+      bounceSuppressed: (reason) => metrics.bounceSuppressed(reason),
+    };
+    this.#followDashboard(runtime);
     this.#queueLog = moduleLogger(log, "queue", runtime.config.observability.log.levels);
     this.queue = new DeliveryQueue({
       runtime: () => this.#runtime,
       log: this.#queueLog,
       clock,
       listeners: () => this.addresses(),
-      observer: this.metrics,
+      observer: this.observer,
     });
     this.#rollout = new Rollout({ log, clock, registry: this.metrics.registry });
   }
@@ -207,6 +235,23 @@ export class Gateway {
 
   get runtime(): Runtime {
     return this.#runtime;
+  }
+
+  /** What the dashboard shows; null while the policy has no `observability.dashboard`. */
+  get activity(): Activity | null {
+    return this.#activity;
+  }
+
+  /**
+   * Keeps recent activity while the policy has a dashboard: started when it gains one, dropped when
+   * it loses it, started over empty when the number of entries kept changes.
+   */
+  #followDashboard(runtime: Runtime): void {
+    const recent = runtime.config.observability.dashboard?.recent;
+    if (recent === undefined) this.#activity = null;
+    else if (this.#activity?.capacity !== recent) {
+      this.#activity = new Activity(recent, this.clock, () => this.#runtime.plugins);
+    }
   }
 
   /** Starts every listener of the policy; resolves with the bound addresses. */
@@ -358,7 +403,7 @@ export class Gateway {
       files = await this.#readListenerFiles(runtime);
       this.#runtime = runtime;
     } catch (error) {
-      this.metrics.policyReload(false); // A plugin, a shadow or a TLS/users file refused; the old policy stays
+      this.observer.policyReload(false); // A plugin, a shadow or a TLS/users file refused; the old policy stays
       throw error;
     }
     const running = { tls: this.#tls, auth: this.#auth };
@@ -374,7 +419,7 @@ export class Gateway {
       this.#runtime = previous;
       this.#tls = running.tls;
       this.#auth = running.auth;
-      this.metrics.policyReload(false);
+      this.observer.policyReload(false);
       throw error;
     }
     // A logger the caller passed (GatewayOptions.log) keeps the caller's level; the gateway's own follows the policy.
@@ -382,7 +427,8 @@ export class Gateway {
     this.#queueLog.level = config.observability.log.levels?.queue ?? this.log.level;
     const restartNeeded = this.restartNeeded;
     this.metrics.restartNeeded(restartNeeded);
-    this.metrics.policyReload(true);
+    this.#followDashboard(this.#runtime);
+    this.observer.policyReload(true);
     this.queue.reloaded(); // pooled connections may follow old route settings
     return {
       ...listeners,
@@ -538,7 +584,7 @@ export class Gateway {
       connection,
       log,
       this.clock,
-      this.metrics,
+      this.observer,
       this.#rollout.recorder(),
       this.queue.verifier,
     );

@@ -56,6 +56,8 @@ export interface BenchOptions {
   readonly loadCpus?: string;
   /** Build the package (`npm run build`) and run the gateway from dist/, as production does. */
   readonly compiled?: boolean;
+  /** The gateway runs with its dashboard on (`observability.dashboard`). */
+  readonly dashboard?: boolean;
 }
 
 export interface LatencySummary {
@@ -171,6 +173,7 @@ export async function runBench(
       logLevel: options.logLevel,
       maxConnections: Math.max(1000, options.sessions * 4),
       workers: options.workers,
+      dashboard: options.dashboard,
     };
     await mkdir(settings.spool, { recursive: true });
     if (options.profileDir) await mkdir(options.profileDir, { recursive: true });
@@ -438,7 +441,8 @@ export function formatBench(result: BenchResult): string {
       (o.workers > 1 ? `, gateway workers: ${o.workers} (CPU and RSS summed over the process tree)` : "") +
       (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
       (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : "") +
-      `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}`,
+      `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}` +
+      (o.dashboard ? ", dashboard on" : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

@@ -20,6 +20,8 @@ export interface PolicySettings {
   readonly maxConnections: number;
   /** `server.workers`: gateway processes sharing the listener (1 = no cluster). */
   readonly workers: number;
+  /** Turn on `observability.dashboard` (loopback, a free port), to measure what keeping its activity costs. */
+  readonly dashboard?: boolean;
 }
 
 /** One part of the edge policy and whether this run has it. */
@@ -57,7 +59,10 @@ export function relayPolicy(settings: PolicySettings, overrides: Record<string, 
     pipeline: [],
     routes: [{ to: `smtp://127.0.0.1:${settings.sinkPort}` }],
     delivery: { mode: "proxy", spool: settings.spool },
-    observability: { log: { level: settings.logLevel } },
+    observability: {
+      log: { level: settings.logLevel },
+      ...(settings.dashboard ? { dashboard: { listen: "127.0.0.1:0" } } : {}),
+    },
     ...overrides,
   });
 }

@@ -24,7 +24,8 @@ const USAGE = `usage: npm run bench -- [options]
   --workers N          run the gateway with server.workers: N (default 1)
   --gateway-cpus LIST  pin the gateway (and the Postfix peer) to these CPUs (taskset -c, e.g. 1)
   --load-cpus LIST     pin the load generator and the sink to these CPUs (e.g. 0)
-  --compiled           build the package (npm run build) and run the gateway from dist/`;
+  --compiled           build the package (npm run build) and run the gateway from dist/
+  --dashboard          run the gateway with observability.dashboard on`;
 
 const { values } = parseArgs({
   options: {
@@ -45,6 +46,7 @@ const { values } = parseArgs({
     "gateway-cpus": { type: "string" },
     "load-cpus": { type: "string" },
     compiled: { type: "boolean", default: false },
+    dashboard: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -104,6 +106,7 @@ if (values.idle !== undefined) {
     gatewayCpus: cpuList("gateway-cpus", values["gateway-cpus"]),
     loadCpus: cpuList("load-cpus", values["load-cpus"]),
     compiled: values.compiled,
+    dashboard: values.dashboard,
   };
   const result = await runBench(options, progress);
   if (values.json) {
