@@ -279,7 +279,12 @@ export class DashboardListener {
   async follow(): Promise<string | undefined> {
     const { config, policy } = this.gateway.runtime;
     const wanted = config.observability.dashboard;
-    const credentials = wanted ? await loadCredentials(wanted.auth, policy.dir) : undefined;
+    // Read before anything changes: a users or token file that cannot be read leaves the running dashboard as it is.
+    const credentials = wanted
+      ? await loadCredentials(wanted.auth, policy.dir).catch((error: Error) => {
+          throw new Error(`observability.dashboard.auth: ${error.message}; the running dashboard stays as it was`);
+        })
+      : undefined;
     const settings = wanted ? JSON.stringify([wanted, credentialsDigest(credentials!)]) : undefined;
     if (settings === this.#settings) return undefined;
     const before = this.#server?.address;
