@@ -125,7 +125,11 @@ async function handle(
   }
   const who = await settings.auth.who(request.headers.authorization, gateway.clock.now());
   if (who === null) {
-    response.writeHead(401, { ...SECURITY_HEADERS, "www-authenticate": settings.auth.challenge });
+    response.writeHead(401, {
+      ...SECURITY_HEADERS,
+      "content-type": "text/plain; charset=utf-8",
+      "www-authenticate": settings.auth.challenge,
+    });
     response.end("authentication required\n");
     return;
   }
