@@ -116,7 +116,7 @@ async function start(args: string[]): Promise<number> {
         const metrics = await ops
           .follow(gateway.runtime.config.observability.metrics)
           .catch((error: Error) => `not listening: ${error.message}`);
-        const dashboardChange = await dashboard.follow().catch((error: Error) => `not listening: ${error.message}`);
+        const dashboardChange = await dashboard.follow().catch((error: Error) => `failed: ${error.message}`);
         return {
           ...changes,
           ...(metrics ? { metrics } : {}),

@@ -153,6 +153,9 @@ export async function superviseWorkers({ policy, log }: SupervisorOptions): Prom
   });
 
   await warnAboutOrphanSpools(policy.config.delivery.spool, count, log);
+  if (policy.config.observability.dashboard) {
+    log.warn("observability.dashboard is not served with server.workers above 1: each worker sees only its share");
+  }
   if (policy.config.state.store === "memory") {
     log.warn("state store is memory: each worker keeps its own rate limits and greylist; use Redis to share them");
   }

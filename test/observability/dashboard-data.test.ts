@@ -4,11 +4,12 @@
  * the overview reads from a real Redis that goes away and comes back.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { get } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { loadPolicy } from "../../app/catalogue.js";
 import { Activity, clientNetwork } from "../../core/observability/dashboard/activity.js";
 import { DashboardAuth, loadCredentials } from "../../core/observability/dashboard/auth.js";
 import { DashboardListener } from "../../core/observability/dashboard/server.js";
@@ -225,6 +226,18 @@ observability:
     assert.ok((await health()).state?.detail, "with what failed");
     await redis.start();
     await eventually(async () => (await health()).state?.ok === true, "Redis reported back");
+  });
+
+  test("a reload whose token file cannot be read leaves the running dashboard as it was", async () => {
+    const file = join(gw.dir, "policy.yaml");
+    const text = await readFile(file, "utf8");
+    await writeFile(file, text.replace("./dashboard.token", "./missing.token"));
+    await gw.gateway.reload(await loadPolicy(file));
+    await assert.rejects(
+      dashboard.follow(),
+      /observability\.dashboard\.auth: .*missing\.token.*the running dashboard stays/,
+    );
+    assert.deepEqual((await health()).state, { ok: true }, "the old token still opens the old dashboard");
   });
 });
 

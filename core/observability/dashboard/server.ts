@@ -125,7 +125,11 @@ async function handle(
   }
   const who = await settings.auth.who(request.headers.authorization, gateway.clock.now());
   if (who === null) {
-    response.writeHead(401, { ...SECURITY_HEADERS, "www-authenticate": settings.auth.challenge });
+    response.writeHead(401, {
+      ...SECURITY_HEADERS,
+      "content-type": "text/plain; charset=utf-8",
+      "www-authenticate": settings.auth.challenge,
+    });
     response.end("authentication required\n");
     return;
   }
@@ -279,7 +283,12 @@ export class DashboardListener {
   async follow(): Promise<string | undefined> {
     const { config, policy } = this.gateway.runtime;
     const wanted = config.observability.dashboard;
-    const credentials = wanted ? await loadCredentials(wanted.auth, policy.dir) : undefined;
+    // Read before anything changes: a users or token file that cannot be read leaves the running dashboard as it is.
+    const credentials = wanted
+      ? await loadCredentials(wanted.auth, policy.dir).catch((error: Error) => {
+          throw new Error(`observability.dashboard.auth: ${error.message}; the running dashboard stays as it was`);
+        })
+      : undefined;
     const settings = wanted ? JSON.stringify([wanted, credentialsDigest(credentials!)]) : undefined;
     if (settings === this.#settings) return undefined;
     const before = this.#server?.address;
