@@ -8,13 +8,16 @@
  * at a seeded random moment up to 100 ms after its share of acknowledgements), and restarted on the
  * same spool. After the last restart the queue drains; the next hop's copies are reconciled by
  * Message-ID and the script prints how many acknowledged messages were lost and how many copies
- * arrived more than once (duplicates, also as a share of the acknowledged messages). Exit code 1
- * when any acknowledged message is lost.
+ * arrived more than once (duplicates, also as a share of the acknowledged messages). For each
+ * duplicate it shows how long before the next kill its first copy reached the next hop: a copy
+ * the next hop took just before the gateway died, whose 250 the gateway never read, is the
+ * duplicate at-least-once delivery cannot avoid. Exit code 1 when any acknowledged message is lost.
  */
 import { randomInt } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { type GatewayProcess, startGatewayProcess } from "../test/fixtures/gateway-process.js";
@@ -39,7 +42,16 @@ const random = seededRandom(seed);
 const QUIET_MS = 3000;
 
 const dir = await mkdtemp(join(tmpdir(), "portcullis-crash-run-"));
-const hop = await startNextHop();
+/** When the next hop had read each copy (before its 250), by Message-ID, and when each kill was sent. */
+const arrivals = new Map<string, number[]>();
+const killedAt: number[] = [];
+const messageIdOf = (raw: Buffer) => /Message-ID: <(\w+)@/.exec(raw.toString("latin1"))?.[1] ?? "";
+const hop = await startNextHop({
+  holdDataReply: async (received) => {
+    const id = messageIdOf(received.raw);
+    arrivals.set(id, [...(arrivals.get(id) ?? []), performance.now()]);
+  },
+});
 let gateway: GatewayProcess | null = null;
 try {
   const policy = join(dir, "policy.yaml");
@@ -87,6 +99,7 @@ observability: { log: { level: warn } }
     while (acknowledged.size < (total * kill) / (kills + 1)) await sleep(5);
     await sleep(Math.floor(random() * 100));
     port = null;
+    killedAt.push(performance.now());
     await gateway.kill();
     gateway = await startGatewayProcess(policy);
     port = gateway.port;
@@ -100,7 +113,7 @@ observability: { log: { level: warn } }
   const delivered = (id: string) => copies.has(id);
   for (;;) {
     for (; counted < hop.messages.length; counted++) {
-      const id = /Message-ID: <(\w+)@/.exec(hop.messages[counted].raw.toString("latin1"))?.[1];
+      const id = messageIdOf(hop.messages[counted].raw);
       if (id) copies.set(id, (copies.get(id) ?? 0) + 1);
       lastChange = Date.now();
     }
@@ -112,6 +125,13 @@ observability: { log: { level: warn } }
   const lost = [...acknowledged].filter((id) => !delivered(id));
   const duplicates = [...copies.values()].reduce((sum, n) => sum + n - 1, 0);
   const duplicatedMessages = [...copies.values()].filter((n) => n > 1).length;
+  const firstCopyBeforeKillMs = [...copies]
+    .filter(([, n]) => n > 1)
+    .map(([id]) => {
+      const first = arrivals.get(id)![0];
+      const kill = killedAt.find((at) => at >= first);
+      return kill === undefined ? null : Number((kill - first).toFixed(1));
+    });
   const unacknowledgedDelivered = [...copies.keys()].filter((id) => !acknowledged.has(id)).length;
   const result = {
     seed,
@@ -124,6 +144,7 @@ observability: { log: { level: warn } }
     duplicateCopies: duplicates,
     duplicatedMessages,
     duplicateShare: `${((100 * duplicates) / acknowledged.size).toFixed(2)} %`,
+    firstCopyBeforeKillMs,
     deliveredWithoutAcknowledgement: unacknowledgedDelivered,
     seconds: Number(((Date.now() - started) / 1000).toFixed(1)),
   };
