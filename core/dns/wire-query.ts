@@ -75,6 +75,15 @@ export async function wireQuery(
 }
 
 /** Each record as node:dns gives it: addresses and names as strings, MX as {exchange, priority}, TXT as its strings. */
+/**
+ * A TXT string as c-ares hands it to Node (one character per byte), so an answer reads the same
+ * whichever path asked. This decodes what a server sent; nothing is written with it.
+ */
+function txtString(chunk: Uint8Array): string {
+  const bytes = Buffer.from(chunk);
+  return bytes.toString("latin1");
+}
+
 function recordValue(answer: RecordAnswer): unknown {
   switch (answer.type) {
     case "MX": {
@@ -83,7 +92,7 @@ function recordValue(answer: RecordAnswer): unknown {
     }
     case "TXT": {
       const strings = (Array.isArray(answer.data) ? answer.data : [answer.data]) as Array<string | Uint8Array>;
-      return strings.map((chunk) => (typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("latin1")));
+      return strings.map((chunk) => (typeof chunk === "string" ? chunk : txtString(chunk)));
     }
     default:
       return answer.data;

@@ -41,7 +41,8 @@ type DataContext = HookContext<"data">;
  * that could end the line is gone before Node sees it.
  */
 function headerValue(text: string): string {
-  return Buffer.from(oneLine(text, 998), "utf8").toString("latin1");
+  const bytes = Buffer.from(oneLine(text, 998), "utf8");
+  return bytes.toString("latin1");
 }
 
 /** The envelope and what we know of the client, under the names Rspamd's protocol gives them. */
