@@ -14,7 +14,7 @@
  * duplicate at-least-once delivery cannot avoid. Exit code 1 when any acknowledged message is lost.
  */
 import { randomInt } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { type GatewayProcess, startGatewayProcess } from "../test/fixtures/gateway-process.js";
 import { startNextHop } from "../test/fixtures/next-hop.js";
 import { seededRandom } from "../test/fixtures/seeded-random.js";
-import { message, send } from "../test/queue/helpers.js";
+import { message, send, startQueueGateway } from "../test/queue/helpers.js";
 
 const { values } = parseArgs({
   options: {
@@ -54,26 +54,12 @@ const hop = await startNextHop({
 });
 let gateway: GatewayProcess | null = null;
 try {
-  const policy = join(dir, "policy.yaml");
-  await writeFile(
-    policy,
-    `
-version: 1
-server: { hostname: gw.test }
-relay: { domains: [example.test] }
-routes:
-  - { to: "smtp://127.0.0.1:${hop.port}" }
-delivery:
-  mode: queue
-  spool: ./spool
-  retry: { schedule: [200ms], maxAge: 1h }
-observability: { log: { level: warn } }
-`,
-  );
   const acknowledged = new Set<string>();
   let attempted = 0;
   let sequence = 0;
-  gateway = await startGatewayProcess(policy);
+  const first = await startQueueGateway(dir, { nextHopPort: hop.port, logLevel: "warn" });
+  const policy = first.policy;
+  gateway = first.gateway;
   /** Null while the gateway restarts. */
   let port: number | null = gateway.port;
   const sender = async () => {

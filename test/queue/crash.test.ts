@@ -8,20 +8,17 @@
  * PORTCULLIS_CRASH_SEED=<seed> replays the same delays (the traffic around them still varies).
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomInt } from "node:crypto";
-import { once } from "node:events";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
+import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { startNextHop } from "../fixtures/next-hop.js";
 import { seededRandom } from "../fixtures/seeded-random.js";
-import { message, send, until } from "./helpers.js";
+import { message, send, startQueueGateway, until } from "./helpers.js";
 
-const bin = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
 const KILLS = 6;
 const SENDERS = 4;
 const SEED = Number(process.env.PORTCULLIS_CRASH_SEED ?? randomInt(2 ** 31));
@@ -31,60 +28,20 @@ after(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** The gateway on a port the OS picks (read back from its "listening on" line), so no port is ever released and reused. */
-async function startChild(policy: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [bin, "start", "--policy", policy, "--listen", "127.0.0.1:0"], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr!.setEncoding("utf8");
-  const port = await new Promise<number>((resolve, reject) => {
-    const onData = (chunk: string) => {
-      stderr += chunk;
-      const listening = /listening on 127\.0\.0\.1:(\d+)/.exec(stderr);
-      if (listening) {
-        child.stderr!.off("data", onData);
-        child.stderr!.resume();
-        resolve(Number(listening[1]));
-      }
-    };
-    child.stderr!.on("data", onData);
-    child.once("exit", (code) => reject(new Error(`gateway exited (${code}) before listening: ${stderr}`)));
-  });
-  return { child, port };
-}
-
 it("loses no acknowledged message when the gateway is killed at random moments", async (t) => {
   t.diagnostic(`seed ${SEED} (replay: PORTCULLIS_CRASH_SEED=${SEED})`);
   const random = seededRandom(SEED);
   dir = await mkdtemp(join(tmpdir(), "portcullis-crash-"));
   const hop = await startNextHop();
   t.after(() => hop.close());
-  const policy = join(dir, "policy.yaml");
-  await writeFile(
-    policy,
-    `
-version: 1
-server: { hostname: gw.test }
-relay: { domains: [example.test] }
-routes:
-  - { to: "smtp://127.0.0.1:${hop.port}" }
-delivery:
-  mode: queue
-  spool: ./spool
-  retry: { schedule: [200ms], maxAge: 1h }
-observability: { log: { level: silent } }
-`,
-  );
-
   const acknowledged = new Set<string>();
   let sent = 0;
   let running = true;
   let sequence = 0;
-  const first = await startChild(policy);
-  let child = first.child;
+  const first = await startQueueGateway(dir, { nextHopPort: hop.port, logLevel: "silent" });
+  let gateway = first.gateway;
   /** Null while the gateway restarts: its old port is free for anyone, its new one not known yet. */
-  let gatewayPort: number | null = first.port;
+  let gatewayPort: number | null = gateway.port;
   const sender = async () => {
     while (running) {
       const target = gatewayPort;
@@ -111,11 +68,9 @@ observability: { log: { level: silent } }
     await until(() => acknowledged.size >= ackedBefore + 5, "traffic before the kill");
     await sleep(Math.floor(random() * 300));
     gatewayPort = null;
-    child.kill("SIGKILL");
-    await once(child, "exit");
-    const restarted = await startChild(policy);
-    child = restarted.child;
-    gatewayPort = restarted.port;
+    await gateway.kill();
+    gateway = await startGatewayProcess(first.policy);
+    gatewayPort = gateway.port;
   }
   running = false;
   await Promise.all(senders);
@@ -124,8 +79,7 @@ observability: { log: { level: silent } }
   try {
     await until(() => [...acknowledged].every((id) => delivered().includes(id)), "every acknowledged message", 30_000);
   } finally {
-    child.kill("SIGTERM");
-    await once(child, "exit");
+    await gateway.stop();
   }
   const counts = new Map<string, number>();
   for (const id of delivered()) if (id) counts.set(id, (counts.get(id) ?? 0) + 1);

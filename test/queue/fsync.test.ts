@@ -15,13 +15,13 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { closedPort } from "../fixtures/next-hop.js";
-import { message, send } from "./helpers.js";
+import { message, send, writeQueuePolicy } from "./helpers.js";
 
 const bin = fileURLToPath(new URL("../../bin/portcullis.js", import.meta.url));
 
@@ -81,19 +81,12 @@ it("writes 250 only after the message's segment (and any new directory entry) is
   const spool = join(dir, "spool");
   const queueDir = join(spool, "queue");
   const largeDir = join(spool, "large");
-  const policyFile = join(dir, "policy.yaml");
   // Nothing listens at the next hop: the messages stay queued and the trace holds only their storing.
-  await writeFile(
-    policyFile,
-    `
-version: 1
-server: { hostname: gw.test }
-relay: { domains: [example.test] }
-routes: [{ to: "smtp://127.0.0.1:${await closedPort()}" }]
-delivery: { mode: queue, spool: "${spool}", retry: { schedule: [1h], maxAge: 1d } }
-observability: { log: { level: silent } }
-`,
-  );
+  const policyFile = await writeQueuePolicy(dir, {
+    nextHopPort: await closedPort(),
+    retry: { schedule: ["1h"], maxAge: "1d" },
+    logLevel: "silent",
+  });
   const traceFile = join(dir, "trace.txt");
   const strace = spawn(
     "strace",

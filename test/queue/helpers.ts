@@ -1,8 +1,57 @@
 /**
- * Shared pieces of the queue tests: sending through the wire, and reading DSNs back.
+ * Shared pieces of the queue tests: a gateway process in queue mode, sending through the wire, and
+ * reading DSNs back.
  */
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { type GatewayProcess, startGatewayProcess } from "../fixtures/gateway-process.js";
 import { SmtpTestClient } from "../fixtures/smtp-client.js";
+
+export interface QueuePolicy {
+  /** The port on 127.0.0.1 every message for example.test is routed to. */
+  readonly nextHopPort: number;
+  /** How many connections that route may hold at once (the gateway's default when unset). */
+  readonly connections?: number;
+  /** By default every 200 ms for an hour: a restarted gateway delivers what it recovered at once. */
+  readonly retry?: { readonly schedule: readonly string[]; readonly maxAge: string };
+  readonly logLevel: "silent" | "warn" | "info";
+}
+
+/**
+ * Writes `dir`/policy.yaml: queue mode, the spool in `dir`/spool, relaying example.test to the next
+ * hop. Returns the policy's path, to start (and restart) gateways on the same spool with.
+ */
+export async function writeQueuePolicy(dir: string, policy: QueuePolicy): Promise<string> {
+  const file = join(dir, "policy.yaml");
+  const connections = policy.connections === undefined ? "" : `, connections: ${policy.connections}`;
+  const retry = policy.retry ?? { schedule: ["200ms"], maxAge: "1h" };
+  await writeFile(
+    file,
+    `
+version: 1
+server: { hostname: gw.test }
+relay: { domains: [example.test] }
+routes:
+  - { to: "smtp://127.0.0.1:${policy.nextHopPort}"${connections} }
+delivery:
+  mode: queue
+  spool: ./spool
+  retry: { schedule: [${retry.schedule.join(", ")}], maxAge: ${retry.maxAge} }
+observability: { log: { level: ${policy.logLevel} } }
+`,
+  );
+  return file;
+}
+
+/** The real CLI as its own process on a queue-mode policy written into `dir` (see writeQueuePolicy). */
+export async function startQueueGateway(
+  dir: string,
+  policy: QueuePolicy,
+): Promise<{ readonly policy: string; readonly gateway: GatewayProcess }> {
+  const file = await writeQueuePolicy(dir, policy);
+  return { policy: file, gateway: await startGatewayProcess(file) };
+}
 
 export function message(id: string, body = "hello\r\n", extraHeaders = ""): string {
   return `From: <a@sender.test>\r\nTo: <b@example.test>\r\nSubject: test ${id}\r\nMessage-ID: <${id}@sender.test>\r\n${extraHeaders}\r\n${body}`;

@@ -10,13 +10,13 @@
  * with exactly one copy of each message. Each round is a fresh pair of messages and a fresh kill.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, it } from "node:test";
 import { type GatewayProcess, startGatewayProcess } from "../fixtures/gateway-process.js";
 import { type ReceivedMessage, startNextHop } from "../fixtures/next-hop.js";
-import { message, send, until } from "./helpers.js";
+import { message, send, until, writeQueuePolicy } from "./helpers.js";
 
 /** Kills per run: each one lands in a different moment of the gateway's own bookkeeping. */
 const ROUNDS = 3;
@@ -53,22 +53,7 @@ it("does not deliver again a message whose 250 arrived just before the gateway w
     },
   });
   t.after(() => hop.close());
-  const policy = join(dir, "policy.yaml");
-  await writeFile(
-    policy,
-    `
-version: 1
-server: { hostname: gw.test }
-relay: { domains: [example.test] }
-routes:
-  - { to: "smtp://127.0.0.1:${hop.port}", connections: 1 }
-delivery:
-  mode: queue
-  spool: ./spool
-  retry: { schedule: [200ms], maxAge: 1h }
-observability: { log: { level: info } }
-`,
-  );
+  const policy = await writeQueuePolicy(dir, { nextHopPort: hop.port, connections: 1, logLevel: "info" });
   const copies = (id: string) => hop.messages.filter((m) => messageIdOf(m) === id).length;
 
   for (let round = 0; round < ROUNDS; round++) {
