@@ -4,13 +4,13 @@
  * state store reachable when it is Redis). A load balancer or orchestrator polls /readyz and stops
  * sending mail while it says 503, e.g. during a graceful stop or a spool/Redis outage.
  */
-import { once } from "node:events";
 import { open, readFile, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { policyHash } from "../policy/load.js";
 import type { Gateway } from "../smtp/gateway.js";
 import { type HostPort, parseHostPort } from "../toolkit/netaddr.js";
+import { listenOn } from "./listen.js";
 
 export interface Check {
   readonly ok: boolean;
@@ -74,15 +74,7 @@ export async function startOpsServer(listen: string, endpoints: OpsEndpoints): P
     };
     answer().catch((error: Error) => send(500, "text/plain", `${error.message}\n`));
   });
-  server.listen(address.port, address.host);
-  await Promise.race([
-    once(server, "listening"),
-    once(server, "error").then(([error]) => {
-      throw error;
-    }),
-  ]);
-  const bound = server.address();
-  const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
+  const actual = await listenOn(server, address);
   return { address: actual, close: () => closeServer(server) };
 }
 

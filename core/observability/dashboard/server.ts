@@ -5,7 +5,6 @@
  * values) travels as JSON data and never as markup; the Content-Security-Policy allows only our
  * own script and style files, so even a slip in the client could not run injected script.
  */
-import { once } from "node:events";
 import { readFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { createRequire } from "node:module";
@@ -14,6 +13,7 @@ import { isLoopbackAddress, type PolicyConfig } from "../../policy/schema.js";
 import type { QueueRequest } from "../../queue/admin.js";
 import type { Gateway } from "../../smtp/gateway.js";
 import { formatHostPort, type HostPort, parseHostPort } from "../../toolkit/netaddr.js";
+import { listenOn } from "../listen.js";
 import { type Activity, type ActivityFilter, FILTER_KEYS } from "./activity.js";
 import { type Credentials, DashboardAuth, loadCredentials } from "./auth.js";
 import { overview, policyView } from "./views.js";
@@ -93,15 +93,7 @@ export async function startDashboard(
       else response.destroy();
     });
   });
-  server.listen(address.port, address.host);
-  await Promise.race([
-    once(server, "listening"),
-    once(server, "error").then(([error]) => {
-      throw error;
-    }),
-  ]);
-  const bound = server.address();
-  const actual = typeof bound === "object" && bound ? { host: address.host, port: bound.port } : address;
+  const actual = await listenOn(server, address);
   gateway.log.info({ dashboard: formatHostPort(actual), queueActions: config.queueActions }, "dashboard listening");
   return {
     address: actual,
