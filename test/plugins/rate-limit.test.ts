@@ -12,6 +12,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { runPlugin, runPolicy, type SimulatedTransaction } from "../../app/testkit.js";
 import type { Address, ConnectionContext } from "../../core/contract/api.js";
@@ -459,6 +460,29 @@ describe("rate limits on a shared Redis", () => {
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /keeps limits in memory/);
     assert.equal((await runCli(["limits", "show"])).code, 2);
+  });
+
+  test("state.timeout: a check waits that long for a slow Redis, then applies onStoreError", async () => {
+    const ip = "203.0.113.50";
+    for (const timeout of ["100ms", "5s"]) {
+      const gw = await startGateway(policy(redisStore(redis.url), { rate: "100/1h", timeout }));
+      try {
+        assert.equal(await send(gw.port, ip), 250, "the store is connected");
+        redis.pause();
+        if (timeout === "100ms") {
+          assert.equal(await send(gw.port, ip), 451, "no answer within 100 ms: onStoreError defer");
+        } else {
+          // Frozen for a moment far shorter than the timeout: the check waits it out and passes.
+          const sending = send(gw.port, ip);
+          await sleep(300);
+          redis.resume();
+          assert.equal(await sending, 250, "the answer came within 5 s");
+        }
+      } finally {
+        redis.resume();
+        await gw.stop();
+      }
+    }
   });
 
   for (const onStoreError of ["defer", "allow"] as const) {
