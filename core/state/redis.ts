@@ -114,10 +114,12 @@ async function connectClient(target: RedisTarget, timeoutMs: number, connectTime
       name,
       db: db ?? 0,
       sentinelCommandTimeout: timeoutMs,
-      // Sentinels announce a failover on a channel; listening to it moves the store to the new
-      // primary at once instead of when the old connection finally breaks.
-      failoverDetector: true,
       sentinelRetryStrategy: retryStrategy,
+      // ioredis's failoverDetector is left off: its disconnect, arriving while a reconnection is
+      // under way (as it does after a primary died), ends the client for good. A dead primary
+      // breaks the connection anyway, and a demoted one that still answers refuses writes with
+      // READONLY: both make the client ask the Sentinels again.
+      reconnectOnError: (err: Error) => err.message.startsWith("READONLY"),
     });
   }
   const [first] = target.cluster.map((text) => new URL(text));
