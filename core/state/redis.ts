@@ -88,6 +88,9 @@ const SCRIPTS = [
 
 const num = (reply: Reply): number => Number(reply);
 
+/** How long a client ioredis has given up on waits before it connects again. */
+const RESTART_AFTER_END_MS = 1000;
+
 /** The ioredis client for a target; ioredis itself is loaded here, on first use. */
 async function connectClient(target: RedisTarget, timeoutMs: number, connectTimeoutMs: number, keyPrefix: string) {
   const { Cluster, Redis } = await import("ioredis");
@@ -114,10 +117,14 @@ async function connectClient(target: RedisTarget, timeoutMs: number, connectTime
       name,
       db: db ?? 0,
       sentinelCommandTimeout: timeoutMs,
-      // Sentinels announce a failover on a channel; listening to it moves the store to the new
-      // primary at once instead of when the old connection finally breaks.
-      failoverDetector: true,
       sentinelRetryStrategy: retryStrategy,
+      // The Sentinels announce a failover on a channel; listening to it moves the store to the new
+      // primary at once. Otherwise a primary that is replaced but still up (a failover asked for,
+      // or one cut off from the Sentinels) keeps taking the store's writes until the Sentinels
+      // demote it, some ten seconds later, and those writes are lost.
+      failoverDetector: true,
+      // A primary demoted while the store still talks to it refuses writes: ask the Sentinels again.
+      reconnectOnError: (err: Error) => err.message.startsWith("READONLY"),
     });
   }
   const [first] = target.cluster.map((text) => new URL(text));
@@ -132,8 +139,8 @@ async function connectClient(target: RedisTarget, timeoutMs: number, connectTime
       enableOfflineQueue,
       keyPrefix,
       clusterRetryStrategy: retryStrategy,
-      // A command the cluster redirects (a moved slot, a failover) is retried this long at most,
-      // within the operation's deadline.
+      // A command the cluster turns away (a slot moving, a failover) is retried after 50 ms rather
+      // than the default 100, so a retry still fits within the operation's deadline.
       retryDelayOnFailover: 50,
       retryDelayOnClusterDown: 50,
       slotsRefreshTimeout: connectTimeoutMs,
@@ -181,6 +188,15 @@ export class RedisStore implements StateStore {
     redis.on("ready", () => {
       if (!this.#reachable) this.#log.info("state store reachable again");
       this.#reachable = true;
+    });
+    // ioredis gives a connection up for good in a few races (its failover detector disconnecting
+    // while it reconnects to a primary that died); the store lives as long as the gateway, so it
+    // starts over.
+    redis.on("end", () => {
+      if (this.#closed) return;
+      setTimeout(() => {
+        if (!this.#closed) redis.connect().catch(() => undefined);
+      }, RESTART_AFTER_END_MS).unref();
     });
     for (const [name, lua, numberOfKeys] of SCRIPTS) {
       redis.defineCommand(name, numberOfKeys === undefined ? { lua } : { lua, numberOfKeys });

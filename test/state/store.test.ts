@@ -1,6 +1,7 @@
 /**
  * core/state: the limiter and greylist arithmetic as pure functions with an injected clock, then
- * one behaviour suite run against both stores (memory, and a real redis-server) — counts at one
+ * the behaviour suite (store-suite.ts; redis-cluster and redis-sentinel run it on theirs) against
+ * the memory store and a real redis-server — counts at one
  * instant, and expiry over short real intervals, since the Lua scripts read Redis's own clock and
  * no hand-moved clock reaches them — then what the Redis store does when Redis goes away and comes back.
  */
