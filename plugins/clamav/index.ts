@@ -7,14 +7,7 @@
  * clamd is an error of the hook, so the entry's `onError` decides (default: defer).
  */
 import { definePlugin, type HookContext, verdict } from "../../core/index.js";
-import {
-  DaemonClosedEarly,
-  DaemonError,
-  describeAddress,
-  exchange,
-  messagePieces,
-  PIECE_BYTES,
-} from "../shared/scanner-daemon.js";
+import { DaemonClosedEarly, describeAddress, exchange, messagePieces, PIECE_BYTES } from "../shared/scanner-daemon.js";
 import { type ClamdResult, frameHead, INSTREAM_COMMAND, parseClamdReply } from "./clamd.js";
 import { type ClamavFacts, ClamavFindings, ClamavOptions } from "./schema.js";
 
@@ -57,23 +50,24 @@ export default definePlugin({
     const daemon = { name: "clamd", address: options.address, maxReplyBytes: MAX_REPLY_BYTES };
 
     async function scan(ctx: HookContext<"data">): Promise<ClamdResult> {
-      let reply: Buffer;
       try {
-        reply = await exchange(daemon, ctx.signal, async (request) => {
-          await request.write(INSTREAM_COMMAND);
-          for await (const piece of messagePieces(ctx.message, PIECE_BYTES)) {
-            await request.write(frameHead(piece.length), piece);
-          }
-          await request.write(END_OF_STREAM);
-        });
+        return await exchange(
+          daemon,
+          ctx.signal,
+          async (request) => {
+            await request.write(INSTREAM_COMMAND);
+            for await (const piece of messagePieces(ctx.message, PIECE_BYTES)) {
+              await request.write(frameHead(piece.length), piece);
+            }
+            await request.write(END_OF_STREAM);
+          },
+          parseClamdReply,
+        );
       } catch (error) {
         // clamd stops reading past its StreamMaxLength, and its answer saying so may be lost with the connection.
         if (!(error instanceof DaemonClosedEarly)) throw error;
         return { status: "error", reason: `${error.message}; is streamMaxLength above clamd's StreamMaxLength?` };
       }
-      const result = parseClamdReply(reply);
-      if (result instanceof Error) throw new DaemonError(`${where}: ${result.message}`);
-      return result;
     }
 
     return {

@@ -57,15 +57,30 @@ export class DaemonClosedEarly extends DaemonError {}
 class AnsweredEarly extends Error {}
 
 /**
- * Connects, runs `send` to write the request, and returns everything the daemon sent until it
- * closed the connection (spamd and clamd answer one request per connection). The request is not
- * ended by a half-close: each protocol says where it ends, and a connection left open both ways
- * until the daemon closes it is one whose end the daemon sees when the deadline destroys it. When the daemon closes while the request is still being written (clamd does so
- * past its StreamMaxLength), what it said by then is its reply; with nothing said, the rejection is a
- * DaemonClosedEarly. Rejects with a DaemonError when the daemon cannot be reached, resets without a
- * reply, or says more than `maxReplyBytes`, and when `signal` aborts.
+ * Connects, runs `send` to write the request, and returns the daemon's reply as `parse` reads it
+ * (an Error from `parse` rejects, naming the daemon). The reply is everything the daemon sent until
+ * it closed the connection: spamd and clamd answer one request per connection. The request is not
+ * ended by a half-close, as each protocol says where it ends, so the daemon sees the connection end
+ * when the deadline destroys it. When the daemon closes while the request is still being written
+ * (clamd does so past its StreamMaxLength), what it said by then is its reply; with nothing said,
+ * the rejection is a DaemonClosedEarly. Rejects with a DaemonError when the daemon cannot be
+ * reached, resets without a reply, or says more than `maxReplyBytes`, and when `signal` aborts.
  */
-export async function exchange(
+export async function exchange<T>(
+  daemon: Daemon,
+  signal: AbortSignal,
+  send: (request: DaemonRequest) => Promise<void>,
+  parse: (reply: Buffer) => T | Error,
+): Promise<T> {
+  const reply = await converse(daemon, signal, send);
+  const result = parse(reply);
+  if (result instanceof Error) {
+    throw new DaemonError(`${daemon.name} at ${describeAddress(daemon.address)}: ${result.message}`);
+  }
+  return result;
+}
+
+async function converse(
   daemon: Daemon,
   signal: AbortSignal,
   send: (request: DaemonRequest) => Promise<void>,

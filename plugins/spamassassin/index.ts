@@ -7,7 +7,7 @@
  * unreachable or failing is an error, so the entry's `onError` decides (default: defer).
  */
 import { definePlugin, type HookContext, verdict } from "../../core/index.js";
-import { DaemonError, describeAddress, exchange, messagePieces, PIECE_BYTES } from "../shared/scanner-daemon.js";
+import { exchange, messagePieces, PIECE_BYTES } from "../shared/scanner-daemon.js";
 import { type SpamassassinFacts, SpamassassinFindings, SpamassassinOptions } from "./schema.js";
 import { parseSpamdReply, SPAM_HEADER_NAMES, type SpamdResult, spamdRequestHead, spamHeaderFields } from "./spamd.js";
 
@@ -52,17 +52,16 @@ export default definePlugin({
   setup(options) {
     const daemon = { name: "spamd", address: options.address, maxReplyBytes: MAX_REPLY_BYTES };
 
-    async function scan(ctx: HookContext<"data">) {
-      const { message } = ctx;
-      const reply = await exchange(daemon, ctx.signal, async (request) => {
-        await request.write(spamdRequestHead(message.size, options.user));
-        for await (const piece of messagePieces(message, PIECE_BYTES)) await request.write(piece);
-      });
-      const result = parseSpamdReply(reply);
-      if (result instanceof Error)
-        throw new DaemonError(`spamd at ${describeAddress(options.address)}: ${result.message}`);
-      return result;
-    }
+    const scan = (ctx: HookContext<"data">) =>
+      exchange(
+        daemon,
+        ctx.signal,
+        async (request) => {
+          await request.write(spamdRequestHead(ctx.message.size, options.user));
+          for await (const piece of messagePieces(ctx.message, PIECE_BYTES)) await request.write(piece);
+        },
+        parseSpamdReply,
+      );
 
     return {
       data: async (ctx) => {

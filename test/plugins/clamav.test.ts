@@ -15,7 +15,7 @@ import { before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseClamdReply } from "../../plugins/clamav/clamd.js";
 import type { ClamavFacts } from "../../plugins/clamav/index.js";
-import { PIECE_BYTES } from "../../plugins/shared/scanner-daemon.js";
+import { DaemonAddressOption, PIECE_BYTES } from "../../plugins/shared/scanner-daemon.js";
 import { EICAR, EICAR_SIGNATURE, startClamd, type TestClamd } from "../fixtures/clamd.js";
 import { cleanupAfterAll } from "../fixtures/cleanups.js";
 import { startGatewayProcess } from "../fixtures/gateway-process.js";
@@ -209,6 +209,19 @@ async function memory(pid: number): Promise<{ rss: number; peak: number }> {
   const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1]) * 1024;
   return { rss: kib("VmRSS"), peak: kib("VmHWM") };
 }
+
+describe("daemon addresses", () => {
+  test("HOST:PORT, [IPv6]:PORT and a unix socket's absolute path; anything else is refused", () => {
+    const parse = (text: string) => DaemonAddressOption.safeParse(text);
+    assert.deepEqual(parse("127.0.0.1:3310").data, { host: "127.0.0.1", port: 3310 });
+    assert.deepEqual(parse("[::1]:3310").data, { host: "::1", port: 3310 });
+    assert.deepEqual(parse("clamd.internal:3310").data, { host: "clamd.internal", port: 3310 });
+    assert.deepEqual(parse("/run/clamav/clamd.ctl").data, { path: "/run/clamav/clamd.ctl" });
+    for (const wrong of ["localhost", "127.0.0.1:0", "127.0.0.1:65536", "::1:3310", "run/clamd.ctl", ""]) {
+      assert.equal(parse(wrong).success, false, wrong);
+    }
+  });
+});
 
 describe("clamd replies", () => {
   test("each form of reply, and signature names made one safe line", () => {

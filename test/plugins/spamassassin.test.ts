@@ -102,6 +102,15 @@ describe("spamassassin", () => {
     assert.match(status[0], /^No, score=-?\d+\.\d required=5\.0 tests=/);
   });
 
+  test("user: spamd checks the message for that user (the SPAMC/1.5 User header)", async () => {
+    const gw = await gateway("    user: portcullis-scan\n");
+    await deliver(gw.port, clean());
+    await eventually(
+      () => /checking message .* for portcullis-scan:\d+/.test(spamd.log()),
+      "spamd logs the message checked for portcullis-scan",
+    );
+  });
+
   test("a message over maxSize is delivered unscanned, with a finding saying so", async () => {
     const gw = await gateway("    maxSize: 1KB\n");
     const raw = await deliver(gw.port, textMessage("Large", `${GTUBE}\r\n${"a longer line of text\r\n".repeat(100)}`));
