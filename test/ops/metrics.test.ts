@@ -5,13 +5,13 @@
  * spool holds for a deferred message, and a DNS query held unanswered.
  */
 import assert from "node:assert/strict";
-import { readdir, stat } from "node:fs/promises";
+import { readdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { loadPolicy } from "../../app/catalogue.js";
 import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/observability/http.js";
 import { eventually } from "../fixtures/eventually.js";
-import type { TestGateway } from "../fixtures/gateway.js";
+import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import type { NextHop } from "../fixtures/next-hop.js";
 import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { sendAs } from "../fixtures/sender-auth.js";
@@ -221,3 +221,26 @@ async function bytesIn(dir: string, include: (name: string) => boolean): Promise
 function deliveredLabels(hop: NextHop): Record<string, string> {
   return { route: `smtp://127.0.0.1:${hop.port}`, status: "delivered" };
 }
+
+test("a gateway counts nothing until its policy names a reader; a reload that adds one starts the count", async () => {
+  const text = "version: 1\nserver: { hostname: gw.test }\nroutes: [{ to: discard }]\n";
+  const gw = await startGateway(text, { countMetrics: false });
+  try {
+    assert.equal(gw.gateway.metrics, null, "metrics kept with nothing to read them");
+    await writeFile(join(gw.dir, "policy.yaml"), `${text}observability: { metrics: "127.0.0.1:9464" }\n`);
+    await gw.gateway.reload(await loadPolicy(join(gw.dir, "policy.yaml")));
+    const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
+    try {
+      const scraped = await scrape(`http://127.0.0.1:${ops.address.port}`);
+      assert.equal(
+        scraped.value("portcullis_policy_reloads_total", { result: "ok" }),
+        1,
+        "the reload itself is counted",
+      );
+    } finally {
+      await ops.close();
+    }
+  } finally {
+    await gw.stop();
+  }
+});
