@@ -4,8 +4,9 @@
  * mailparser, nodemailer's SMTP client, the public suffix list — which load on first use. Each
  * costs megabytes of idle memory and tenths of a second of CPU per `check` (figures in the change
  * that made them lazy; no time is asserted here). The Redis client loads only with a Redis store,
- * the metrics only for a reader (this policy has none). A message through the gateway then loads mailauth, so the watch below is seen to
- * work. Modules are named by the process itself (test/fixtures/loaded-packages/register.mjs).
+ * the metrics only for a reader (this policy has none). A message through the gateway then loads
+ * mailauth, so the watch below is seen to work. Modules are named by the process itself
+ * (test/fixtures/loaded-packages/register.mjs).
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
