@@ -253,13 +253,16 @@ export class Gateway {
     const { observability } = config;
     if (!observability.metrics && !observability.dashboard && !this.#overrides.countMetrics) return;
     const { GatewayMetrics } = await import("../observability/metrics.js");
-    this.#metrics ??= new GatewayMetrics({
+    if (this.#metrics) return; // started by a reload that overtook this one during the import
+    this.#metrics = new GatewayMetrics({
       dns: () => this.#runtime.services.dns,
       queue: () => this.queue.spool,
       auth: () => this.#auth, // failed AUTH attempts
       state: () => this.#runtime.services.state, // store outages
       clock: this.clock,
     });
+    // Connections open already count as opened now, so that their close leaves the gauge of open ones true.
+    for (const session of this.#sessions.values()) this.#metrics.connectionOpened(session.connection);
   }
 
   /** What the dashboard shows; null while the policy has no `observability.dashboard`. */

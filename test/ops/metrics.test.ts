@@ -15,6 +15,7 @@ import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import type { NextHop } from "../fixtures/next-hop.js";
 import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { sendAs } from "../fixtures/sender-auth.js";
+import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { closedConnections } from "../plugins/connection-checks.js";
 import { message, send as sendMessage, until } from "../queue/helpers.js";
 import { scrape } from "./scrape.js";
@@ -227,8 +228,12 @@ test("a gateway counts nothing until its policy names a reader; a reload that ad
   const gw = await startGateway(text, { countMetrics: false });
   try {
     assert.equal(gw.gateway.metrics, null, "metrics kept with nothing to read them");
+    // Open across the reload: its close must not take the gauge of open connections below zero.
+    const client = await SmtpTestClient.connect(gw.port);
     await writeFile(join(gw.dir, "policy.yaml"), `${text}observability: { metrics: "127.0.0.1:9464" }\n`);
     await gw.gateway.reload(await loadPolicy(join(gw.dir, "policy.yaml")));
+    await client.quit();
+    await closedConnections(gw, 1);
     const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
     try {
       const scraped = await scrape(`http://127.0.0.1:${ops.address.port}`);
@@ -237,6 +242,9 @@ test("a gateway counts nothing until its policy names a reader; a reload that ad
         1,
         "the reload itself is counted",
       );
+      const listener = { role: "mx", port: String(gw.port) };
+      assert.equal(scraped.value("portcullis_connections_total", listener), 1, scraped.text);
+      assert.equal(scraped.value("portcullis_connections_active", listener), 0);
     } finally {
       await ops.close();
     }
