@@ -75,7 +75,7 @@ async function start(args: string[]): Promise<number> {
       import("./workers.js"),
       import("../core/observability/dashboard/server.js"),
     ]);
-  const { startOperations, superviseWorkers, workerCount, workerPolicy } = workers;
+  const { countsForSupervisor, startOperations, superviseWorkers, workerCount, workerPolicy } = workers;
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
   if (cluster.isPrimary && workerCount(policy.config) > 1) {
@@ -85,6 +85,7 @@ async function start(args: string[]): Promise<number> {
     listen: values.listen,
     dnsServers: values.dns,
     shadow: values.shadow ? resolve(values.shadow) : undefined,
+    countMetrics: countsForSupervisor(policy),
   });
   const addresses = await gateway.listen();
   const ops = await startOperations(gateway); // /metrics, /healthz, /readyz

@@ -18,7 +18,7 @@ import { readdir } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { AggregatorRegistry, type Registry } from "prom-client";
+import type { Registry } from "prom-client";
 import {
   type Check,
   gatewayEndpoints,
@@ -77,6 +77,11 @@ export function workerPolicy(policy: LoadedPolicy): LoadedPolicy {
   };
 }
 
+/** Whether this process is a worker whose supervisor serves the policy's metrics, so must count them for it. */
+export function countsForSupervisor(policy: LoadedPolicy): boolean {
+  return workerSlot() !== null && policy.config.observability.metrics !== undefined;
+}
+
 interface OpsRequest {
   readonly portcullis: "ops";
   readonly id: number;
@@ -102,7 +107,7 @@ export async function startOperations(gateway: Gateway): Promise<OpsListener> {
   if (workerSlot() !== null) {
     process.on("message", (message: unknown) => {
       if (!isOpsMessage(message)) return;
-      Promise.all([gateway.metrics.registry.getMetricsAsJSON(), gatewayReadiness(gateway)]).then(
+      Promise.all([gateway.metrics?.registry.getMetricsAsJSON() ?? [], gatewayReadiness(gateway)]).then(
         ([metrics, readiness]) => process.send?.({ portcullis: "ops", id: message.id, metrics, readiness }),
         (error: Error) => gateway.log.error({ err: error.message }, "ops request failed"),
       );
@@ -190,6 +195,7 @@ export async function superviseWorkers({ policy, log }: SupervisorOptions): Prom
     ? await startOpsServer(address, {
         async metrics() {
           const answers = [...(await ask()).values()].filter((answer) => answer !== null);
+          const { AggregatorRegistry } = await import("prom-client");
           const registry = AggregatorRegistry.aggregate(answers.map((answer) => answer.metrics));
           return { contentType: registry.contentType, body: await registry.metrics() };
         },

@@ -19,7 +19,7 @@ import { settle } from "../../core/dns/lookup.js";
 import { createResolver, type DnsResolver, reverseIpLabels } from "../../core/dns/resolver.js";
 import type { LoadedPolicy } from "../../core/policy/load.js";
 import { asciiDomain } from "../../core/toolkit/address.js";
-import { dmarc } from "../../core/toolkit/mailauth.js";
+import { dmarc, preloadMailauth } from "../../core/toolkit/mailauth.js";
 import { checkSpf as evaluateSpfRecord } from "../../core/toolkit/spf.js";
 import { loadKey } from "../../plugins/dkim-sign/index.js";
 import type { DkimSignOptions } from "../../plugins/dkim-sign/schema.js";
@@ -153,6 +153,8 @@ export async function diagnose(options: DoctorOptions): Promise<DoctorReport> {
       "give --ip IP, the address this gateway sends mail from",
     ),
   ];
+  // Loaded before the lookups below start, so that loading it does not run out their deadlines.
+  preloadMailauth();
   const [reverse, helo, listed, zoneHealth, perDomain] = await Promise.all([
     ip ? checkReverseDns(dns, ip, hostname, dynamicPatterns) : noAddress,
     ip ? checkHelo(dns, ip, hostname, dynamicPatterns) : [],

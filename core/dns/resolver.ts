@@ -154,12 +154,15 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
     }
   }
 
-  // lru-cache reads `max: 0` with a TTL as "no limit", so `cacheSize: 0` must not reach it.
+  // lru-cache reads a bound of 0 with a TTL as "no limit", so `cacheSize: 0` must not reach it.
+  // The bound is a size of one per answer, not `max`, which allocates every slot up front
+  // (megabytes of an idle gateway); sized this way the cache grows with the answers it holds.
   const cache =
     options.cacheSize === 0
       ? null
       : new LRUCache<string, Entry, Query>({
-          max: options.cacheSize ?? 50_000,
+          maxSize: options.cacheSize ?? 50_000,
+          sizeCalculation: () => 1,
           ttl: defaultTtlMs,
           fetchMethod: async (_key, _stale, { options: setOptions, context: query }) => {
             const { entry, ttlMs } = await ask(query);

@@ -135,7 +135,14 @@ function closeServer(server: Server): Promise<void> {
 
 /** The endpoints of one gateway in this process. */
 export function gatewayEndpoints(gateway: Gateway): OpsEndpoints {
-  return { metrics: () => gateway.metrics.expose(), ready: () => gatewayReadiness(gateway) };
+  return {
+    metrics: async () => {
+      // The gateway counts whenever its policy serves the metrics; an endpoint without them is a bug.
+      if (!gateway.metrics) throw new Error("this gateway counts no metrics");
+      return gateway.metrics.expose();
+    },
+    ready: () => gatewayReadiness(gateway),
+  };
 }
 
 /** Whether this gateway should get traffic, check by check. */

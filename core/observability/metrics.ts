@@ -1,7 +1,9 @@
 /**
  * Prometheus metrics of one gateway: a GatewayObserver that counts events as the core reports them,
  * plus gauges and counters read from their components when scraped (DNS resolver, spool, AUTH,
- * state store). Each
+ * state store), and the shadow policy's counters. A gateway has them only while something reads
+ * them (`observability.metrics`, the dashboard, a supervisor): this module and prom-client are
+ * imported then, not by a gateway that nobody scrapes. Each
  * gateway owns its Registry, so several gateways in one process (tests) never collide; under
  * `server.workers` the supervisor sums the workers' registries (app/workers.ts).
  *
@@ -14,6 +16,7 @@ import type { RecipientOutcome } from "../delivery/result.js";
 import type { DnsResolver, DnsStats } from "../dns/resolver.js";
 import type { QueueEntry } from "../queue/spool.js";
 import type { ConnectionSummary, GatewayObserver, TransactionSummary } from "./observe.js";
+import type { Difference, ReplayOutcome } from "./replay.js";
 
 export interface MetricSources {
   /** The resolver of the current policy; a reload builds a new one. */
@@ -65,6 +68,8 @@ export class GatewayMetrics implements GatewayObserver {
   readonly #stressChanges: Counter<"state">;
   readonly #underStress: Gauge<"role" | "port">;
   readonly #bouncesSuppressed: Counter<"reason">;
+  readonly #shadowDifferences: Counter<"live" | "candidate" | "rule">;
+  readonly #shadowTransactions: Counter<"outcome">;
   /** DNS counters of resolvers that earlier policies used, so the totals survive a reload. */
   #retiredDns: DnsStats = ZERO_DNS;
   #resolver: DnsResolver | null = null;
@@ -194,6 +199,18 @@ export class GatewayMetrics implements GatewayObserver {
       labelNames: ["reason"] as const,
       registers,
     });
+    this.#shadowDifferences = new Counter({
+      name: "portcullis_shadow_differences_total",
+      help: "Where the shadow policy would answer differently: live and candidate outcome (a transaction outcome, or recipient-accepted/recipient-rejected) and the rule that makes the difference",
+      labelNames: ["live", "candidate", "rule"] as const,
+      registers,
+    });
+    this.#shadowTransactions = new Counter({
+      name: "portcullis_shadow_transactions_total",
+      help: "Transactions the shadow policy evaluated, by the outcome it would have given",
+      labelNames: ["outcome"] as const,
+      registers,
+    });
     this.#reloads.inc({ result: "ok" }, 0);
     this.#reloads.inc({ result: "failed" }, 0);
     this.#scrapedGauges();
@@ -299,6 +316,12 @@ export class GatewayMetrics implements GatewayObserver {
 
   bounceSuppressed(reason: string): void {
     this.#bouncesSuppressed.inc({ reason });
+  }
+
+  /** A transaction the shadow policy evaluated: the outcome it would have given, and where that differs from the live answer. */
+  shadowEvaluated(outcome: ReplayOutcome, found: readonly Difference[]): void {
+    this.#shadowTransactions.inc({ outcome });
+    for (const d of found) this.#shadowDifferences.inc({ live: d.live, candidate: d.candidate, rule: d.rule });
   }
 
   /** DNS counters over every resolver this gateway used; a replaced one's counts are kept. */

@@ -6,7 +6,8 @@
  * (core/observability/replay.ts), beside the live policy. The candidate never acts: it sees the record only after
  * the live answer was given. Each difference is logged (`"event":"shadow"`) and counted in
  * `portcullis_shadow_differences_total{live,candidate,rule}`; every evaluated transaction in
- * `portcullis_shadow_transactions_total{outcome}` (the candidate's outcome).
+ * `portcullis_shadow_transactions_total{outcome}` (the candidate's outcome), while the gateway has
+ * metrics.
  *
  * The candidate's pipeline is set up (its rules are compiled against the findings its plugins
  * declare) but its hooks never run, and its own `shadow`, `observability` and delivery settings are
@@ -15,10 +16,10 @@
  */
 import { resolve } from "node:path";
 import type { Logger } from "pino";
-import { Counter, type Registry } from "prom-client";
 import type { Clock } from "../contract/api.js";
 import { buildRuntime, type Runtime } from "../engine/runtime.js";
 import { loadPolicy } from "../policy/load.js";
+import type { GatewayMetrics } from "./metrics.js";
 import { type Candidate, candidateOf, differences, recordedResult, replayRecord } from "./replay.js";
 import {
   type RecordSink,
@@ -28,27 +29,8 @@ import {
   type TransactionRecord,
 } from "./transaction-log.js";
 
-/** The shadow's counters, registered once per gateway on its metrics registry. */
-class ShadowMetrics {
-  readonly differences: Counter<"live" | "candidate" | "rule">;
-  readonly transactions: Counter<"outcome">;
-
-  constructor(registry: Registry) {
-    const registers = [registry];
-    this.differences = new Counter({
-      name: "portcullis_shadow_differences_total",
-      help: "Where the shadow policy would answer differently: live and candidate outcome (a transaction outcome, or recipient-accepted/recipient-rejected) and the rule that makes the difference",
-      labelNames: ["live", "candidate", "rule"] as const,
-      registers,
-    });
-    this.transactions = new Counter({
-      name: "portcullis_shadow_transactions_total",
-      help: "Transactions the shadow policy evaluated, by the outcome it would have given",
-      labelNames: ["outcome"] as const,
-      registers,
-    });
-  }
-}
+/** Where the shadow's counts go: the gateway's metrics, or nowhere while it has none. */
+type ShadowMetrics = () => Pick<GatewayMetrics, "shadowEvaluated"> | null;
 
 /** A candidate policy evaluated beside the live one. */
 export class Shadow {
@@ -71,10 +53,9 @@ export class Shadow {
   async evaluate(record: TransactionRecord, log: Logger): Promise<void> {
     const live = recordedResult(record);
     const candidate = await replayRecord(record, this.candidate);
-    this.metrics.transactions.inc({ outcome: candidate.outcome });
     const found = differences(live, candidate);
+    this.metrics()?.shadowEvaluated(candidate.outcome, found);
     if (found.length === 0) return;
-    for (const d of found) this.metrics.differences.inc({ live: d.live, candidate: d.candidate, rule: d.rule });
     log.info(
       { event: "shadow", candidate: this.file, live, shadow: candidate, differences: found },
       "shadow policy would answer differently",
@@ -89,17 +70,15 @@ export class Shadow {
 export class Rollout {
   #log: TransactionLog | null = null;
   #shadow: Shadow | null = null;
-  readonly #metrics: ShadowMetrics;
-
-  constructor(private readonly deps: { readonly log: Logger; readonly clock: Clock; readonly registry: Registry }) {
-    this.#metrics = new ShadowMetrics(deps.registry);
-  }
+  constructor(
+    private readonly deps: { readonly log: Logger; readonly clock: Clock; readonly metrics: ShadowMetrics },
+  ) {}
 
   /** Follows `runtime`'s policy; on any problem nothing changes and the error is thrown. */
   async apply(runtime: Runtime): Promise<void> {
     const { config, policy } = runtime;
     const shadow = config.shadow
-      ? await Shadow.load(resolve(policy.dir, config.shadow), runtime, this.#metrics, this.deps.log)
+      ? await Shadow.load(resolve(policy.dir, config.shadow), runtime, this.deps.metrics, this.deps.log)
       : null;
     const wanted: TransactionLogOptions | null = config.observability.transactionLog ?? null;
     if (JSON.stringify(wanted) !== JSON.stringify(this.#log?.options ?? null)) {

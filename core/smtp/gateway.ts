@@ -19,7 +19,7 @@ import { buildRuntime, type Runtime } from "../engine/runtime.js";
 import { connectionContext, Session } from "../engine/session.js";
 import { Activity } from "../observability/dashboard/activity.js";
 import { createLogger, moduleLogger } from "../observability/log.js";
-import { GatewayMetrics } from "../observability/metrics.js";
+import type { GatewayMetrics } from "../observability/metrics.js";
 import type { GatewayObserver } from "../observability/observe.js";
 import { Rollout } from "../observability/shadow.js";
 import type { LoadedPolicy } from "../policy/load.js";
@@ -103,6 +103,11 @@ export interface GatewayOptions {
   readonly dnsServers?: readonly string[];
   /** Overrides `shadow:` (`--shadow`): an absolute path to a candidate policy. */
   readonly shadow?: string;
+  /**
+   * Count metrics from the start whatever the policy says: for a reader the policy does not name,
+   * a supervisor summing its workers' metrics (a worker's own policy serves none).
+   */
+  readonly countMetrics?: boolean;
 }
 
 /** An error that carries the SMTP reply smtp-server sends for a refused command. */
@@ -158,8 +163,11 @@ export class Gateway {
   readonly queue: DeliveryQueue;
   /** Users of submission listeners (`server.auth`); loaded by listen(). */
   #auth: SubmissionAuth | null = null;
-  /** What sessions and deliveries report, plus DNS and spool numbers read when scraped. */
-  readonly metrics: GatewayMetrics;
+  /**
+   * What sessions, deliveries and reloads report, plus DNS and spool numbers read when scraped;
+   * null until something reads them (#countMetrics).
+   */
+  #metrics: GatewayMetrics | null = null;
   /** The transaction log and the shadow policy, following the policy across reloads. */
   readonly #rollout: Rollout;
   /** The dashboard's memory of recent decisions; null while the policy has no `observability.dashboard`. */
@@ -179,33 +187,25 @@ export class Gateway {
     this.#startedWith = runtime.config;
     this.log = log;
     this.clock = clock;
-    this.metrics = new GatewayMetrics({
-      dns: () => this.#runtime.services.dns,
-      queue: () => this.queue.spool,
-      auth: () => this.#auth, // failed AUTH attempts
-      state: () => this.#runtime.services.state, // store outages
-      clock,
-    });
-    const metrics = this.metrics;
     this.observer = {
-      connectionOpened: (connection) => metrics.connectionOpened(connection),
-      connectionClosed: (connection) => metrics.connectionClosed(connection),
-      phase: (phase, runs, facts) => metrics.phase(phase, runs, facts),
-      refused: (decision) => metrics.refused(decision),
+      connectionOpened: (connection) => this.#metrics?.connectionOpened(connection),
+      connectionClosed: (connection) => this.#metrics?.connectionClosed(connection),
+      phase: (phase, runs, facts) => this.#metrics?.phase(phase, runs, facts),
+      refused: (decision) => this.#metrics?.refused(decision),
       transaction: (summary, facts) => {
-        metrics.transaction(summary);
+        this.#metrics?.transaction(summary);
         this.#activity?.transaction(summary, facts);
       },
       connection: (summary) => {
-        metrics.connection(summary);
+        this.#metrics?.connection(summary);
         this.#activity?.connection(summary);
       },
-      delivery: (route, outcomes) => metrics.delivery(route, outcomes),
+      delivery: (route, outcomes) => this.#metrics?.delivery(route, outcomes),
       policyReload: (ok) => {
-        metrics.policyReload(ok);
+        this.#metrics?.policyReload(ok);
         this.#activity?.policyReload(ok);
       },
-      bounceSuppressed: (reason) => metrics.bounceSuppressed(reason),
+      bounceSuppressed: (reason) => this.#metrics?.bounceSuppressed(reason),
     };
     this.#followDashboard(runtime);
     this.#queueLog = moduleLogger(log, "queue", runtime.config.observability.log.levels);
@@ -216,7 +216,7 @@ export class Gateway {
       listeners: () => this.addresses(),
       observer: this.observer,
     });
-    this.#rollout = new Rollout({ log, clock, registry: this.metrics.registry });
+    this.#rollout = new Rollout({ log, clock, metrics: () => this.#metrics });
   }
 
   static async create(policy: LoadedPolicy, options: GatewayOptions = {}): Promise<Gateway> {
@@ -229,12 +229,40 @@ export class Gateway {
     });
     const runtime = await buildRuntime({ ...policy, config }, { log, clock, state });
     const gateway = new Gateway(runtime, log, clock, options);
+    await gateway.#countMetrics(config);
     await gateway.#rollout.apply(runtime);
     return gateway;
   }
 
   get runtime(): Runtime {
     return this.#runtime;
+  }
+
+  /** The Prometheus metrics; null while neither the policy nor the gateway's options asked for them. */
+  get metrics(): GatewayMetrics | null {
+    return this.#metrics;
+  }
+
+  /**
+   * Starts counting when `config` has a reader for the metrics (`observability.metrics`, or the
+   * dashboard, which shows their shadow and observe-mode counts) or the options ask for them.
+   * Once started they are kept for the gateway's life, so a later reload never resets a counter.
+   */
+  async #countMetrics(config: PolicyConfig): Promise<void> {
+    if (this.#metrics) return;
+    const { observability } = config;
+    if (!observability.metrics && !observability.dashboard && !this.#overrides.countMetrics) return;
+    const { GatewayMetrics } = await import("../observability/metrics.js");
+    if (this.#metrics) return; // started by a reload that overtook this one during the import
+    this.#metrics = new GatewayMetrics({
+      dns: () => this.#runtime.services.dns,
+      queue: () => this.queue.spool,
+      auth: () => this.#auth, // failed AUTH attempts
+      state: () => this.#runtime.services.state, // store outages
+      clock: this.clock,
+    });
+    // Connections open already count as opened now, so that their close leaves the gauge of open ones true.
+    for (const session of this.#sessions.values()) this.#metrics.connectionOpened(session.connection);
   }
 
   /** What the dashboard shows; null while the policy has no `observability.dashboard`. */
@@ -392,6 +420,8 @@ export class Gateway {
   async reload(policy: LoadedPolicy): Promise<ReloadChanges> {
     const config = applyOverrides(policy.config, this.#overrides);
     const previous = this.#runtime;
+    // Before this reload's outcome is counted, so that it is.
+    await this.#countMetrics(config);
     let files: ListenerFiles;
     try {
       const runtime = await buildRuntime(
@@ -426,7 +456,7 @@ export class Gateway {
     if (!this.#overrides.log) this.log.level = config.observability.log.level;
     this.#queueLog.level = config.observability.log.levels?.queue ?? this.log.level;
     const restartNeeded = this.restartNeeded;
-    this.metrics.restartNeeded(restartNeeded);
+    this.#metrics?.restartNeeded(restartNeeded);
     this.#followDashboard(this.#runtime);
     this.observer.policyReload(true);
     this.queue.reloaded(); // pooled connections may follow old route settings
@@ -534,7 +564,7 @@ export class Gateway {
   }
 
   #refuseNow(decision: RefusingDecision, session: SMTPServerSession): never {
-    this.metrics.refused(decision);
+    this.#metrics?.refused(decision);
     if (decision.kind === "disconnect") {
       for (const { server } of this.#servers) server.closeSession(session.id);
     }
@@ -550,7 +580,7 @@ export class Gateway {
     const { config, plugins, services } = this.#runtime;
     const ip = normalizeIp(remoteAddress);
     const run = await runPregreet(plugins, { ...services, client: { ip, family: ip.includes(":") ? 6 : 4 } });
-    if (run.trace.length > 0) this.metrics.phase("pregreet", run.trace, {});
+    if (run.trace.length > 0) this.#metrics?.phase("pregreet", run.trace, {});
     return { ...run, delayMs: Math.max(config.server.greetingDelay, run.delayMs) };
   }
 
@@ -589,14 +619,14 @@ export class Gateway {
       this.queue.verifier,
     );
     this.#sessions.set(smtp.id, session);
-    this.metrics.connectionOpened(connection); // closed in #onClose or #rekey
+    this.#metrics?.connectionOpened(connection); // closed in #onClose or #rekey
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
     // A pregreet hook that failed is judged here, as the connect hooks' decisions are.
     const pregreet = listener?.pregreetRun;
     if (pregreet) session.connectionTrace.push(...pregreet.trace);
     const decision = await session.connect(undefined, pregreet ? pregreetRefusal(pregreet, connection) : null);
     if (decision) {
-      this.metrics.refused(decision);
+      this.#metrics?.refused(decision);
       throw new SmtpReply(decision.reply);
     }
   }
@@ -618,7 +648,7 @@ export class Gateway {
     this.#sessions.delete(smtp.id);
     previous.finish("aborted", null);
     this.#releaseClientSlot(smtp.id);
-    this.metrics.connectionClosed(previous.connection); // #onConnect opens the forwarded client's
+    this.#metrics?.connectionClosed(previous.connection); // #onConnect opens the forwarded client's
     try {
       if (!this.#takeClientSlot(smtp.id, smtp.remoteAddress)) {
         this.#reportCut({ kind: "cut", reason: "per-client", id: smtp.id, remoteAddress: smtp.remoteAddress });
@@ -762,7 +792,7 @@ export class Gateway {
 
   /** A connection the gateway refused or closed on a limit of its own, with no hook deciding. */
   #reportCut(event: Extract<ListenerEvent, { kind: "cut" }>): void {
-    this.metrics.connectionCut(event.reason);
+    this.#metrics?.connectionCut(event.reason);
     this.log.info(
       { event: "cut", cid: event.id, client: normalizeIp(event.remoteAddress), reason: event.reason },
       "connection cut",
@@ -772,7 +802,7 @@ export class Gateway {
   #reportStress(event: Extract<ListenerEvent, { kind: "stress" }>, role: Role, server: GatewaySMTPServer): void {
     const bound = server.server.address();
     const port = String(typeof bound === "object" && bound ? bound.port : "");
-    this.metrics.stressChanged(event.on, { role, port });
+    this.#metrics?.stressChanged(event.on, { role, port });
     this.log.warn(
       { event: "stress", on: event.on, connections: event.connections, maxClients: event.maxClients, role, port },
       event.on ? "listener under stress: short command deadlines" : "listener stress ended",
@@ -786,13 +816,13 @@ export class Gateway {
     if (!session) return;
     this.#sessions.delete(smtp.id);
     session.close();
-    this.metrics.connectionClosed(session.connection);
+    this.#metrics?.connectionClosed(session.connection);
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
     const { plugins, services } = session.runtime;
     // The session is already gone: a close hook that hangs holds nothing but itself, until its deadline.
     void runClose(plugins, { ...services, log: session.log, connection: session.connection }).then((trace) => {
-      if (trace.length > 0) this.metrics.phase("close", trace, {});
+      if (trace.length > 0) this.#metrics?.phase("close", trace, {});
     });
   }
 }

@@ -51,7 +51,10 @@ export class MemoryStore implements StateStore {
   readonly #clock: Clock;
 
   constructor(options: MemoryStoreOptions = {}) {
-    this.#entries = new LRUCache({ max: options.maxEntries ?? 100_000 });
+    // The bound is a size of one per entry rather than lru-cache's `max`, which allocates the
+    // arrays for every slot up front (megabytes for a gateway that may never hold a key); sized
+    // this way they grow with the entries actually stored.
+    this.#entries = new LRUCache({ maxSize: options.maxEntries ?? 100_000, sizeCalculation: () => 1 });
     this.#clock = options.clock ?? { now: () => Date.now() };
     this.onStoreError = options.onStoreError ?? "defer";
   }

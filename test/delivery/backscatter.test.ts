@@ -224,7 +224,7 @@ describe("bounces without recipient validation", () => {
 
   const suppressedMetric = async (reason: string) =>
     new RegExp(`portcullis_bounces_suppressed_total\\{reason="${reason}"\\} 1\\b`).test(
-      await gw.gateway.metrics.registry.metrics(),
+      (await gw.gateway.metrics?.registry.metrics()) ?? "",
     );
 
   it("no DSN for a DNSBL-listed client's message: logged and counted as suppressed", async () => {

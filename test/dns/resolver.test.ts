@@ -104,6 +104,19 @@ describe("shared resolver", () => {
     assert.equal(server.count("empty.example.test", "A"), 2);
     assert.deepEqual(dns.stats(), { queries: 5, hits: 0, misses: 5, inflight: 0, errors: { ENODATA: 2 } });
   });
+  it("cacheSize bounds the cache: beyond it the least recently used answer is asked again", async () => {
+    const dns = fresh({ cacheSize: 2 });
+    server.resetQueries();
+    await dns.resolveTxt("mail.example.test");
+    await dns.resolve4("mail.example.test");
+    await dns.resolveTxt("mail.example.test"); // the A answer is now the least recently used
+    await dns.resolve6("mail.example.test");
+    await dns.resolveTxt("mail.example.test");
+    await dns.resolve4("mail.example.test");
+    assert.equal(server.count("mail.example.test", "TXT"), 1, "the TXT answer stayed cached");
+    assert.equal(server.count("mail.example.test", "A"), 2, "the A answer made room and was asked again");
+  });
+
   it("hands out copies, so a caller that mutates its answer does not change the cache", async () => {
     const dns = fresh();
     (await dns.resolveTxt("mail.example.test"))[0].push("mutated");

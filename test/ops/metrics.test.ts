@@ -5,16 +5,17 @@
  * spool holds for a deferred message, and a DNS query held unanswered.
  */
 import assert from "node:assert/strict";
-import { readdir, stat } from "node:fs/promises";
+import { readdir, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { loadPolicy } from "../../app/catalogue.js";
 import { gatewayEndpoints, type OpsServer, startOpsServer } from "../../core/observability/http.js";
 import { eventually } from "../fixtures/eventually.js";
-import type { TestGateway } from "../fixtures/gateway.js";
+import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import type { NextHop } from "../fixtures/next-hop.js";
 import { type DnsRelay, startDnsRelay } from "../fixtures/relay.js";
 import { sendAs } from "../fixtures/sender-auth.js";
+import { SmtpTestClient } from "../fixtures/smtp-client.js";
 import { closedConnections } from "../plugins/connection-checks.js";
 import { message, send as sendMessage, until } from "../queue/helpers.js";
 import { scrape } from "./scrape.js";
@@ -221,3 +222,33 @@ async function bytesIn(dir: string, include: (name: string) => boolean): Promise
 function deliveredLabels(hop: NextHop): Record<string, string> {
   return { route: `smtp://127.0.0.1:${hop.port}`, status: "delivered" };
 }
+
+test("a gateway counts nothing until its policy names a reader; a reload that adds one starts the count", async () => {
+  const text = "version: 1\nserver: { hostname: gw.test }\nroutes: [{ to: discard }]\n";
+  const gw = await startGateway(text, { countMetrics: false });
+  try {
+    assert.equal(gw.gateway.metrics, null, "metrics kept with nothing to read them");
+    // Open across the reload: its close must not take the gauge of open connections below zero.
+    const client = await SmtpTestClient.connect(gw.port);
+    await writeFile(join(gw.dir, "policy.yaml"), `${text}observability: { metrics: "127.0.0.1:9464" }\n`);
+    await gw.gateway.reload(await loadPolicy(join(gw.dir, "policy.yaml")));
+    await client.quit();
+    await closedConnections(gw, 1);
+    const ops = await startOpsServer("127.0.0.1:0", gatewayEndpoints(gw.gateway));
+    try {
+      const scraped = await scrape(`http://127.0.0.1:${ops.address.port}`);
+      assert.equal(
+        scraped.value("portcullis_policy_reloads_total", { result: "ok" }),
+        1,
+        "the reload itself is counted",
+      );
+      const listener = { role: "mx", port: String(gw.port) };
+      assert.equal(scraped.value("portcullis_connections_total", listener), 1, scraped.text);
+      assert.equal(scraped.value("portcullis_connections_active", listener), 0);
+    } finally {
+      await ops.close();
+    }
+  } finally {
+    await gw.stop();
+  }
+});

@@ -574,9 +574,8 @@ describe("dnsbl: the policy decides", () => {
         ],
       );
       await closedConnections(gw, 2);
-      const scraped = await gw.gateway.metrics.registry.getSingleMetricAsString(
-        "portcullis_dnsbl_broken_lookups_total",
-      );
+      const scraped =
+        (await gw.gateway.metrics?.registry.getSingleMetricAsString("portcullis_dnsbl_broken_lookups_total")) ?? "";
       assert.match(scraped, /portcullis_dnsbl_broken_lookups_total\{zone="refusing.test",reason="refused"\} 2/);
     } finally {
       await gw.stop();

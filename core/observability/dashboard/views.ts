@@ -95,7 +95,7 @@ async function samples(
   gateway: Gateway,
   name: string,
 ): Promise<Array<{ labels: Record<string, string>; value: number }>> {
-  const metric = gateway.metrics.registry.getSingleMetric(name);
+  const metric = gateway.metrics?.registry.getSingleMetric(name);
   if (!metric) return [];
   const { values } = await metric.get();
   return values

@@ -34,7 +34,8 @@ export interface ReplayMemo<R> {
 }
 
 export function replayMemo<R>(maxKept: number): ReplayMemo<R> {
-  const kept = new LRUCache<string, Kept<R>>({ max: maxKept });
+  // A size of one per result rather than `max`, which would allocate every slot before the first message.
+  const kept = new LRUCache<string, Kept<R>>({ maxSize: maxKept, sizeCalculation: () => 1 });
   let evaluations = 0;
   return {
     async run(key, dns, evaluate) {
