@@ -5,7 +5,7 @@
 import { oneLine } from "../../core/index.js";
 
 /** `z` asks for NUL-terminated replies, so a reply is never confused with the next line. */
-export const INSTREAM_COMMAND = Buffer.from("zINSTREAM\0", "latin1");
+export const INSTREAM_COMMAND = Buffer.from("zINSTREAM\0");
 
 /** The length prefix of a piece of `length` bytes; `frameHead(0)` ends the stream. */
 export function frameHead(length: number): Buffer {

@@ -19,7 +19,7 @@ export interface SpamdResult {
 export function spamdRequestHead(size: number, user: string | undefined): Buffer {
   const lines = ["SYMBOLS SPAMC/1.5", `Content-length: ${size}`];
   if (user !== undefined) lines.push(`User: ${user}`);
-  return Buffer.from(`${lines.join("\r\n")}\r\n\r\n`, "latin1");
+  return Buffer.from(`${lines.join("\r\n")}\r\n\r\n`);
 }
 
 /** SpamAssassin's rule names: letters, digits and underscores (Mail::SpamAssassin::Conf). */
@@ -41,10 +41,11 @@ export function parseSpamdReply(reply: Buffer): SpamdResult | Error {
     headers.find((line) => line.toLowerCase().startsWith(`${name.toLowerCase()}:`))?.replace(/^[^:]*:\s*/, "");
   const verdict = /^(true|false|yes|no)\s*;\s*(-?\d+(?:\.\d+)?)\s*\/\s*(-?\d+(?:\.\d+)?)$/i.exec(field("Spam") ?? "");
   if (!verdict) return new Error(`spamd's reply has no valid Spam header: ${JSON.stringify(field("Spam") ?? null)}`);
+  // The reply was read one character per byte, so the body's length is its size in bytes.
   const body = text.slice(headEnd + 4);
   const length = Number(field("Content-length") ?? Number.NaN);
-  if (Number.isInteger(length) && Buffer.byteLength(body, "latin1") < length) {
-    return new Error(`spamd's reply was cut short: ${Buffer.byteLength(body, "latin1")} of ${length} bytes`);
+  if (Number.isInteger(length) && body.length < length) {
+    return new Error(`spamd's reply was cut short: ${body.length} of ${length} bytes`);
   }
   return {
     spam: /^(true|yes)$/i.test(verdict[1]),

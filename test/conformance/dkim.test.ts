@@ -12,13 +12,16 @@ import { after, before, describe, test } from "node:test";
 import { runPlugin } from "../../app/testkit.js";
 import { createResolver, type DnsResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
-import { mailauthFinish, mailauthGetPublicKey } from "../../core/toolkit/mailauth.js";
+import { mailauthFinish, mailauthGetPublicKey, preloadMailauth } from "../../core/toolkit/mailauth.js";
 import dkimPlugin from "../../plugins/dkim/index.js";
 import type { DkimFacts } from "../../plugins/shared/sender-auth/facts.js";
 import { mailauthResolver } from "../../plugins/shared/sender-auth/message.js";
 import { generateKey, type TestKey } from "../fixtures/keys.js";
 import { message, signed } from "../fixtures/sender-auth.js";
 
+// mailauth is loaded (and its key lookup and message end put right) on first use; this file
+// reaches into its verifier below, which must find the seam's versions in place.
+preloadMailauth();
 const require = createRequire(import.meta.url);
 const { DkimVerifier } = require("mailauth/lib/dkim/dkim-verifier.js") as {
   DkimVerifier: new (options: object) => NodeJS.WritableStream & { results: Array<{ signingDomain?: string }> };
