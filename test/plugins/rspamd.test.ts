@@ -41,12 +41,28 @@ let viaController: TestGateway;
 let wrongPassword: TestGateway;
 let impatient: TestGateway;
 
-function policy(entry: string, more = "", url = rspamd.url, timeout = "20s"): string {
+interface PolicyParts {
+  /** More options of the rspamd entry, indented under it. */
+  readonly entry?: string;
+  /** More top-level sections (rules). */
+  readonly more?: string;
+  readonly url?: string;
+  readonly timeout?: string;
+  readonly relay?: string;
+}
+
+function policy({
+  entry = "",
+  more = "",
+  url = rspamd.url,
+  timeout = "20s",
+  relay = "{ domains: [example.test] }",
+}: PolicyParts = {}): string {
   return `
 version: 1
 server: { hostname: mx.gateway.test }
 dns: { timeout: 500ms }
-relay: { domains: [example.test] }
+relay: ${relay}
 pipeline:
   - plugin: rspamd
     url: "${url}"
@@ -67,27 +83,33 @@ before(async () => {
     controllerPassword: CONTROLLER_PASSWORD,
   });
   hop = await startNextHop();
-  strict = await startGateway(policy(""), { dnsServers: [dns.address] });
+  strict = await startGateway(policy(), { dnsServers: [dns.address] });
   tagging = await startGateway(
-    policy(`    maxSize: 4KB
-    on: { reject: ignore }`),
+    policy({
+      entry: `    maxSize: 4KB
+    on: { reject: ignore }`,
+    }),
     { dnsServers: [dns.address] },
   );
   // As policies/edge-mx-content.yaml does it: our own networks are trusted and not scanned.
   trusting = await startGateway(
-    policy(
-      "",
-      `rules: [{ name: trusted-not-scanned, when: { trusted: true }, action: { skip: [rspamd] } }]
-relay: { domains: [example.test], networks: [127.0.0.0/8] }`,
-    ).replace("relay: { domains: [example.test] }\n", ""),
+    policy({
+      relay: "{ domains: [example.test], networks: [127.0.0.0/8] }",
+      more: `rules:
+  - name: trusted-not-scanned
+    when: { trusted: true }
+    action:
+      skip: [rspamd]`,
+    }),
     { dnsServers: [dns.address] },
   );
   // The controller scans too, for clients that give its password.
-  viaController = await startGateway(policy(`    password: ${CONTROLLER_PASSWORD}`, "", rspamd.controllerUrl!), {
-    dnsServers: [dns.address],
-  });
-  impatient = await startGateway(policy("", "", rspamd.url, "1s"), { dnsServers: [dns.address] });
-  wrongPassword = await startGateway(policy("    password: not-the-password", "", rspamd.controllerUrl!), {
+  viaController = await startGateway(
+    policy({ entry: `    password: ${CONTROLLER_PASSWORD}`, url: rspamd.controllerUrl! }),
+    { dnsServers: [dns.address] },
+  );
+  impatient = await startGateway(policy({ timeout: "1s" }), { dnsServers: [dns.address] });
+  wrongPassword = await startGateway(policy({ entry: "    password: not-the-password", url: rspamd.controllerUrl! }), {
     dnsServers: [dns.address],
   });
 });
