@@ -1,9 +1,9 @@
 /**
  * mailauth, as the gateway uses it: loaded on the first call that needs it, with the DKIM/ARC public
  * key parse memoized and the header scan of its message parser done with `indexOf` (both measured
- * hot spots, see below), and two places where it differs from RFC 6376 put right at the same seams:
- * key records as dkim-key.ts reads them (`s=`, PKCS#1 keys), and a message that ends in its header
- * block (message-end.ts).
+ * hot spots, see below), and three places where it goes wrong put right at the same seams: key
+ * records as dkim-key.ts reads them (`s=`, PKCS#1 keys), a message that ends in its header block
+ * (message-end.ts), and the signing time of a signature made without one (below).
  *
  * Loading mailauth costs ~35 MB and ~0.4 s of CPU, so nothing loads it until a check calls one of
  * the functions below: an idle gateway, `portcullis check` and a policy without sender
@@ -140,6 +140,28 @@ async function processChunk(this: MessageParserState, chunk: Buffer): Promise<vo
   await this.nextChunk(chunk);
 }
 
+/** The part of mailauth's DKIM signer that its final step reads for the `t=` tag. */
+interface SigningParser {
+  signTime?: Date | string | number;
+  finalize(): Promise<void>;
+}
+
+/**
+ * mailauth's DKIM signer, given no signing time, reads the clock twice: once for the `t=` of the
+ * header field it signs and again for the `t=` of the field it writes (`Math.round(Date.now() / 1000)`
+ * each time). When a half second passes between the two (the RSA signature takes 1–2 ms, more on a
+ * loaded machine) the written field says one second more than the signed one, and the signature never
+ * verifies. dkimSign, DKIM sign streams, the ARC-Message-Signature of createSeal/sealMessage and
+ * authenticate's sealing all come here without a time unless their caller passes one. Fixing the time
+ * once, before either reading, makes both the same.
+ */
+function onceTimedFinalize(finalize: (this: SigningParser) => Promise<void>) {
+  return function finalizeAtOneTime(this: SigningParser): Promise<void> {
+    this.signTime ??= new Date();
+    return finalize.call(this);
+  };
+}
+
 /** The options of mailauth's DKIM signer that the gateway uses (mailauth declares no types for it). */
 export interface DkimSignerOptions {
   readonly signatureData: ReadonlyArray<{
@@ -173,6 +195,8 @@ interface LoadedMailauth {
   readonly getPublicKey: GetPublicKey;
   /** mailauth's own end of a message, kept for the test that shows it still misses a header-only message. */
   readonly finish: (this: EndingParser) => Promise<void>;
+  /** mailauth's own final step of its DKIM signer, kept for the test that shows it still reads the clock twice. */
+  readonly signerFinalize: (this: SigningParser) => Promise<void>;
   /** False when mailauth's verifier was loaded before this module loaded it, so it kept the unmemoized lookup. */
   readonly keyCacheActive: boolean;
 }
@@ -196,14 +220,19 @@ function mailauth(): LoadedMailauth {
   const finish = MessageParser.prototype.finish;
   MessageParser.prototype.processChunk = processChunk;
   MessageParser.prototype.finish = headerFirstFinish(tools.parseHeaders);
+  const { DkimSigner } = require("mailauth/lib/dkim/dkim-signer.js") as {
+    DkimSigner: LoadedMailauth["DkimSigner"] & { prototype: SigningParser };
+  };
+  const signerFinalize = DkimSigner.prototype.finalize;
+  DkimSigner.prototype.finalize = onceTimedFinalize(signerFinalize);
   loaded = {
     api: require("mailauth") as typeof Mailauth,
     parseHeaders: tools.parseHeaders,
-    DkimSigner: (require("mailauth/lib/dkim/dkim-signer.js") as { DkimSigner: LoadedMailauth["DkimSigner"] })
-      .DkimSigner,
+    DkimSigner,
     processChunk: original,
     getPublicKey,
     finish,
+    signerFinalize,
     keyCacheActive,
   };
   return loaded;
@@ -236,6 +265,11 @@ export const mailauthGetPublicKey: GetPublicKey = (...args) => mailauth().getPub
 /** mailauth's own end of a message, kept for the test that shows it still misses a header-only message. */
 export const mailauthFinish = function (this: EndingParser) {
   return mailauth().finish.call(this);
+};
+
+/** mailauth's own final step of its DKIM signer, kept for the test that shows it still reads the clock twice. */
+export const mailauthSignerFinalize = function (this: SigningParser) {
+  return mailauth().signerFinalize.call(this);
 };
 
 /** A DKIM signer over a header block and body hash already computed, as mailauth's ARC sealer uses it. */

@@ -4,8 +4,8 @@
  * DKIM-signed message, so the edge policy runs each check to a "pass" (its usual cost) and accepts.
  */
 import { generateKeyPairSync } from "node:crypto";
-import { dkimSign } from "mailauth";
 import type { ZoneData } from "../../core/testing/dns-server.js";
+import { dkimSign } from "../../core/toolkit/mailauth.js";
 
 export const BENCH = {
   clientName: "client.bench.test",

@@ -17,6 +17,7 @@ import { arc, dkimVerify, sealMessage } from "../../core/toolkit/mailauth.js";
 import arcPlugin from "../../plugins/arc/index.js";
 import type { ArcFacts } from "../../plugins/shared/sender-auth/facts.js";
 import { mailauthResolver } from "../../plugins/shared/sender-auth/message.js";
+import { withTurningSeconds } from "../fixtures/clock.js";
 import { generateKey, type TestKey } from "../fixtures/keys.js";
 import { message } from "../fixtures/sender-auth.js";
 
@@ -95,6 +96,20 @@ describe("ARC conformance (RFC 8617)", () => {
 
   test("RFC 8617 §5.2: a well-formed seal signed the same way validates: pass", async () => {
     assert.equal((await arcResult(sealedWith((tags) => tags))).result, "pass");
+  });
+
+  test("RFC 8617 §4.1.2, RFC 6376 §3.5 t=: a seal made with no time given, while the clock turns a second, validates: pass", async () => {
+    const seal = await withTurningSeconds(() =>
+      sealMessage(body, {
+        signingDomain: "list.test",
+        selector: "arc",
+        privateKey: sealer.privateKey,
+        authResults: "list.test; spf=pass smtp.mailfrom=alice@sender.test",
+        cv: "none",
+      } as Parameters<typeof sealMessage>[1]),
+    );
+    const facts = await arcResult(seal.toString() + body);
+    assert.deepEqual([facts.result, facts.reason], ["pass", null]);
   });
 
   for (const { rule, mutate } of MALFORMED) {

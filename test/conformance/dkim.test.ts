@@ -3,7 +3,7 @@
  * the in-process DNS server over real UDP: each case is a rule mailauth 4.13.3 breaks, with the
  * RFC's result. The last group runs mailauth's own code for each and asserts it still deviates:
  * when one of those fails, an upgrade follows the RFC and our fix (core/toolkit/dkim-key.ts,
- * core/toolkit/message-end.ts) may go.
+ * core/toolkit/message-end.ts, the signing time in core/toolkit/mailauth.ts) may go.
  */
 import assert from "node:assert/strict";
 import { createPublicKey } from "node:crypto";
@@ -12,10 +12,17 @@ import { after, before, describe, test } from "node:test";
 import { runPlugin } from "../../app/testkit.js";
 import { createResolver, type DnsResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
-import { mailauthFinish, mailauthGetPublicKey, preloadMailauth } from "../../core/toolkit/mailauth.js";
+import {
+  dkimSign,
+  mailauthFinish,
+  mailauthGetPublicKey,
+  mailauthSignerFinalize,
+  preloadMailauth,
+} from "../../core/toolkit/mailauth.js";
 import dkimPlugin from "../../plugins/dkim/index.js";
 import type { DkimFacts } from "../../plugins/shared/sender-auth/facts.js";
 import { mailauthResolver } from "../../plugins/shared/sender-auth/message.js";
+import { withTurningSeconds } from "../fixtures/clock.js";
 import { generateKey, type TestKey } from "../fixtures/keys.js";
 import { message, signed } from "../fixtures/sender-auth.js";
 
@@ -25,6 +32,9 @@ preloadMailauth();
 const require = createRequire(import.meta.url);
 const { DkimVerifier } = require("mailauth/lib/dkim/dkim-verifier.js") as {
   DkimVerifier: new (options: object) => NodeJS.WritableStream & { results: Array<{ signingDomain?: string }> };
+};
+const { DkimSigner } = require("mailauth/lib/dkim/dkim-signer.js") as {
+  DkimSigner: new (options: object) => NodeJS.WritableStream & { signatureHeaders: string[] };
 };
 const { writeToStream } = require("mailauth/lib/tools.js") as {
   writeToStream(stream: NodeJS.WritableStream, input: string): Promise<void>;
@@ -116,6 +126,24 @@ describe("DKIM conformance (RFC 6376)", () => {
     );
   });
 
+  /** `raw` signed with the `good` key by the toolkit's dkimSign, given no signing time. */
+  async function signedUntimed(raw: string): Promise<string> {
+    const result = await dkimSign(raw, {
+      signatureData: [{ signingDomain: DOMAIN, selector: "good", privateKey: key.privateKey }],
+    } as unknown as Parameters<typeof dkimSign>[1]);
+    return result.signatures + raw;
+  }
+
+  test("RFC 6376 §3.5 t=: a signature made with no time given, while the clock turns a second, says the t= it signed: pass", async () => {
+    const raw = message({ from: `Alice <alice@${DOMAIN}>` });
+    const sent = await withTurningSeconds(() => signedUntimed(raw));
+    const facts = await verify(sent);
+    assert.deepEqual(
+      facts.signatures.map((signature) => [signature.result, signature.reason]),
+      [["pass", null]],
+    );
+  });
+
   describe("mailauth 4.13.3 still deviates (when one of these fails, an upgrade follows the RFC there)", () => {
     test("RFC 6376 §3.6.1 — mailauth uses a key record whose s= is not for email", async () => {
       const answer = await mailauthGetPublicKey(
@@ -139,6 +167,20 @@ describe("DKIM conformance (RFC 6376)", () => {
       Object.assign(verifier, { finish: mailauthFinish });
       await writeToStream(verifier, headerOnly);
       assert.equal(verifier.results.filter((row) => row.signingDomain).length, 0);
+    });
+
+    test("RFC 6376 §3.5 t= — mailauth's signer, given no time, writes a t= other than the one it signed when the clock turns", async () => {
+      const raw = message({ from: `Alice <alice@${DOMAIN}>` });
+      const signer = new DkimSigner({
+        signatureData: [{ signingDomain: DOMAIN, selector: "good", privateKey: key.privateKey }],
+      });
+      Object.assign(signer, { finalize: mailauthSignerFinalize });
+      await withTurningSeconds(() => writeToStream(signer, raw));
+      const facts = await verify(signer.signatureHeaders.join("\r\n") + "\r\n" + raw);
+      assert.deepEqual(
+        facts.signatures.map((signature) => [signature.result, signature.reason]),
+        [["fail", "bad signature"]],
+      );
     });
   });
 });

@@ -6,9 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { authenticate, sealMessage } from "mailauth";
 import { createResolver } from "../../core/dns/resolver.js";
 import { startDnsServer, type TestDnsServer } from "../../core/testing/dns-server.js";
+import { authenticate, sealMessage } from "../../core/toolkit/mailauth.js";
 import { startGateway, type TestGateway } from "../fixtures/gateway.js";
 import { generateKey } from "../fixtures/keys.js";
 import { type NextHop, startNextHop } from "../fixtures/next-hop.js";
