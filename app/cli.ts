@@ -10,7 +10,7 @@ import { setFlagsFromString } from "node:v8";
 
 // Each command's module, and the policy loader with zod and yaml, is imported when a command needs
 // it: `check` does not load the listener, `start` not the code of doctor, try, test and replay, and
-// `--version` nothing. Only type imports at the top (test/app/lazy-dependencies.test.ts).
+// `--version` nothing. Only Node's own modules at the top (test/app/lazy-dependencies.test.ts).
 
 /** The usage of every command; the modules that hold some of the lines load only to print it. */
 async function usageText(): Promise<string> {
@@ -151,8 +151,8 @@ async function start(args: string[]): Promise<number> {
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
   if (ops.address) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
-  // Said last, when signals are handled and the policy files watched: from here on a change is seen.
   youngGenerationGrowth("service");
+  // Said last, when signals are handled and the policy files watched: from here on a change is seen.
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});
 }
