@@ -6,7 +6,6 @@ import cluster from "node:cluster";
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { setFlagsFromString } from "node:v8";
 
 // Each command's module, and the policy loader with zod and yaml, is imported when a command needs
 // it: `check` does not load the listener, `start` not the code of doctor, try, test and replay, and
@@ -46,20 +45,7 @@ const usageErrorsOf =
     throw kinds.some((kind) => error instanceof kind) ? new UsageError((error as Error).message) : error;
   };
 
-/**
- * V8 grows the young generation while start-up allocates (modules, the policy, its plugins, the
- * listeners) and keeps it at that size: ~11 MB of an idle gateway's RSS that only traffic needs.
- * Start-up holds it at its initial size; from the first listen on, it grows under load as it always
- * did (2 is V8's default factor). V8 reads the factor only when it grows the young generation, so
- * changing it at run time is safe. An operator's own setting (NODE_OPTIONS, node flags) is kept.
- */
-function youngGenerationGrowth(during: "start-up" | "service"): void {
-  const own = [...process.execArgv, process.env.NODE_OPTIONS ?? ""].some((arg) => arg.includes("semi-space"));
-  if (!own) setFlagsFromString(`--semi-space-growth-factor=${during === "start-up" ? 1 : 2}`);
-}
-
 async function start(args: string[]): Promise<number> {
-  youngGenerationGrowth("start-up");
   const { values } = parseArgs({
     args,
     options: {
@@ -99,7 +85,6 @@ async function start(args: string[]): Promise<number> {
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
   if (cluster.isPrimary && workerCount(policy.config) > 1) {
-    youngGenerationGrowth("service");
     return superviseWorkers({ policy, log: createLogger(policy.config.observability.log.level) });
   }
   const gateway = await Gateway.create(workerPolicy(policy), {
@@ -151,7 +136,6 @@ async function start(args: string[]): Promise<number> {
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
   if (ops.address) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
-  youngGenerationGrowth("service");
   // Said last, when signals are handled and the policy files watched: from here on a change is seen.
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});
