@@ -65,13 +65,16 @@ for (const build of builds) {
 // The same policy files for every build, this checkout's.
 const policies = values.policies.split(",").map((name) => ({ name, file: join(here, "policies", `${name}.yaml`) }));
 
-/** Wall and CPU seconds of one `check` run, through `sh -c '…; times'` (children's user and system time). */
-async function timeCheck(root: string, policy: string): Promise<{ wall: number; cpu: number }> {
+/** Wall and CPU seconds of one `check` run (of `node -e ""` without a root), through `sh -c '…; times'`. */
+async function timeCheck(root: string | undefined, policy: string): Promise<{ wall: number; cpu: number }> {
+  const command = root === undefined ? ["-e", ""] : [cliOf(root), "check", policy];
   const started = performance.now();
   const child = spawn(
     SHELL,
-    ["-c", '"$@" >/dev/null || echo "exit $?" >&2; times', "sh", process.execPath, cliOf(root), "check", policy],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    ["-c", '"$@" >/dev/null || echo "exit $?" >&2; times', "sh", process.execPath, ...command],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+    },
   );
   let stdout = "";
   let stderr = "";
@@ -146,7 +149,12 @@ const loadBefore = load();
 process.stderr.write(`load average ${loadBefore}; ${runs} check runs and ${idleRuns} idle gateways each …\n`);
 // One warm-up run each (the file cache), not counted.
 for (const policy of policies) for (const build of builds) await timeCheck(build.root, policy.file);
+// Node itself, for a machine whose speed differs from the one the figures were taken on.
+const bare: { wall: number[]; cpu: number[] } = { wall: [], cpu: [] };
 for (let run = 0; run < runs; run++) {
+  const { wall, cpu } = await timeCheck(undefined, "");
+  bare.wall.push(wall);
+  bare.cpu.push(cpu);
   for (const policy of policies) {
     for (const build of builds) {
       const { wall, cpu } = await timeCheck(build.root, policy.file);
@@ -176,6 +184,7 @@ for (const build of builds) lines.push(`${build.name}: ${build.root}`);
 lines.push(
   `median (min–max) of ${runs} check runs and ${idleRuns} idle gateways (RSS ${settleMs / 1000} s after listening)`,
 );
+lines.push(`  node -e ""      wall ${spread(bare.wall, 3)} s  cpu ${spread(bare.cpu, 3)} s`);
 for (const policy of policies) {
   for (const build of builds) {
     const s = samples[key(build.name, policy.name)];
