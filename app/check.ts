@@ -1,9 +1,15 @@
 /** `portcullis check FILE [--strict]`: the policy validated, its plugins set up, the static checks run. */
 
-import { findingsOf, formatFindings, staticChecks } from "../core/policy/static-checks.js";
+import { buildRuntime } from "../core/engine/runtime.js";
+import { discardingLogger } from "../core/observability/module-log.js";
+import { findingsOf, formatFindings, looksBeyondPipeline, staticChecks } from "../core/policy/static-checks.js";
+import { MemoryStore } from "../core/state/memory.js";
 import { builtinPlugins } from "../plugins/index.js";
 import { loadPolicy } from "./catalogue.js";
-import { policyRuntime } from "./testkit.js";
+
+// Only what a check needs, for start-up time: the runtime itself, not the test kit's session engine,
+// delivery and logger; the built-in plugins the policy does not name only when a rule looks beyond
+// the pipeline (test/app/lazy-dependencies.test.ts).
 
 /**
  * `portcullis check FILE [--strict]`: loads the policy, sets up its plugins (as `start` would),
@@ -13,8 +19,14 @@ export async function checkPolicy(
   file: string,
   options: { strict?: boolean } = {},
 ): Promise<{ code: number; lines: string[] }> {
-  const runtime = await policyRuntime(await loadPolicy(file));
-  const findings = staticChecks(runtime, await findingsOf(builtinPlugins));
+  const clock = { now: () => Date.now() };
+  const runtime = await buildRuntime(await loadPolicy(file), {
+    log: discardingLogger(),
+    clock,
+    state: new MemoryStore({ clock }),
+  });
+  const known = looksBeyondPipeline(runtime) ? await findingsOf(builtinPlugins) : new Map();
+  const findings = staticChecks(runtime, known);
   await runtime.services.state.close();
   const lines = await formatFindings(runtime.policy.file, findings);
   const errors = findings.filter((f) => f.severity === "error").length;

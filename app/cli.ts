@@ -6,22 +6,19 @@ import cluster from "node:cluster";
 import { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { PolicyError } from "../core/policy/load.js";
-import { parseDuration } from "../core/toolkit/units.js";
-import { builtinPlugins } from "../plugins/index.js";
-import { loadPolicy } from "./catalogue.js";
-import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
-import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
 
-// Each command's module is imported when that command runs: `check` and `start` do not load the
-// code (and the dependencies) of doctor, try, test and replay.
+// Each command's module, and the policy loader with zod and yaml, is imported when a command needs
+// it: `check` does not load the listener, `start` not the code of doctor, try, test and replay, and
+// `--version` nothing. Only Node's own modules at the top (test/app/lazy-dependencies.test.ts).
 
 /** The usage of every command; the modules that hold some of the lines load only to print it. */
 async function usageText(): Promise<string> {
-  const [{ DOCTOR_USAGE }, { REPLAY_USAGE }, { TRY_USAGE }] = await Promise.all([
+  const [{ DOCTOR_USAGE }, { REPLAY_USAGE }, { TRY_USAGE }, { INIT_USAGE }, { PLUGIN_NEW_USAGE }] = await Promise.all([
     import("./doctor/doctor.js"),
     import("./replay.js"),
     import("./try.js"),
+    import("./init.js"),
+    import("./plugin-new.js"),
   ]);
   return `usage:
   portcullis start --policy FILE [--listen HOST:PORT] [--dns HOST:PORT] [--shadow CANDIDATE] [--grace DURATION]
@@ -62,19 +59,28 @@ async function start(args: string[]): Promise<number> {
     },
   });
   if (!values.policy) throw new UsageError("start needs --policy FILE");
+  const { parseDuration } = await import("../core/toolkit/units.js");
   const graceMs = parseDuration(values.grace);
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
   // The listener and its services load only here, so `check` and the other commands start without them.
-  const [{ createLogger }, { PolicyReloader }, { Gateway }, { formatHostPort }, workers, { DashboardListener }] =
-    await Promise.all([
-      import("../core/observability/log.js"),
-      import("../core/policy/reload.js"),
-      import("../core/smtp/gateway.js"),
-      import("../core/toolkit/netaddr.js"),
-      import("./workers.js"),
-      import("../core/observability/dashboard/server.js"),
-    ]);
+  const [
+    { createLogger },
+    { PolicyReloader },
+    { Gateway },
+    { formatHostPort },
+    workers,
+    { DashboardListener },
+    { loadPolicy },
+  ] = await Promise.all([
+    import("../core/observability/log.js"),
+    import("../core/policy/reload.js"),
+    import("../core/smtp/gateway.js"),
+    import("../core/toolkit/netaddr.js"),
+    import("./workers.js"),
+    import("../core/observability/dashboard/server.js"),
+    import("./catalogue.js"),
+  ]);
   const { countsForSupervisor, startOperations, superviseWorkers, workerCount, workerPolicy } = workers;
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
@@ -176,10 +182,16 @@ async function main(argv: string[]): Promise<number> {
         return await start(args);
       case "check":
         return await check(args);
-      case "init": // a commented starter policy (app/init.ts)
+      case "init": {
+        // a commented starter policy (app/init.ts)
+        const { initCommand, InitUsageError } = await import("./init.js");
         return await initCommand(args, process.stdout, process.stderr).catch(usageErrorsOf(InitUsageError));
-      case "plugin": // a new plugin package (app/plugin-new.ts)
+      }
+      case "plugin": {
+        // a new plugin package (app/plugin-new.ts)
+        const { pluginCommand, PluginUsageError } = await import("./plugin-new.js");
         return await pluginCommand(args, process.stdout).catch(usageErrorsOf(PluginUsageError));
+      }
       case "try": {
         // a dry run of one transaction (app/try.ts)
         const { tryCommand, TryUsageError } = await import("./try.js");
@@ -208,7 +220,10 @@ async function main(argv: string[]): Promise<number> {
         return await replayCommand(args, process.stdout).catch(usageErrorsOf(ReplayUsageError));
       }
       case "schema": {
-        const { policyJsonSchemaWith } = await import("./schema.js");
+        const [{ policyJsonSchemaWith }, { builtinPlugins }] = await Promise.all([
+          import("./schema.js"),
+          import("../plugins/index.js"),
+        ]);
         process.stdout.write(`${JSON.stringify(await policyJsonSchemaWith(builtinPlugins), null, 2)}\n`);
         return 0;
       }
@@ -216,7 +231,8 @@ async function main(argv: string[]): Promise<number> {
         throw new UsageError(command ? `unknown command "${command}"` : "no command given");
     }
   } catch (err) {
-    if (err instanceof PolicyError) {
+    // PolicyError (core/policy/load.ts) by its code: an error path must not load the policy loader.
+    if (err instanceof Error && "code" in err && err.code === "PORTCULLIS_ERR_POLICY") {
       process.stderr.write(`${err.message}\n`);
       return 1;
     }

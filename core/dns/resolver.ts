@@ -21,7 +21,7 @@ import { promises as dns } from "node:dns";
 import { isIP } from "node:net";
 import { LRUCache } from "lru-cache";
 import { type HostPort, normalizeIp, parseHostPort } from "../toolkit/netaddr.js";
-import { type WireAnswer, type WireType, wireQuery } from "./wire-query.js";
+import type { WireAnswer, WireType } from "./wire-query.js";
 
 export type RRType = "A" | "AAAA" | "MX" | "TXT" | "PTR" | "CNAME" | "NS";
 
@@ -133,7 +133,12 @@ export function createResolver(options: ResolverOptions = {}): DnsResolver {
         const code = errorCode(error);
         if (code !== "EBADNAME" && !(type === "TXT" && code === "EBADRESP")) throw error;
         servers ??= resolver.getServers().map(serverAddress);
-        return wireQuery(servers, name, type, timeoutMs).then(fromWire);
+        const target = servers;
+        // Our own query (and dns-packet with it) loads on the first name c-ares refuses, which most
+        // processes never see: `check` and an idle gateway do without it.
+        return import("./wire-query.js")
+          .then(({ wireQuery }) => wireQuery(target, name, type, timeoutMs))
+          .then(fromWire);
       });
 
   /** One query to the servers: the answer, or a negative to cache, each with how long it may be kept. */

@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import type { Clock, Services } from "../contract/api.js";
 import { Router } from "../delivery/routes.js";
 import { createResolver, type DnsResolver } from "../dns/resolver.js";
-import { moduleLogger } from "../observability/log.js";
+import { moduleLogger } from "../observability/module-log.js";
 import { type LoadedPolicy, PolicyError, problemAt } from "../policy/load.js";
 import { compileRelayAccess, type RelayAccess } from "../policy/relay.js";
 import { compileRules, findingCatalogue, hookPhases, type RuleSet } from "../policy/rules/compile.js";

@@ -48,6 +48,18 @@ export async function findingsOf(plugins: PluginCatalogue): Promise<FindingCatal
   return catalogueOf(definitions.flat());
 }
 
+/**
+ * Whether a rule tests a finding that no plugin of the pipeline declares (or a shorthand, or a subject
+ * used wrongly). Only then can the findings of other plugins change what `staticChecks` says (which
+ * plugin to add, what a name may have meant), so a caller may leave `known` empty otherwise.
+ */
+export function looksBeyondPipeline(runtime: Runtime): boolean {
+  const pipeline = pipelineFindings(runtime);
+  return runtime.rules.rules.some((rule) =>
+    testsOf(rule.when).some((node) => !(node.path in SUBJECTS) && !pipeline.has(node.path.split(".")[0])),
+  );
+}
+
 /** Runs every check over a built runtime; `known` holds findings of plugins that are not in the pipeline. */
 export function staticChecks(runtime: Runtime, known: FindingCatalogue): CheckFinding[] {
   return [
@@ -166,13 +178,17 @@ function testsOf(condition: Condition): TestNode[] {
   }
 }
 
+/** The findings declared by the plugins of the pipeline. */
+const pipelineFindings = (runtime: Runtime): FindingCatalogue =>
+  catalogueOf(runtime.plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition })));
+
 /**
  * Every path a rule tests, and every value it compares with, against what the plugins declare:
  * a path or value no plugin can record is an error (the rule would silently never match), with
  * the nearest name when it looks like a typo.
  */
 function findingNames(runtime: Runtime, known: FindingCatalogue): CheckFinding[] {
-  const pipeline = catalogueOf(runtime.plugins.map((p) => ({ name: p.entry.name, definition: p.entry.definition })));
+  const pipeline = pipelineFindings(runtime);
   const undeclaring = runtime.plugins.filter((p) => !p.entry.definition.findings).map((p) => p.entry.name);
   const declared: FindingCatalogue = new Map([...known, ...pipeline]);
   const roots = [...declared.keys()].sort();
@@ -265,6 +281,8 @@ function skippedPlugins(runtime: Runtime): CheckFinding[] {
 
 /** `file:line:col path: error: message` lines, located in the policy file. */
 export async function formatFindings(file: string, findings: readonly CheckFinding[]): Promise<string[]> {
+  // The file is read and parsed again only to locate findings: a clean policy skips it (tens of ms).
+  if (findings.length === 0) return [];
   const source = await readFile(file, "utf8");
   const lineCounter = new LineCounter();
   const doc = parseDocument(source, { lineCounter });

@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -41,10 +41,20 @@ function loadedModules(output: string): Set<string> {
   return modules;
 }
 
+/** Portcullis's own modules named in `output`, from the checkout's root, e.g. "core/engine/session.ts". */
+function loadedSources(output: string): Set<string> {
+  const sources = new Set<string>();
+  for (const [, url] of output.matchAll(/^loaded-source (\S+)$/gm)) {
+    if (url.startsWith(`file://${root}`)) sources.add(url.slice(`file://${root}`.length));
+  }
+  return sources;
+}
+
 const loads = (modules: Set<string>, prefix: string) => [...modules].some((path) => path.startsWith(prefix));
 
 /** Loaded only by traffic that needs them. */
 const ON_FIRST_USE = [
+  "dns-packet/", // our own DNS query, only for a name c-ares refuses to send (core/dns/resolver.ts)
   "mailauth/",
   "mailparser/",
   "nodemailer/lib/smtp-connection/",
@@ -54,15 +64,54 @@ const ON_FIRST_USE = [
   "prom-client/", // the metrics, only when something reads them (observability.metrics, the dashboard)
 ];
 
-test("check loads the policy's plugins but not mailauth, mailparser or nodemailer's client", () => {
-  const result = spawnSync(process.execPath, ["--import", register, join(root, "bin/portcullis.js"), "check", policy], {
+/** What `portcullis ARGS` loads, the process run as `check` and `start` are. */
+function cli(...args: string[]) {
+  const result = spawnSync(process.execPath, ["--import", register, join(root, "bin/portcullis.js"), ...args], {
     encoding: "utf8",
   });
-  assert.equal(result.status, 0, result.stderr);
-  const modules = loadedModules(result.stdout);
+  return { ...result, modules: loadedModules(result.stdout), sources: loadedSources(result.stdout) };
+}
+
+/** The built-in plugins the edge policy does not name in its pipeline. */
+const UNNAMED_PLUGINS = ["clamav", "concurrency", "dkim-sign", "rspamd", "spamassassin"];
+
+test("check loads the policy's plugins but not mailauth, mailparser or nodemailer's client", () => {
+  const { status, stderr, modules, sources } = cli("check", policy);
+  assert.equal(status, 0, stderr);
   // Both ways of loading are seen: yaml is required (CommonJS), zod imported (an ES module).
   assert.ok(loads(modules, "yaml/") && loads(modules, "zod/"), [...modules].join("\n"));
   for (const prefix of ON_FIRST_USE) assert.ok(!loads(modules, prefix), `check loaded ${prefix}`);
+  // Nor what only a running gateway needs: the logger, the listener, the session engine, delivery.
+  for (const prefix of ["pino/", "smtp-server/"]) assert.ok(!loads(modules, prefix), `check loaded ${prefix}`);
+  assert.ok(loads(sources, "plugins/dmarc/") && loads(sources, "core/engine/runtime."), [...sources].join("\n"));
+  for (const prefix of ["core/engine/session.", "core/delivery/forward.", "core/smtp/", "core/observability/log."]) {
+    assert.ok(!loads(sources, prefix), `check loaded ${prefix}`);
+  }
+  // The rules test findings of the pipeline's own plugins only, so the others are never imported.
+  for (const name of UNNAMED_PLUGINS) assert.ok(!loads(sources, `plugins/${name}/`), `check loaded plugin ${name}`);
+});
+
+test("check imports the other built-in plugins when a rule names a finding none of the pipeline declares", async () => {
+  const file = join(dir, "beyond.yaml");
+  await writeFile(
+    file,
+    ["version: 1", "rules:", "  - { name: x, when: { spf.result: pass }, action: log }"].join("\n"),
+  );
+  const { status, stdout, sources } = cli("check", file);
+  assert.equal(status, 0, stdout);
+  assert.match(stdout, /spf\.result is a finding of plugin spf, which is not in the pipeline/);
+  for (const name of UNNAMED_PLUGINS) assert.ok(loads(sources, `plugins/${name}/`), `plugin ${name} not loaded`);
+});
+
+test("--version loads neither the policy loader nor its dependencies", () => {
+  const { status, stdout, modules, sources } = cli("--version");
+  assert.equal(status, 0);
+  assert.match(stdout, /^\d+\.\d+\.\d+/m);
+  for (const prefix of ["zod/", "yaml/"]) assert.ok(!loads(modules, prefix), `--version loaded ${prefix}`);
+  assert.deepEqual(
+    [...sources].filter((source) => !source.startsWith("bin/")),
+    ["app/cli.ts"],
+  );
 });
 
 test("an idle gateway has not loaded them; the first message checked loads mailauth", async () => {

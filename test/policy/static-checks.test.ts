@@ -14,7 +14,13 @@ import { checkPolicy } from "../../app/check.js";
 import { policyRuntime } from "../../app/testkit.js";
 import { z } from "../../core/index.js";
 import { PolicyError } from "../../core/policy/load.js";
-import { type CheckFinding, catalogueOf, formatFindings, staticChecks } from "../../core/policy/static-checks.js";
+import {
+  type CheckFinding,
+  catalogueOf,
+  formatFindings,
+  looksBeyondPipeline,
+  staticChecks,
+} from "../../core/policy/static-checks.js";
 import sample from "./rules/fixtures/sample.js";
 
 const fixtures = fileURLToPath(new URL("./rules/fixtures/", import.meta.url));
@@ -29,8 +35,30 @@ const known = catalogueOf([
 
 async function check(lines: string[]): Promise<CheckFinding[]> {
   const policy = await parsePolicy(["version: 1", ...lines].join("\n"), `${fixtures}policy.yaml`);
-  return staticChecks(await policyRuntime(policy), known);
+  const runtime = await policyRuntime(policy);
+  const findings = staticChecks(runtime, known);
+  // `check` leaves out the other plugins' findings unless a rule looks beyond the pipeline: every
+  // policy of this file shows that they would have changed nothing.
+  if (!looksBeyondPipeline(runtime)) assert.deepEqual(staticChecks(runtime, new Map()), findings);
+  return findings;
 }
+
+test("only a rule testing what the pipeline's plugins do not declare needs the other plugins' findings", async () => {
+  const beyond = async (lines: string[]) =>
+    looksBeyondPipeline(
+      await policyRuntime(await parsePolicy(["version: 1", ...lines].join("\n"), `${fixtures}p.yaml`)),
+    );
+  const pipeline = "pipeline: [{ plugin: ./sample.ts }]";
+  assert.equal(
+    await beyond([pipeline, "rules: [{ name: a, when: { sample.result: fail, score: 1 }, action: log }]"]),
+    false,
+  );
+  assert.equal(await beyond([pipeline, "rules: [{ name: a, when: { sample: fail }, action: log }]"]), false);
+  assert.equal(await beyond([pipeline]), false);
+  for (const when of ["dkim.result: fail", "sampleResult: fail", "smaple: x", "client.port: 25"]) {
+    assert.equal(await beyond([pipeline, `rules: [{ name: a, when: { ${when} }, action: log }]`]), true, when);
+  }
+});
 
 const summary = (findings: CheckFinding[]) => findings.map((f) => `${f.severity} ${f.path.join(".")}: ${f.message}`);
 
