@@ -58,6 +58,8 @@ export interface BenchOptions {
   readonly compiled?: boolean;
   /** The gateway runs with its dashboard on (`observability.dashboard`). */
   readonly dashboard?: boolean;
+  /** Extra flags on the gateway's `node` command line (e.g. `--max-semi-space-size=8`). */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface LatencySummary {
@@ -304,6 +306,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         profileDir,
         cpus: options.gatewayCpus,
         compiled: options.compiled,
+        nodeFlags: options.nodeFlags,
       });
       gateway = started;
       port = started.port;
@@ -442,7 +445,8 @@ export function formatBench(result: BenchResult): string {
       (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
       (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : "") +
       `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}` +
-      (o.dashboard ? ", dashboard on" : ""),
+      (o.dashboard ? ", dashboard on" : "") +
+      (o.nodeFlags?.length ? `, gateway node flags: ${o.nodeFlags.join(" ")}` : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

@@ -27,6 +27,8 @@ export interface GatewayProcessOptions {
   readonly cpus?: string;
   /** Run the compiled CLI (`COMPILED_CLI`) instead of the sources through tsx. */
   readonly compiled?: boolean;
+  /** Extra flags for the gateway's `node` (V8 heap sizing, say), before the script. */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface ProcessStats {
@@ -51,6 +53,7 @@ export async function startGatewayProcess(options: GatewayProcessOptions): Promi
   const log = openSync(options.logFile, "a");
   const command = [
     process.execPath,
+    ...(options.nodeFlags ?? []),
     ...profile,
     options.compiled ? COMPILED_CLI : CLI,
     "start",
