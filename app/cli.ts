@@ -10,6 +10,7 @@ import { PolicyError } from "../core/policy/load.js";
 import { parseDuration } from "../core/toolkit/units.js";
 import { builtinPlugins } from "../plugins/index.js";
 import { loadPolicy } from "./catalogue.js";
+import { tuneHeap } from "./heap.js";
 import { INIT_USAGE, InitUsageError, initCommand } from "./init.js";
 import { PLUGIN_NEW_USAGE, PluginUsageError, pluginCommand } from "./plugin-new.js";
 
@@ -65,6 +66,7 @@ async function start(args: string[]): Promise<number> {
   const graceMs = parseDuration(values.grace);
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
+  const heapFlags = tuneHeap(); // V8 sized for memory unless the operator chose (app/heap.ts)
   // The listener and its services load only here, so `check` and the other commands start without them.
   const [{ createLogger }, { PolicyReloader }, { Gateway }, { formatHostPort }, workers, { DashboardListener }] =
     await Promise.all([
@@ -130,6 +132,7 @@ async function start(args: string[]): Promise<number> {
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
   if (ops.address) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
+  gateway.log.info({ event: "heap", flags: heapFlags }, "V8 heap flags");
   // Said last, when signals are handled and the policy files watched: from here on a change is seen.
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});
