@@ -83,6 +83,8 @@ export interface RunResult {
     readonly peakRssMb: number;
     /** Gateway CPU time per message during the measurement. */
     readonly cpuMsPerMessage: number;
+    /** Write system calls per message during the measurement (socket sends, spool and log writes). */
+    readonly writesPerMessage: number;
   } | null;
   readonly edgePolicy?: EdgePart[];
   /** (p) only: the Postfix version and what it checks. */
@@ -331,7 +333,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
       await settle(sink, before + warm.sent);
     }
     const before = await sink.count();
-    const cpuBefore = gateway?.stats().cpuMs ?? 0;
+    const statsBefore = gateway?.stats();
     const scannerPid = config === "rspamd" ? rspamdOf(context).pid() : null;
     const scannerCpuBefore = scannerPid === null ? 0 : processStats(scannerPid).cpuMs;
     const started = performance.now();
@@ -355,7 +357,8 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
       gateway: stats
         ? {
             peakRssMb: round(stats.peakRssKb / 1024, 1),
-            cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
+            cpuMsPerMessage: round((stats.cpuMs - (statsBefore?.cpuMs ?? 0)) / Math.max(1, delivered), 3),
+            writesPerMessage: round((stats.writes - (statsBefore?.writes ?? 0)) / Math.max(1, delivered), 2),
           }
         : null,
       ...(scannerStats
@@ -426,7 +429,8 @@ export function formatRun(run: RunResult): string {
   if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
   if (run.gateway) {
     const rss = run.config === "postfix" ? "RSS summed over its processes" : "gateway peak RSS";
-    parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+    const writes = Number.isFinite(run.gateway.writesPerMessage) ? `, ${run.gateway.writesPerMessage} writes/msg` : "";
+    parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg${writes}`);
   }
   if (run.scanner) parts.push(`rspamd peak RSS ${run.scanner.peakRssMb} MB, CPU ${run.scanner.cpuMsPerMessage} ms/msg`);
   if (run.delivered !== run.messages || run.failed > 0) {
