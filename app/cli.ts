@@ -63,6 +63,8 @@ async function start(args: string[]): Promise<number> {
   const graceMs = parseDuration(values.grace);
   if (graceMs === undefined) throw new UsageError(`--grace "${values.grace}" is not a duration, e.g. "10s"`);
   const policyFile = values.policy;
+  // V8 sized for memory unless the operator chose (app/heap.ts); before the gateway allocates.
+  const heap = (await import("./heap.js")).tuneHeap();
   // The listener and its services load only here, so `check` and the other commands start without them.
   const [
     { createLogger },
@@ -85,6 +87,7 @@ async function start(args: string[]): Promise<number> {
   const policy = await loadPolicy(policyFile);
   // With server.workers > 1 this process supervises; each worker runs the rest (app/workers.ts).
   if (cluster.isPrimary && workerCount(policy.config) > 1) {
+    heap.serving();
     return superviseWorkers({ policy, log: createLogger(policy.config.observability.log.level) });
   }
   const gateway = await Gateway.create(workerPolicy(policy), {
@@ -136,6 +139,8 @@ async function start(args: string[]): Promise<number> {
   );
   process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
   if (ops.address) gateway.log.info({ metrics: formatHostPort(ops.address) }, "metrics endpoint listening");
+  gateway.log.info({ event: "heap", flags: heap.flags }, "V8 heap flags");
+  heap.serving();
   // Said last, when signals are handled and the policy files watched: from here on a change is seen.
   process.stderr.write(`portcullis: listening on ${addresses.map(formatHostPort).join(", ")}\n`);
   return new Promise<number>(() => {});

@@ -58,6 +58,8 @@ export interface BenchOptions {
   readonly compiled?: boolean;
   /** The gateway runs with its dashboard on (`observability.dashboard`). */
   readonly dashboard?: boolean;
+  /** Extra flags on the gateway's `node` command line (e.g. `--max-semi-space-size=8`). */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface LatencySummary {
@@ -81,6 +83,8 @@ export interface RunResult {
     readonly peakRssMb: number;
     /** Gateway CPU time per message during the measurement. */
     readonly cpuMsPerMessage: number;
+    /** Write system calls per message during the measurement (socket sends, spool and log writes). */
+    readonly writesPerMessage: number;
   } | null;
   readonly edgePolicy?: EdgePart[];
   /** (p) only: the Postfix version and what it checks. */
@@ -304,6 +308,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
         profileDir,
         cpus: options.gatewayCpus,
         compiled: options.compiled,
+        nodeFlags: options.nodeFlags,
       });
       gateway = started;
       port = started.port;
@@ -328,7 +333,7 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
       await settle(sink, before + warm.sent);
     }
     const before = await sink.count();
-    const cpuBefore = gateway?.stats().cpuMs ?? 0;
+    const statsBefore = gateway?.stats();
     const scannerPid = config === "rspamd" ? rspamdOf(context).pid() : null;
     const scannerCpuBefore = scannerPid === null ? 0 : processStats(scannerPid).cpuMs;
     const started = performance.now();
@@ -352,7 +357,8 @@ async function runConfig(config: ConfigName, options: BenchOptions, context: Run
       gateway: stats
         ? {
             peakRssMb: round(stats.peakRssKb / 1024, 1),
-            cpuMsPerMessage: round((stats.cpuMs - cpuBefore) / Math.max(1, delivered), 3),
+            cpuMsPerMessage: round((stats.cpuMs - (statsBefore?.cpuMs ?? 0)) / Math.max(1, delivered), 3),
+            writesPerMessage: round((stats.writes - (statsBefore?.writes ?? 0)) / Math.max(1, delivered), 2),
           }
         : null,
       ...(scannerStats
@@ -423,7 +429,8 @@ export function formatRun(run: RunResult): string {
   if (run.latencyMs) parts.push(`p50 ${run.latencyMs.p50} ms, p99 ${run.latencyMs.p99} ms`);
   if (run.gateway) {
     const rss = run.config === "postfix" ? "RSS summed over its processes" : "gateway peak RSS";
-    parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg`);
+    const writes = Number.isFinite(run.gateway.writesPerMessage) ? `, ${run.gateway.writesPerMessage} writes/msg` : "";
+    parts.push(`${rss} ${run.gateway.peakRssMb} MB, CPU ${run.gateway.cpuMsPerMessage} ms/msg${writes}`);
   }
   if (run.scanner) parts.push(`rspamd peak RSS ${run.scanner.peakRssMb} MB, CPU ${run.scanner.cpuMsPerMessage} ms/msg`);
   if (run.delivered !== run.messages || run.failed > 0) {
@@ -442,7 +449,8 @@ export function formatBench(result: BenchResult): string {
       (o.gatewayCpus ? `, gateway on CPUs ${o.gatewayCpus}` : "") +
       (o.loadCpus ? `, load generator and sink on CPUs ${o.loadCpus}` : "") +
       `, gateway ${o.compiled ? "compiled (dist/)" : "from the sources through tsx"}` +
-      (o.dashboard ? ", dashboard on" : ""),
+      (o.dashboard ? ", dashboard on" : "") +
+      (o.nodeFlags?.length ? `, gateway node flags: ${o.nodeFlags.join(" ")}` : ""),
     `machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ${result.machine.loadAverage.start} → ${result.machine.loadAverage.end}`,
     "",
   ];

@@ -27,6 +27,8 @@ export interface GatewayProcessOptions {
   readonly cpus?: string;
   /** Run the compiled CLI (`COMPILED_CLI`) instead of the sources through tsx. */
   readonly compiled?: boolean;
+  /** Extra flags for the gateway's `node` (V8 heap sizing, say), before the script. */
+  readonly nodeFlags?: readonly string[];
 }
 
 export interface ProcessStats {
@@ -36,6 +38,8 @@ export interface ProcessStats {
   readonly peakRssKb: number;
   /** User plus system CPU time so far, in milliseconds. */
   readonly cpuMs: number;
+  /** Write system calls so far (write, writev, pwrite…: socket sends, file appends, log lines). */
+  readonly writes: number;
 }
 
 export interface GatewayProcess {
@@ -51,6 +55,7 @@ export async function startGatewayProcess(options: GatewayProcessOptions): Promi
   const log = openSync(options.logFile, "a");
   const command = [
     process.execPath,
+    ...(options.nodeFlags ?? []),
     ...profile,
     options.compiled ? COMPILED_CLI : CLI,
     "start",
@@ -110,6 +115,7 @@ export function processStats(pid: number): ProcessStats {
     rssKb: totals.reduce((sum, s) => sum + s.rssKb, 0),
     peakRssKb: totals.reduce((sum, s) => sum + s.peakRssKb, 0),
     cpuMs: totals.reduce((sum, s) => sum + s.cpuMs, 0),
+    writes: totals.reduce((sum, s) => sum + s.writes, 0),
   };
 }
 
@@ -139,7 +145,9 @@ function readStats(pid: number): ProcessStats {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   const ticks = Number(fields[11]) + Number(fields[12]);
-  return { rssKb: kb("VmRSS"), peakRssKb: kb("VmHWM"), cpuMs: (ticks * 1000) / CLOCK_TICKS };
+  // syscw counts every write-like system call, sockets included; /proc/PID/io needs the same user (or root).
+  const writes = Number(/^syscw:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"))?.[1] ?? Number.NaN);
+  return { rssKb: kb("VmRSS"), peakRssKb: kb("VmHWM"), cpuMs: (ticks * 1000) / CLOCK_TICKS, writes };
 }
 
 /** USER_HZ is 100 on every Linux architecture Node runs on. */

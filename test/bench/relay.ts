@@ -25,7 +25,8 @@ const USAGE = `usage: npm run bench -- [options]
   --gateway-cpus LIST  pin the gateway (and the Postfix peer) to these CPUs (taskset -c, e.g. 1)
   --load-cpus LIST     pin the load generator and the sink to these CPUs (e.g. 0)
   --compiled           build the package (npm run build) and run the gateway from dist/
-  --dashboard          run the gateway with observability.dashboard on`;
+  --dashboard          run the gateway with observability.dashboard on
+  --node-flags FLAGS   extra flags for the gateway's node, space-separated (e.g. "--max-semi-space-size=8")`;
 
 const { values } = parseArgs({
   options: {
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     "load-cpus": { type: "string" },
     compiled: { type: "boolean", default: false },
     dashboard: { type: "boolean", default: false },
+    "node-flags": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
@@ -107,6 +109,7 @@ if (values.idle !== undefined) {
     loadCpus: cpuList("load-cpus", values["load-cpus"]),
     compiled: values.compiled,
     dashboard: values.dashboard,
+    nodeFlags: values["node-flags"]?.split(/\s+/).filter(Boolean),
   };
   const result = await runBench(options, progress);
   if (values.json) {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { Socket } from "node:net";
 import { Readable } from "node:stream";
 import { before, describe, it } from "node:test";
 import type { DeliveryResult } from "../../core/delivery/result.js";
@@ -170,6 +171,56 @@ describe("deliverSmtp to a live next hop", () => {
       ]);
       assert.equal(result.recipients[0].reply.text, `Delivered by 127.0.0.1:${hop.port}`);
     });
+  });
+
+  it("sends MAIL, RCPT and DATA in one write when the next hop offers PIPELINING, one by one when not", async () => {
+    // What the sockets of this process pass to the kernel: one entry per write or writev.
+    const writes: string[] = [];
+    const proto = Socket.prototype as unknown as {
+      _write: (chunk: Buffer | string, encoding: string, done: () => void) => void;
+      _writev: (chunks: Array<{ chunk: Buffer | string }>, done: () => void) => void;
+    };
+    const { _write: write, _writev: writev } = proto;
+    proto._write = function (this: Socket, chunk, encoding, done) {
+      writes.push(String(chunk));
+      return write.call(this, chunk, encoding, done);
+    };
+    proto._writev = function (this: Socket, chunks, done) {
+      writes.push(chunks.map(({ chunk }) => String(chunk)).join(""));
+      return writev.call(this, chunks, done);
+    };
+    const envelopeWrites = async (pipelining: boolean) => {
+      writes.length = 0;
+      await withHop({ pipelining, rejectRecipients: { "gone@b.test": "550 5.1.1 no such user" } }, async (hop) => {
+        const result = await deliverSmtp(
+          { host: hop.host, port: hop.port },
+          { from: "a@a.test", to: ["b@b.test", "gone@b.test"] },
+          SIMPLE,
+          OPTIONS,
+        );
+        // A refusal in the middle of the group still settles each recipient by its own reply.
+        assert.deepEqual(summary(result), [
+          ["b@b.test", "delivered", 250, "2.0.0"],
+          ["gone@b.test", "failed", 550, "5.1.1"],
+        ]);
+        assert.ok((await hop.waitForMessages(1))[0].raw.equals(SIMPLE));
+      });
+      return writes.filter((text) => /^(MAIL FROM|RCPT TO|DATA\r\n)/.test(text));
+    };
+    try {
+      assert.deepEqual(await envelopeWrites(true), [
+        "MAIL FROM:<a@a.test>\r\nRCPT TO:<b@b.test>\r\nRCPT TO:<gone@b.test>\r\nDATA\r\n",
+      ]);
+      assert.deepEqual(await envelopeWrites(false), [
+        "MAIL FROM:<a@a.test>\r\n",
+        "RCPT TO:<b@b.test>\r\n",
+        "RCPT TO:<gone@b.test>\r\n",
+        "DATA\r\n",
+      ]);
+    } finally {
+      proto._write = write;
+      proto._writev = writev;
+    }
   });
 
   it("does not report LMTP success when every recipient failed at DATA", async () => {
