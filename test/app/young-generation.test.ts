@@ -41,6 +41,7 @@ test("an idle gateway keeps a small young generation, which traffic can still gr
     await gateway.exited;
   }
   const [idle, loaded] = sizes();
-  // Grown during start-up it is half the size a burst gives it (16 of 32 MiB), held it is 2–4 MiB.
-  assert.ok(idle * 4 <= loaded, `idle young generation ${idle} bytes, after a burst ${loaded}`);
+  // Grown during start-up it is about half the size a burst gives it (16 of 30–32 MiB); held it is
+  // 2–4 MiB on a quiet machine, up to 8 MiB on a busy one (a slower start keeps more alive per scavenge).
+  assert.ok(idle * 3 <= loaded, `idle young generation ${idle} bytes, after a burst ${loaded}`);
 });
