@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { type GatewayProcess, startGatewayProcess } from "../test/fixtures/gateway-process.js";
 import { startNextHop } from "../test/fixtures/next-hop.js";
 import { seededRandom } from "../test/fixtures/seeded-random.js";
-import { message, send, startQueueGateway } from "../test/queue/helpers.js";
+import { startQueueGateway, startSenders } from "../test/queue/helpers.js";
 
 const { values } = parseArgs({
   options: {
@@ -54,44 +54,23 @@ const hop = await startNextHop({
 });
 let gateway: GatewayProcess | null = null;
 try {
-  const acknowledged = new Set<string>();
-  let attempted = 0;
-  let sequence = 0;
   const first = await startQueueGateway(dir, { nextHopPort: hop.port, logLevel: "warn" });
   const policy = first.policy;
   gateway = first.gateway;
-  /** Null while the gateway restarts. */
-  let port: number | null = gateway.port;
-  const sender = async () => {
-    while (acknowledged.size < total) {
-      if (port === null) {
-        await sleep(10);
-        continue;
-      }
-      const id = `m${sequence++}`;
-      attempted++;
-      try {
-        const reply = await send(port, { to: ["b@example.test"], data: message(id, `body of ${id}\r\n`) });
-        if (reply.code === 250) acknowledged.add(id);
-      } catch {
-        // The gateway died mid-transaction: nothing was acknowledged.
-        await sleep(10);
-      }
-    }
-  };
   const started = Date.now();
-  const senders = Array.from({ length: clients }, sender);
+  const senders = startSenders(gateway.port, clients, (acknowledged) => acknowledged >= total);
+  const { acknowledged } = senders;
   for (let kill = 1; kill <= kills; kill++) {
     while (acknowledged.size < (total * kill) / (kills + 1)) await sleep(5);
     await sleep(Math.floor(random() * 100));
-    port = null;
+    senders.port = null;
     killedAt.push(performance.now());
     await gateway.kill();
     gateway = await startGatewayProcess(policy);
-    port = gateway.port;
+    senders.port = gateway.port;
     process.stderr.write(`kill ${kill} at ${acknowledged.size} acknowledged; restarted\n`);
   }
-  await Promise.all(senders);
+  await senders.done;
 
   const copies = new Map<string, number>();
   let counted = 0;
@@ -123,7 +102,7 @@ try {
     seed,
     kills,
     clients,
-    attempted,
+    attempted: senders.attempted,
     acknowledged: acknowledged.size,
     deliveredDistinct: copies.size,
     lost: lost.length,

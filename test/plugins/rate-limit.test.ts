@@ -281,6 +281,29 @@ async function send(port: number, ip: string): Promise<number> {
 }
 
 /**
+ * `total` transactions from `ip`, eight clients at a time alternating between two gateways as a load
+ * balancer would; each gateway's reply codes, and the assertions that together they accepted
+ * exactly `limit` (both some) and deferred the rest with 451.
+ */
+async function sendInterleaved(ports: readonly [number, number], ip: string, total: number, limit: number) {
+  const codes: number[][] = [[], []];
+  for (let wave = 0; wave < total / 8; wave++) {
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, i) => {
+        codes[i % 2].push(await send(ports[i % 2], ip));
+      }),
+    );
+  }
+  const accepted = codes.map((list) => list.filter((code) => code === 250).length);
+  assert.equal(accepted[0] + accepted[1], limit, `accepted of ${total} per gateway: ${accepted.join(", ")}`);
+  assert.ok(accepted[0] > 0 && accepted[1] > 0, `both gateways accepted mail: ${accepted.join(", ")}`);
+  assert.deepEqual(
+    codes.flat().filter((code) => code !== 250),
+    Array(total - limit).fill(451),
+  );
+}
+
+/**
  * One limit on messages per client IP; `store` is the policy's YAML for it (`memory`, `{ redis: "URL" }`).
  * `also` adds a limit (a YAML flow mapping), `timeout` sets the store's.
  */
@@ -403,22 +426,7 @@ describe("rate limits on a shared Redis", () => {
     after(() => Promise.all(gateways.map((g) => g.stop())));
 
     test("share one limit exactly under concurrent clients: L accepted in total, not 2L", async () => {
-      const N = 40;
-      const codes: number[][] = [[], []];
-      // Eight clients at a time, alternating between the gateways as a load balancer would.
-      for (let wave = 0; wave < N / 8; wave++) {
-        await Promise.all(
-          Array.from({ length: 8 }, async (_, i) => {
-            const g = i % 2;
-            codes[g].push(await send(gateways[g].port, "198.51.100.7"));
-          }),
-        );
-      }
-      const accepted = codes.map((list) => list.filter((code) => code === 250).length);
-      assert.equal(accepted[0] + accepted[1], L, `accepted of ${N} per gateway: ${accepted.join(", ")}`);
-      assert.ok(accepted[0] > 0 && accepted[1] > 0, `both gateways accepted mail: ${accepted.join(", ")}`);
-      const refused = codes.flat().filter((code) => code !== 250);
-      assert.deepEqual(refused, Array(N - L).fill(451));
+      await sendInterleaved([gateways[0].port, gateways[1].port], "198.51.100.7", 40, L);
       assert.equal(await send(gateways[0].port, "198.51.100.8"), 250, "another client has its own bucket");
     });
 
@@ -552,23 +560,7 @@ describe("rate limits on a Redis Cluster", () => {
   });
 
   test("two gateways sharing the cluster accept L in total from clients sent to both, interleaved", async () => {
-    const N = 40;
-    const codes: number[][] = [[], []];
-    for (let wave = 0; wave < N / 8; wave++) {
-      await Promise.all(
-        Array.from({ length: 8 }, async (_, i) => {
-          const g = i % 2;
-          codes[g].push(await send(gateways[g].port, "198.51.100.20"));
-        }),
-      );
-    }
-    const accepted = codes.map((list) => list.filter((code) => code === 250).length);
-    assert.equal(accepted[0] + accepted[1], L, `accepted of ${N} per gateway: ${accepted.join(", ")}`);
-    assert.ok(accepted[0] > 0 && accepted[1] > 0, `both gateways accepted mail: ${accepted.join(", ")}`);
-    assert.deepEqual(
-      codes.flat().filter((code) => code !== 250),
-      Array(N - L).fill(451),
-    );
+    await sendInterleaved([gateways[0].port, gateways[1].port], "198.51.100.20", 40, L);
     // The sender's domain paid for accepted mail only: what a refused transaction's batch took
     // from it on its own slot was given back.
     store = new RedisStore({ cluster: cluster.nodes, log: pino({ level: "silent" }), commandTimeoutMs: 1000 });

@@ -17,7 +17,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { startGatewayProcess } from "../fixtures/gateway-process.js";
 import { startNextHop } from "../fixtures/next-hop.js";
 import { seededRandom } from "../fixtures/seeded-random.js";
-import { message, send, startQueueGateway, until } from "./helpers.js";
+import { startQueueGateway, startSenders, until } from "./helpers.js";
 
 const KILLS = 6;
 const SENDERS = 4;
@@ -34,46 +34,21 @@ it("loses no acknowledged message when the gateway is killed at random moments",
   dir = await mkdtemp(join(tmpdir(), "portcullis-crash-"));
   const hop = await startNextHop();
   t.after(() => hop.close());
-  const acknowledged = new Set<string>();
-  let sent = 0;
-  let running = true;
-  let sequence = 0;
   const first = await startQueueGateway(dir, { nextHopPort: hop.port, logLevel: "silent" });
   let gateway = first.gateway;
-  /** Null while the gateway restarts: its old port is free for anyone, its new one not known yet. */
-  let gatewayPort: number | null = gateway.port;
-  const sender = async () => {
-    while (running) {
-      const target = gatewayPort;
-      if (target === null) {
-        await sleep(20);
-        continue;
-      }
-      const id = `m${sequence++}`;
-      sent++;
-      try {
-        const reply = await send(target, { to: ["b@example.test"], data: message(id, `body of ${id}\r\n`) });
-        if (reply.code === 250) acknowledged.add(id);
-      } catch {
-        // The gateway is down or died mid-transaction: nothing was acknowledged.
-        await sleep(20);
-      }
-    }
-  };
-
-  const senders = Array.from({ length: SENDERS }, sender);
+  const senders = startSenders(gateway.port, SENDERS);
+  const { acknowledged } = senders;
   for (let kill = 0; kill < KILLS; kill++) {
     const ackedBefore = acknowledged.size;
     // Random moments, but each round only after some traffic got through, so every kill hits a busy gateway.
     await until(() => acknowledged.size >= ackedBefore + 5, "traffic before the kill");
     await sleep(Math.floor(random() * 300));
-    gatewayPort = null;
+    senders.port = null;
     await gateway.kill();
     gateway = await startGatewayProcess(first.policy);
-    gatewayPort = gateway.port;
+    senders.port = gateway.port;
   }
-  running = false;
-  await Promise.all(senders);
+  await senders.stop();
 
   const delivered = () => hop.messages.map((m) => /Message-ID: <(\w+)@/.exec(m.raw.toString())?.[1]);
   try {
@@ -86,7 +61,7 @@ it("loses no acknowledged message when the gateway is killed at random moments",
   const duplicates = [...counts.values()].filter((n) => n > 1).reduce((sum, n) => sum + n - 1, 0);
   const lost = [...acknowledged].filter((id) => !counts.has(id));
   t.diagnostic(
-    `${KILLS} kills; ${sent} attempted, ${acknowledged.size} acknowledged, ${counts.size} distinct delivered, ` +
+    `${KILLS} kills; ${senders.attempted} attempted, ${acknowledged.size} acknowledged, ${counts.size} distinct delivered, ` +
       `${duplicates} duplicate deliveries, ${lost.length} lost`,
   );
   assert.deepEqual(lost, [], `seed ${SEED}`);

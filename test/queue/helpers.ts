@@ -81,6 +81,66 @@ export async function send(
   }
 }
 
+/** Clients sending one numbered message (`m0`, `m1`, …) per transaction to a gateway that may be killed and restarted. */
+export interface Senders {
+  /** The ids of the messages the gateway answered 250 at DATA. */
+  readonly acknowledged: ReadonlySet<string>;
+  /** Transactions begun, acknowledged or not. */
+  readonly attempted: number;
+  /** Null while the gateway restarts: its old port is free for anyone, its new one not known yet. */
+  port: number | null;
+  /** Every client stops after its current transaction; resolves when all have. */
+  stop(): Promise<void>;
+  /** Resolves when every client has stopped on its own (`until` came true) or after `stop()`. */
+  readonly done: Promise<void>;
+}
+
+export function startSenders(
+  port: number,
+  clients: number,
+  until: (acknowledged: number) => boolean = () => false,
+): Senders {
+  const acknowledged = new Set<string>();
+  let attempted = 0;
+  let running = true;
+  let target: number | null = port;
+  const client = async () => {
+    while (running && !until(acknowledged.size)) {
+      const to = target;
+      if (to === null) {
+        await sleep(20);
+        continue;
+      }
+      const id = `m${attempted++}`;
+      try {
+        const reply = await send(to, { to: ["b@example.test"], data: message(id, `body of ${id}\r\n`) });
+        if (reply.code === 250) acknowledged.add(id);
+      } catch {
+        // The gateway is down or died mid-transaction: nothing was acknowledged.
+        await sleep(20);
+      }
+    }
+  };
+  const done = Promise.all(Array.from({ length: clients }, client)).then(() => undefined);
+  return {
+    acknowledged,
+    get attempted() {
+      return attempted;
+    },
+    get port() {
+      return target;
+    },
+    set port(next) {
+      target = next;
+    },
+    stop() {
+      running = false;
+      return done;
+    },
+    done,
+  };
+}
+
 /** Polls until `check` is true; the test's own timeout bounds the wait. */
 export async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
   const start = Date.now();
