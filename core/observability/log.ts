@@ -1,9 +1,6 @@
 import { type Logger, pino } from "pino";
 import type { LogLevel } from "./module-log.js";
 
-// Kept apart so that a runtime can be built without pino; the gateway and the tests import them here.
-export { type LogLevel, type LogModule, moduleLogger } from "./module-log.js";
-
 /** How often buffered log lines are written at the latest, so a quiet gateway's log is still current. */
 const FLUSH_INTERVAL_MS = 500;
 

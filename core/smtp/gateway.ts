@@ -18,8 +18,9 @@ import { type PregreetRun, pregreetRefusal, runClose, runPregreet } from "../eng
 import { buildRuntime, type Runtime } from "../engine/runtime.js";
 import { connectionContext, Session } from "../engine/session.js";
 import { Activity } from "../observability/dashboard/activity.js";
-import { createLogger, moduleLogger } from "../observability/log.js";
+import { createLogger } from "../observability/log.js";
 import type { GatewayMetrics } from "../observability/metrics.js";
+import { moduleLogger } from "../observability/module-log.js";
 import type { GatewayObserver } from "../observability/observe.js";
 import { Rollout } from "../observability/shadow.js";
 import type { LoadedPolicy } from "../policy/load.js";
@@ -564,7 +565,7 @@ export class Gateway {
   }
 
   #refuseNow(decision: RefusingDecision, session: SMTPServerSession): never {
-    this.#metrics?.refused(decision);
+    this.observer.refused(decision);
     if (decision.kind === "disconnect") {
       for (const { server } of this.#servers) server.closeSession(session.id);
     }
@@ -580,7 +581,7 @@ export class Gateway {
     const { config, plugins, services } = this.#runtime;
     const ip = normalizeIp(remoteAddress);
     const run = await runPregreet(plugins, { ...services, client: { ip, family: ip.includes(":") ? 6 : 4 } });
-    if (run.trace.length > 0) this.#metrics?.phase("pregreet", run.trace, {});
+    if (run.trace.length > 0) this.observer.phase("pregreet", run.trace, {});
     return { ...run, delayMs: Math.max(config.server.greetingDelay, run.delayMs) };
   }
 
@@ -619,14 +620,14 @@ export class Gateway {
       this.queue.verifier,
     );
     this.#sessions.set(smtp.id, session);
-    this.#metrics?.connectionOpened(connection); // closed in #onClose or #rekey
+    this.observer.connectionOpened(connection); // closed in #onClose or #rekey
     session.log.info({ event: "connect", client: ip, port: smtp.remotePort }, "connection");
     // A pregreet hook that failed is judged here, as the connect hooks' decisions are.
     const pregreet = listener?.pregreetRun;
     if (pregreet) session.connectionTrace.push(...pregreet.trace);
     const decision = await session.connect(undefined, pregreet ? pregreetRefusal(pregreet, connection) : null);
     if (decision) {
-      this.#metrics?.refused(decision);
+      this.observer.refused(decision);
       throw new SmtpReply(decision.reply);
     }
   }
@@ -648,7 +649,7 @@ export class Gateway {
     this.#sessions.delete(smtp.id);
     previous.finish("aborted", null);
     this.#releaseClientSlot(smtp.id);
-    this.#metrics?.connectionClosed(previous.connection); // #onConnect opens the forwarded client's
+    this.observer.connectionClosed(previous.connection); // #onConnect opens the forwarded client's
     try {
       if (!this.#takeClientSlot(smtp.id, smtp.remoteAddress)) {
         this.#reportCut({ kind: "cut", reason: "per-client", id: smtp.id, remoteAddress: smtp.remoteAddress });
@@ -816,13 +817,13 @@ export class Gateway {
     if (!session) return;
     this.#sessions.delete(smtp.id);
     session.close();
-    this.#metrics?.connectionClosed(session.connection);
+    this.observer.connectionClosed(session.connection);
     for (const { server } of this.#servers) server.byId.delete(smtp.id);
     session.log.info({ event: "close", transactions: session.transactions }, "connection closed");
     const { plugins, services } = session.runtime;
     // The session is already gone: a close hook that hangs holds nothing but itself, until its deadline.
     void runClose(plugins, { ...services, log: session.log, connection: session.connection }).then((trace) => {
-      if (trace.length > 0) this.#metrics?.phase("close", trace, {});
+      if (trace.length > 0) this.observer.phase("close", trace, {});
     });
   }
 }
