@@ -5,16 +5,21 @@
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { register } from "node:module";
-import { extname } from "node:path";
+import { createRequire, register } from "node:module";
+import { dirname, extname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { PACKAGE_SCHEME, type ResolveData } from "./plugin-resolve.js";
 
 /** ".ts" when the gateway runs from its sources (through tsx), ".js" when it runs compiled. */
 const ownExtension = extname(new URL(import.meta.url).pathname);
 
-/** The URL of a file of this package, as it runs (sources or dist), relative to this file. */
-const own = (path: string) => new URL(`${path}${ownExtension}`, import.meta.url).href;
+/** This package's folder, found by name: compiled, this module is in a shared chunk of dist/, not at its source's place. */
+const packageRoot = dirname(createRequire(import.meta.url).resolve("portcullis/package.json"));
+
+/** The URL of an entry point of this package (a path from its root, no extension), as it runs: source or dist/. */
+const own = (path: string) =>
+  pathToFileURL(ownExtension === ".ts" ? join(packageRoot, `${path}.ts`) : join(packageRoot, "dist", `${path}.js`))
+    .href;
 
 let resolveHooks = false;
 /** Plugin file → hash of the content first imported from it (under its plain URL). */
@@ -24,8 +29,8 @@ let typescript: Promise<unknown> | undefined;
 function registerResolveHooks(): void {
   if (resolveHooks) return;
   resolveHooks = true;
-  const entries = { portcullis: own("../index"), "portcullis/testkit": own("../../app/testkit") };
-  register<ResolveData>(own("./plugin-resolve"), { data: { entries } });
+  const entries = { portcullis: own("core/index"), "portcullis/testkit": own("app/testkit") };
+  register<ResolveData>(own("core/policy/plugin-resolve"), { data: { entries } });
 }
 
 /** tsx, for plugins written in TypeScript; from the sources the gateway already runs under it. */
