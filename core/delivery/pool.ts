@@ -8,6 +8,7 @@
  * idle one or a free slot to open a new one, and waits when every slot is busy. Idle connections
  * close after `idleMs`, when the server drops them, and on `close()` (gateway stop or reload).
  */
+import type { Socket } from "node:net";
 import type SMTPConnection from "nodemailer/lib/smtp-connection";
 
 /** What a transaction on a link hears from nodemailer besides its callbacks. */
@@ -28,6 +29,7 @@ export class Link {
   uses = 0;
 
   constructor(readonly conn: SMTPConnection) {
+    coalesceMessageWrites(conn);
     conn.on("error", (error: Error & { code?: string }) => {
       this.dead = true;
       this.handler?.({ kind: "error", error });
@@ -43,6 +45,31 @@ export class Link {
     this.handler = null;
     this.conn.close();
   }
+}
+
+/** The parts of nodemailer's SMTPConnection (pinned version) that its declarations leave out. */
+interface SendStreamInternals {
+  _socket: Socket | false | null;
+  _createSendStream(callback: unknown): unknown;
+}
+
+/**
+ * nodemailer writes a message's body (through its dot-stuffing stream) and then the end-of-data
+ * line in one turn of the event loop, each as a loopback send of its own; corked from the moment
+ * the data stream is made, they leave in one write (one system call less per message). A body
+ * that streams in over later turns (a spool file) is written as it comes, as before.
+ */
+function coalesceMessageWrites(conn: SMTPConnection): void {
+  const internals = conn as unknown as SendStreamInternals;
+  const createSendStream = internals._createSendStream;
+  internals._createSendStream = function (this: SendStreamInternals, callback: unknown) {
+    const socket = this._socket;
+    if (socket && !socket.destroyed && socket.writableCorked === 0) {
+      socket.cork();
+      process.nextTick(() => socket.uncork());
+    }
+    return createSendStream.call(this, callback);
+  };
 }
 
 interface Slots {

@@ -19,6 +19,31 @@ function summary(result: DeliveryResult): Array<[string, string, number, string]
   return result.recipients.map((r) => [r.recipient, r.status, r.reply.code, r.reply.enhanced]);
 }
 
+/** What the sockets of this process pass to the kernel from now on: one entry per write or writev. */
+function recordSocketWrites(): { writes: string[]; restore(): void } {
+  const writes: string[] = [];
+  const proto = Socket.prototype as unknown as {
+    _write: (chunk: Buffer | string, encoding: string, done: () => void) => void;
+    _writev: (chunks: Array<{ chunk: Buffer | string }>, done: () => void) => void;
+  };
+  const { _write: write, _writev: writev } = proto;
+  proto._write = function (this: Socket, chunk, encoding, done) {
+    writes.push(String(chunk));
+    return write.call(this, chunk, encoding, done);
+  };
+  proto._writev = function (this: Socket, chunks, done) {
+    writes.push(chunks.map(({ chunk }) => String(chunk)).join(""));
+    return writev.call(this, chunks, done);
+  };
+  return {
+    writes,
+    restore() {
+      proto._write = write;
+      proto._writev = writev;
+    },
+  };
+}
+
 async function withHop<T>(options: Parameters<typeof startNextHop>[0], run: (hop: NextHop) => Promise<T>): Promise<T> {
   const hop = await startNextHop(options);
   try {
@@ -174,21 +199,7 @@ describe("deliverSmtp to a live next hop", () => {
   });
 
   it("sends MAIL, RCPT and DATA in one write when the next hop offers PIPELINING, one by one when not", async () => {
-    // What the sockets of this process pass to the kernel: one entry per write or writev.
-    const writes: string[] = [];
-    const proto = Socket.prototype as unknown as {
-      _write: (chunk: Buffer | string, encoding: string, done: () => void) => void;
-      _writev: (chunks: Array<{ chunk: Buffer | string }>, done: () => void) => void;
-    };
-    const { _write: write, _writev: writev } = proto;
-    proto._write = function (this: Socket, chunk, encoding, done) {
-      writes.push(String(chunk));
-      return write.call(this, chunk, encoding, done);
-    };
-    proto._writev = function (this: Socket, chunks, done) {
-      writes.push(chunks.map(({ chunk }) => String(chunk)).join(""));
-      return writev.call(this, chunks, done);
-    };
+    const { writes, restore } = recordSocketWrites();
     const envelopeWrites = async (pipelining: boolean) => {
       writes.length = 0;
       await withHop({ pipelining, rejectRecipients: { "gone@b.test": "550 5.1.1 no such user" } }, async (hop) => {
@@ -218,8 +229,30 @@ describe("deliverSmtp to a live next hop", () => {
         "DATA\r\n",
       ]);
     } finally {
-      proto._write = write;
-      proto._writev = writev;
+      restore();
+    }
+  });
+
+  it("sends the message and the end-of-data line in one write", async () => {
+    const { writes, restore } = recordSocketWrites();
+    try {
+      await withHop({}, async (hop) => {
+        const result = await deliverSmtp(
+          { host: hop.host, port: hop.port },
+          { from: "a@a.test", to: ["b@b.test"] },
+          SIMPLE,
+          OPTIONS,
+        );
+        assert.deepEqual(summary(result), [["b@b.test", "delivered", 250, "2.0.0"]]);
+        assert.ok((await hop.waitForMessages(1))[0].raw.equals(SIMPLE));
+      });
+      const body = SIMPLE.toString();
+      assert.deepEqual(
+        writes.filter((text) => text.startsWith(body) || text === ".\r\n"),
+        [`${body}.\r\n`],
+      );
+    } finally {
+      restore();
     }
   });
 
