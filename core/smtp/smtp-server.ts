@@ -241,6 +241,19 @@ export class GatewayConnection extends SMTPConnection {
     this._server.loadChanged();
   }
 
+  /**
+   * After the 221 to QUIT the session is over (RFC 5321 §4.1.1.10): once the reply is in the
+   * kernel, the connection closes at once, as Postfix's smtpd does, instead of half-closing and
+   * reading on until the client's FIN. A client that resets its side after QUIT (smtp-source does)
+   * would otherwise cost a read error, an error object with its stack and its handling per
+   * connection. Over TLS, and while the reply still waits to be written, the half-close stays.
+   */
+  override handler_QUIT(command: Buffer, callback: () => void): void {
+    super.handler_QUIT(command, callback);
+    const socket = this._socket;
+    if (!this.secure && !socket.destroyed && socket.writableLength === 0) socket.destroy();
+  }
+
   override _onClose(): void {
     clearTimeout(this.#commandDeadline);
     clearTimeout(this.#lifetime);

@@ -5,7 +5,10 @@
  * or replies.
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { connect } from "node:net";
 import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { SMTPServer } from "smtp-server";
 import { SMTPConnection } from "smtp-server/lib/smtp-connection.js";
 import { GatewayConnection } from "../../core/smtp/smtp-server.js";
@@ -53,6 +56,8 @@ test("the smtp-server internals the slow-client deadlines rely on are still ther
   // Stress follows connections.size, which close() and _onClose() shrink.
   assert.match(SMTPConnection.prototype.close.toString(), /this\._server\.connections\.delete\(this\)/);
   assert.match(SMTPConnection.prototype._onClose.toString(), /this\._server\.connections\.delete\(this\)/);
+  // QUIT answers and half-closes; GatewayConnection#handler_QUIT then closes the socket outright.
+  assert.match(SMTPConnection.prototype.handler_QUIT.toString(), /this\.send\(221, 'Bye'\);\s*this\.close\(\);/);
   // The idle timeout's reply, which the gateway logs as an "idle" cut.
   assert.match(SMTPConnection.prototype._onTimeout.toString(), /this\.send\(421, 'Timeout - closing connection'\)/);
 });
@@ -65,6 +70,30 @@ test("sessions get distinct ids of smtp-server's form (16 base-32 digits), logge
     assert.equal(ids.length, 30);
     assert.equal(new Set(ids).size, 30);
     for (const id of ids) assert.match(id, /^[0-9a-v]{16}$/);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("after QUIT's 221 the gateway closes the connection, also when the client keeps its own side open", async () => {
+  const gw = await startGateway("version: 1\nrelay: { domains: [example.test] }\nroutes: [{ to: discard }]\n");
+  try {
+    const socket = connect({ port: gw.port, host: "127.0.0.1", allowHalfOpen: true });
+    await once(socket, "connect");
+    const client = SmtpTestClient.over(socket);
+    assert.equal((await client.reply()).code, 220);
+    const ended = once(socket, "end");
+    // A command pipelined behind QUIT is not answered, and does not cost the client its 221.
+    client.write("QUIT\r\nNOOP\r\n");
+    assert.equal((await client.reply()).raw, "221 2.0.0 Bye");
+    await ended;
+    // smtp-server alone would half-close and keep the session until the client's FIN (or 5 s).
+    for (let i = 0; i < 100 && gw.gateway.openSessions().sessions > 0; i++) await sleep(20);
+    assert.deepEqual(gw.gateway.openSessions(), { sessions: 0, ipSlots: 0 });
+    socket.end();
+    await client.waitClosed();
+    await assert.rejects(client.reply(), /unparsed: ""/, "nothing came after the 221");
+    assert.equal(gw.logs.filter((line) => line.event === "close").length, 1, "the connection's close is logged once");
   } finally {
     await gw.stop();
   }
