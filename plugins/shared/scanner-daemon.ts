@@ -142,8 +142,9 @@ async function converse(
     // answering has still answered: what it said is the reply, for its parser to judge whole.
     if (receivedBytes > 0) return Buffer.concat(received);
     // Its answer may also be lost: a write into a socket the daemon closed resets the connection
-    // before the answer is read.
-    if (writeFailed) {
+    // before the answer is read; and when the whole request already sat in the kernel's buffers,
+    // the daemon's close with it unread resets the connection after the last write.
+    if (writeFailed || (written > 0 && isConnectionReset(failure))) {
       throw new DaemonClosedEarly(
         `${where}: closed the connection after ${written} bytes of the request, without a reply`,
       );
@@ -187,6 +188,11 @@ async function write(socket: Socket, parts: readonly Buffer[]): Promise<void> {
     socket.on("drain", onDrain);
     socket.on("close", onClose);
   });
+}
+
+function isConnectionReset(error: Error | null): boolean {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  return code === "ECONNRESET" || code === "EPIPE";
 }
 
 function reasonText(reason: unknown): string {
