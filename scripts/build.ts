@@ -4,7 +4,7 @@
  *
  * Why a bundle and not tsc's file-per-module output: on Node 20, whose ES module loader has no
  * compile cache, `portcullis check` spent most of its time finding, reading and compiling modules —
- * ~80 of ours, 99 of zod's, 73 of yaml's. Chunks cut that to a handful of files.
+ * ~80 of ours, 99 of zod's, 73 of yaml's. Chunks cut that to about forty.
  *
  * The entry points are the files something outside the bundle names by path: the CLI (`bin`), the
  * library and the test kit (package.json `exports`, and what a plugin's `import "portcullis"` is
@@ -53,7 +53,7 @@ await build({
   target: "node20",
   external,
   // Not keepNames: it names every function where it is made, closures made per message included,
-  // which cost (c) 10–25 % more CPU per message in the benchmark. Our error classes set their
+  // which cost (c) 14–27 % more CPU per message in the benchmark. Our error classes set their
   // `name` themselves; a function renamed for a clash between modules keeps its source name in
   // source-mapped stack traces.
   sourcemap: true,
