@@ -1,5 +1,6 @@
 /** `portcullis check FILE [--strict]`: the policy validated, its plugins set up, the static checks run. */
 
+import { systemClock } from "../core/contract/api.js";
 import { buildRuntime } from "../core/engine/runtime.js";
 import { discardingLogger } from "../core/observability/module-log.js";
 import { findingsOf, formatFindings, looksBeyondPipeline, staticChecks } from "../core/policy/static-checks.js";
@@ -19,11 +20,10 @@ export async function checkPolicy(
   file: string,
   options: { strict?: boolean } = {},
 ): Promise<{ code: number; lines: string[] }> {
-  const clock = { now: () => Date.now() };
   const runtime = await buildRuntime(await loadPolicy(file), {
     log: discardingLogger(),
-    clock,
-    state: new MemoryStore({ clock }),
+    clock: systemClock,
+    state: new MemoryStore({ clock: systemClock }),
   });
   const known = looksBeyondPipeline(runtime) ? await findingsOf(builtinPlugins) : new Map();
   const findings = staticChecks(runtime, known);

@@ -9,6 +9,7 @@
 import { connect } from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { systemClock } from "../core/contract/api.js";
 import { Router } from "../core/delivery/routes.js";
 import { createResolver } from "../core/dns/resolver.js";
 import { createLogger } from "../core/observability/log.js";
@@ -113,7 +114,7 @@ async function offline(config: PolicyConfig, request: QueueRequest): Promise<Que
     const worker = new DeliveryWorker({
       spool,
       log,
-      clock: { now: () => Date.now() },
+      clock: systemClock,
       // Only a bounce needs these (to build and route the DSN); nothing is delivered from here.
       settings: () => ({
         hostname: config.server.hostname,

@@ -140,6 +140,9 @@ export interface Clock {
   now(): number;
 }
 
+/** The machine's clock; tests give a clock of their own. */
+export const systemClock: Clock = { now: () => Date.now() };
+
 /** Shared services handed to `setup` and to every hook. Plugins never create their own resolver. */
 export interface Services {
   readonly dns: DnsResolver;

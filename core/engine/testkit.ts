@@ -11,13 +11,14 @@
 import { randomBytes } from "node:crypto";
 import { type Logger, pino } from "pino";
 import { ActionSchema } from "../contract/actions.js";
-import type {
-  Clock,
-  ConnectionContext,
-  Phase,
-  PluginCatalogue,
-  PluginDefinition,
-  TraceEntry,
+import {
+  type Clock,
+  type ConnectionContext,
+  type Phase,
+  type PluginCatalogue,
+  type PluginDefinition,
+  systemClock,
+  type TraceEntry,
 } from "../contract/api.js";
 import type { DecidedBy, RefusingDecision, Reply } from "../contract/decision.js";
 import { createResolver, type DnsResolver } from "../dns/resolver.js";
@@ -78,7 +79,7 @@ const silent = pino({ level: "silent" });
 /** Builds the runtime of a policy (a file path or a loaded policy) for simulations. */
 export async function policyRuntime(policy: string | LoadedPolicy, options: KitOptions = {}): Promise<Runtime> {
   const loaded = typeof policy === "string" ? await loadPolicy(policy, options.catalogue ?? {}) : policy;
-  const clock = options.clock ?? { now: () => Date.now() };
+  const clock = options.clock ?? systemClock;
   return buildRuntime(loaded, {
     log: options.log ?? silent,
     clock,

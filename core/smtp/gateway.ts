@@ -10,7 +10,7 @@ import type { Readable, Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import type { Logger } from "pino";
 import type { SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from "smtp-server";
-import type { Clock, ConnectionContext } from "../contract/api.js";
+import { type Clock, type ConnectionContext, systemClock } from "../contract/api.js";
 import type { RefusingDecision, Reply } from "../contract/decision.js";
 import { composeMessage, tooManyHops } from "../delivery/forward.js";
 import { receivedHeader } from "../delivery/received.js";
@@ -119,8 +119,6 @@ class SmtpReply extends Error {
     this.responseCode = reply.code;
   }
 }
-
-const systemClock: Clock = { now: () => Date.now() };
 
 type Role = ConnectionContext["role"];
 

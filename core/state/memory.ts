@@ -3,7 +3,7 @@
  * (so tests can move time), and the LRU bound keeps a flood of distinct keys from growing memory.
  */
 import { LRUCache } from "lru-cache";
-import type { Clock } from "../contract/api.js";
+import { type Clock, systemClock } from "../contract/api.js";
 import { type CounterRecord, countStep, type GreylistRecord, gcra, greylistStep } from "./arithmetic.js";
 import type {
   BucketParams,
@@ -55,7 +55,7 @@ export class MemoryStore implements StateStore {
     // arrays for every slot up front (megabytes for a gateway that may never hold a key); sized
     // this way they grow with the entries actually stored.
     this.#entries = new LRUCache({ maxSize: options.maxEntries ?? 100_000, sizeCalculation: () => 1 });
-    this.#clock = options.clock ?? { now: () => Date.now() };
+    this.#clock = options.clock ?? systemClock;
     this.onStoreError = options.onStoreError ?? "defer";
   }
 
